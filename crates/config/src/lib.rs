@@ -1,1 +1,100 @@
-//! Placeholder until the crate lands.
+//! zeroscale's configuration model.
+//!
+//! Global defaults come from the `zeroscale-config` ConfigMap ([`GlobalConfig`]); each opted-in
+//! Deployment may override them with `zeroscale.dev/*` annotations ([`DeploymentSettings`]).
+//! Precedence: annotation > ConfigMap > built-in default. Parsing never fails as a whole: each
+//! bad key yields a [`ConfigError`] and falls back, so one typo never discards the good keys.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+pub use zeroscale_scaling::{Aggregation, Metric, Params};
+
+/// Name of the ConfigMap the add-on reads in its own namespace.
+pub const CONFIGMAP_NAME: &str = "zeroscale-config";
+/// Prefix of every annotation zeroscale reads.
+pub const ANNOTATION_PREFIX: &str = "zeroscale.dev/";
+/// The opt-in annotation; a Deployment is managed only when it is `"true"`.
+pub const ENABLED_ANNOTATION: &str = "zeroscale.dev/enabled";
+
+/// One rejected configuration value. Its `Display` names the key, the bad value and what is
+/// allowed, e.g. `zeroscale.dev/max-scale: "-3" is invalid: expected an integer in 0..=10000`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {value:?} is invalid: {problem}")]
+pub struct ConfigError {
+    /// The ConfigMap key or full annotation name.
+    pub key: String,
+    /// The value as written.
+    pub value: String,
+    /// What is wrong and what is allowed (for an unknown key: the nearest known key).
+    pub problem: String,
+}
+
+/// Settings of the activator that operators tune globally.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ActivatorConfig {
+    /// Max requests held per model while it has no ready capacity.
+    pub queue_depth: usize,
+    /// Max request-body bytes held per model's queue.
+    pub queue_bytes: u64,
+    /// How long a request may wait for capacity before a 504 (default 5 minutes).
+    pub queue_deadline: Duration,
+    /// Max body bytes buffered to read an OpenAI-style `model` field; beyond it 413.
+    pub max_routing_body_bytes: usize,
+    /// Re-send a wake signal if a model still has no endpoint after this long.
+    pub wake_resend_interval: Duration,
+}
+
+/// The global configuration: built-in defaults overlaid with the ConfigMap's data.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GlobalConfig {
+    /// Default scaling policy for every opted-in Deployment.
+    pub scaling: Params,
+    /// Whether a new Deployment may start at 0 (`allow-zero-initial-scale`).
+    pub allow_zero_initial_scale: bool,
+    /// How often the autoscaler decides (2s).
+    pub tick_interval: Duration,
+    /// How often the autoscaler scrapes activators and pods (1s).
+    pub scrape_interval: Duration,
+    /// Timeout of one scrape.
+    pub scrape_timeout: Duration,
+    /// Activator settings.
+    pub activator: ActivatorConfig,
+}
+
+/// Where a Deployment's concurrency comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetricSource {
+    /// The activators' counters (default).
+    Activator,
+    /// A gauge scraped from each pod, for traffic that does not pass the activator.
+    Pod {
+        /// Prometheus metric name, e.g. `vllm:num_requests_running`.
+        metric: String,
+        /// Port on the pod.
+        port: u16,
+        /// HTTP path, `/metrics` by default.
+        path: String,
+    },
+}
+
+/// The resolved settings of one opted-in Deployment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeploymentSettings {
+    /// Scaling policy (global defaults overlaid with annotations).
+    pub scaling: Params,
+    /// Model name for routing; `None` means the Deployment name.
+    pub model_name: Option<String>,
+    /// Extra Host names routed to this model.
+    pub hostnames: Vec<String>,
+    /// Service whose EndpointSlices hold the pods; `None` means the Service selecting the pods.
+    pub service: Option<String>,
+    /// Service port name or number to use; `None` means the first port.
+    pub port: Option<String>,
+    /// Max requests in flight per pod; 0 = unlimited.
+    pub container_concurrency: u32,
+    /// Queue deadline for this model.
+    pub queue_deadline: Duration,
+    /// Concurrency source.
+    pub metric_source: MetricSource,
+}

@@ -5,9 +5,22 @@
 //! Precedence: annotation > ConfigMap > built-in default. Parsing never fails as a whole: each
 //! bad key yields a [`ConfigError`] and falls back, so one typo never discards the good keys.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
+mod deployment;
+mod global;
+mod keys;
+mod parse;
+mod rules;
+
+pub use deployment::{DEFAULT_POD_METRIC_PATH, MAX_CONTAINER_CONCURRENCY, is_opted_in};
+pub use global::MAX_REPLICAS;
+pub use keys::{ANNOTATIONS, CONFIGMAP_KEYS, KeyDoc, markdown_table};
+pub use parse::{
+    MODEL_NAME_RULE, format_bytes, format_duration, parse_bool, parse_bytes, parse_duration,
+    validate_model_name,
+};
+pub use rules::MIN_PANIC_WINDOW;
 pub use zeroscale_scaling::{Aggregation, Metric, Params};
 
 /// Name of the ConfigMap the add-on reads in its own namespace.
@@ -49,7 +62,12 @@ pub struct ActivatorConfig {
 #[derive(Clone, Debug, PartialEq)]
 pub struct GlobalConfig {
     /// Default scaling policy for every opted-in Deployment.
+    /// `scaling.target` is the target default of `scaling.metric`.
     pub scaling: Params,
+    /// `container-concurrency-target-default` (100): the target when the metric is concurrency.
+    pub container_concurrency_target_default: f64,
+    /// `requests-per-second-target-default` (200): the target when the metric is rps.
+    pub requests_per_second_target_default: f64,
     /// Whether a new Deployment may start at 0 (`allow-zero-initial-scale`).
     pub allow_zero_initial_scale: bool,
     /// How often the autoscaler decides (2s).

@@ -1,8 +1,73 @@
 //! zeroscale's scaling engine: pure, deterministic, and clock-free.
 //!
-//! Time enters as an argument (`now`), so every behaviour is testable without a clock, tokio or
-//! Kubernetes.
+//! Time enters as an argument (`now`, `at`), so every behaviour is testable without a clock,
+//! tokio or Kubernetes. One [`Decider`] per Deployment: the autoscaler [`records`] one
+//! [`Sample`] per second and asks for a [`Decision`] each tick with an [`Observation`] of the
+//! Deployment. The rules follow Knative's KPA where the concept is the same, so its knowledge
+//! carries over.
+//!
+//! # Windows
+//! Samples land in one-second buckets of a fixed ring as long as the stable window (60s; at
+//! most one hour), so memory is bounded. The **stable** window averages all of it; the
+//! **panic** window (10% of it, 6s) the newest seconds. Averaging is linear by default (O(1):
+//! running sums kept exactly as integers, so an idle model averages exactly 0) or Knative's
+//! weighted-exponential (recent seconds weigh more; O(window)). Seconds without a sample count
+//! as 0; while the data is younger than a window, the average is over the seconds seen so far
+//! (Knative does the same), so a fresh decider reacts to its first sample. Duplicate, late and
+//! out-of-order samples: see [`Decider::record`].
+//!
+//! # Desired pods
+//! `ceil(average / (target x utilization))` for each window (concurrency 100 at 70% by
+//! default, or requests per second with [`Metric::Rps`]), kept within the **rates** relative
+//! to the ready pods (0 ready counts as 1): at most `ceil(ready x max-scale-up-rate)` and at
+//! least `floor(ready / max-scale-down-rate)`. Any load at all gives at least
+//! activation-scale.
+//!
+//! # Panic
+//! Entered when the panic window wants `>= panic-threshold (200%) x ready` pods; left only
+//! once it has been below that for a full stable window (and the data is fresh). In panic the
+//! decider sizes for the larger of both windows and never goes below its own high-water mark
+//! or the current scale. A decider created for an already-managed Deployment
+//! (`newly_enabled == false`, an autoscaler restart) starts in panic holding the ready pods if
+//! more than one is ready, as Knative does: its windows are empty, and that must not look
+//! like a drop in load.
+//!
+//! # Then, in this order
+//! 1. **scale-down-delay**: the maximum over the last `scale_down_delay`.
+//! 2. **initial-scale** (only when `newly_enabled`): at least this until a full stable window
+//!    has passed since the first sample (held while no sample has arrived).
+//! 3. **zero**: a count of 0 stands only if scale to zero is enabled, nothing is in flight or
+//!    queued, the data is fresh, and there has been no traffic (no sample above zero, no
+//!    request in flight or queued, no stale tick) for the grace period (30s) and the retention
+//!    period. Otherwise one pod stays. A Deployment already at zero stays there.
+//! 4. **stale or missing data**: never below the current scale (no scale-down at all, hence
+//!    never a move to zero); scaling up on the data there is is allowed, as missing seconds
+//!    only lower the averages. A Deployment already at 0 stays at 0 unless requests wait:
+//!    waking every idle model whenever a scrape fails would defeat scale-to-zero, and waiting
+//!    requests reach the autoscaler through the activator's wake signal anyway.
+//! 5. **wake**: requests in flight or queued while at zero give at least
+//!    `max(1, activation-scale)` at once.
+//! 6. **bounds**: the result is clamped to `[min-scale, max-scale]` (max 0 = unbounded), so
+//!    0 is only possible with min-scale 0.
+//!
+//! # Invariants (property-tested)
+//! - `min_scale <= desired <= max_scale` unless `desired == 0`, which needs min-scale 0.
+//! - 0 never comes with requests in flight or queued, and never as a move to zero on stale or
+//!   missing data (`desired >= min(current_scale, max_scale)` then).
+//! - Within one panic episode `desired` never decreases.
+//! - Rates: `desired >= min(floor(max(1, ready) / down_rate), max_scale)`. With the ready
+//!   count fixed, `desired <= max(ceil(max(1, ready) x up_rate), activation-scale, initial,
+//!   min-scale, 1, and the current scale when the data is stale or in panic)`.
+//! - Same inputs, same outputs: no randomness, no hidden clock.
+//!
+//! [`records`]: Decider::record
 
+mod decider;
+mod decision;
+mod delay;
 mod params;
+mod window;
 
+pub use decider::Decider;
+pub use decision::{DataState, Decision, DecisionInputs, Observation, Reason, Sample};
 pub use params::{Aggregation, Metric, Params};

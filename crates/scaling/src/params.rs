@@ -16,6 +16,16 @@ pub enum Metric {
     Rps,
 }
 
+impl Metric {
+    /// Stable lowercase label: `concurrency` or `rps`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Metric::Concurrency => "concurrency",
+            Metric::Rps => "rps",
+        }
+    }
+}
+
 /// How samples inside a window are averaged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -94,6 +104,7 @@ impl Default for Params {
 impl Params {
     /// The panic window, derived from the stable window and the percentage.
     pub fn panic_window(&self) -> Duration {
-        self.stable_window.mul_f64(self.panic_window_percentage / 100.0)
+        self.stable_window
+            .mul_f64(self.panic_window_percentage / 100.0)
     }
 }

@@ -1,0 +1,325 @@
+//! The decider's inputs and outputs as plain values.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::params::Metric;
+
+/// One per-second observation for a Deployment, summed over all activator replicas/pods.
+///
+/// Negative and NaN values count as 0; values above 1,000,000 are clamped to it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// Average number of requests in flight during that second.
+    pub concurrency: f64,
+    /// Requests per second during that second.
+    pub rps: f64,
+}
+
+/// Whether the metrics behind this tick can be trusted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataState {
+    /// Every source was scraped successfully for this tick.
+    Fresh,
+    /// Some source failed or is behind: the numbers may be too low.
+    Stale,
+    /// No usable data this tick.
+    Missing,
+}
+
+impl DataState {
+    /// Stable lowercase label.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DataState::Fresh => "fresh",
+            DataState::Stale => "stale",
+            DataState::Missing => "missing",
+        }
+    }
+}
+
+/// What the caller knows at decision time.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Observation {
+    /// Ready replicas now.
+    pub ready_pods: u32,
+    /// The Deployment's `spec.replicas` now.
+    pub current_scale: u32,
+    /// Requests in flight now (sum over activators).
+    pub in_flight: u64,
+    /// Requests waiting in activator queues now.
+    pub queued: u64,
+    /// Whether the metrics can be trusted.
+    pub data: DataState,
+}
+
+/// Why a decision came out as it did: the last rule that set the count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// Requests arrived while the Deployment was at zero.
+    Wake,
+    /// Held at initial-scale after the Deployment opted in.
+    Initial,
+    /// Sized from the stable window.
+    Stable,
+    /// Panic mode: sized from the panic window, never scaling down.
+    Panic,
+    /// Idle for the whole grace (and retention) period: zero. Also "staying at zero".
+    ScaleToZero,
+    /// Would go to zero, but has not been idle for the grace period yet.
+    GracePeriod,
+    /// Would go to zero, but the retention period keeps the last pod.
+    PodRetention,
+    /// Would go to zero, but requests are in flight or queued right now.
+    InFlight,
+    /// Raised to min-scale (or to 1 when scale to zero is disabled).
+    HeldByMin,
+    /// Lowered to max-scale.
+    HeldByMax,
+    /// Scale-up capped by max-scale-up-rate.
+    RateLimitedUp,
+    /// Scale-down capped by max-scale-down-rate.
+    RateLimitedDown,
+    /// Scale-down postponed by scale-down-delay.
+    ScaleDownDelay,
+    /// Metrics stale or missing: holding the current scale.
+    StaleData,
+}
+
+impl Reason {
+    /// Stable snake_case label for metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Reason::Wake => "wake",
+            Reason::Initial => "initial",
+            Reason::Stable => "stable",
+            Reason::Panic => "panic",
+            Reason::ScaleToZero => "scale_to_zero",
+            Reason::GracePeriod => "grace_period",
+            Reason::PodRetention => "pod_retention",
+            Reason::InFlight => "in_flight",
+            Reason::HeldByMin => "held_by_min",
+            Reason::HeldByMax => "held_by_max",
+            Reason::RateLimitedUp => "rate_limited_up",
+            Reason::RateLimitedDown => "rate_limited_down",
+            Reason::ScaleDownDelay => "scale_down_delay",
+            Reason::StaleData => "stale_data",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Everything a decision was computed from, for logs, Events and tests.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DecisionInputs {
+    /// The metric targeted.
+    pub metric: Metric,
+    /// Average of the metric over the stable window.
+    pub stable_average: f64,
+    /// Average of the metric over the panic window.
+    pub panic_average: f64,
+    /// `target x utilization`: the metric one pod should carry.
+    pub target_per_pod: f64,
+    /// Stable window used (whole seconds).
+    pub stable_window: Duration,
+    /// Panic window used (whole seconds).
+    pub panic_window: Duration,
+    /// `ceil(stable_average / target_per_pod)`, before rate limits.
+    pub stable_wanted: u32,
+    /// `ceil(panic_average / target_per_pod)`, before rate limits.
+    pub panic_wanted: u32,
+    /// Stable pods after rate limits and activation-scale.
+    pub stable_desired: u32,
+    /// Panic pods after rate limits and activation-scale.
+    pub panic_desired: u32,
+    /// Upper rate limit: `ceil(max_scale_up_rate x max(1, ready))`.
+    pub max_scale_up: u32,
+    /// Lower rate limit: `floor(max(1, ready) / max_scale_down_rate)`.
+    pub max_scale_down: u32,
+    /// From the observation.
+    pub ready_pods: u32,
+    /// From the observation.
+    pub current_scale: u32,
+    /// From the observation.
+    pub in_flight: u64,
+    /// From the observation.
+    pub queued: u64,
+    /// From the observation.
+    pub data: DataState,
+    /// Panic mode after this decision.
+    pub in_panic: bool,
+    /// How long the model has had no traffic; `None` when it has requests now or the data is
+    /// not fresh (missing data never counts as idle).
+    pub idle_for: Option<Duration>,
+    /// Policy in force: min-scale.
+    pub min_scale: u32,
+    /// Policy in force: max-scale (0 = unbounded).
+    pub max_scale: u32,
+    /// Policy in force: initial-scale.
+    pub initial_scale: u32,
+    /// Policy in force: activation-scale.
+    pub activation_scale: u32,
+    /// Policy in force: panic threshold in percent.
+    pub panic_threshold_percentage: f64,
+    /// Policy in force: scale-down delay.
+    pub scale_down_delay: Duration,
+    /// Policy in force: whether zero is allowed at all.
+    pub scale_to_zero_enabled: bool,
+    /// Policy in force: scale-to-zero grace period.
+    pub grace_period: Duration,
+    /// Policy in force: pod retention period.
+    pub retention_period: Duration,
+}
+
+/// A decision is a value: the count, why, and the inputs it used.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// Replicas the Deployment should have.
+    pub desired: u32,
+    /// The rule that set `desired`.
+    pub reason: Reason,
+    /// What it was computed from.
+    pub inputs: DecisionInputs,
+}
+
+fn plural(n: u64, one: &'static str, many: &'static str) -> &'static str {
+    if n == 1 { one } else { many }
+}
+
+fn secs(d: Duration) -> String {
+    // Whole seconds read best in Events; keep a fraction only when there is one.
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+/// One human sentence, used verbatim in Kubernetes Events after "Scaled A -> B: ".
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = &self.inputs;
+        let m = i.metric.as_str();
+        match self.reason {
+            Reason::Wake => {
+                if i.queued > 0 {
+                    write!(
+                        f,
+                        "{} {} waiting in the activator",
+                        i.queued,
+                        plural(i.queued, "request", "requests")
+                    )?;
+                    if i.in_flight > 0 {
+                        write!(f, ", {} in flight", i.in_flight)?;
+                    }
+                } else {
+                    write!(
+                        f,
+                        "{} {} in flight at zero replicas",
+                        i.in_flight,
+                        plural(i.in_flight, "request", "requests")
+                    )?;
+                }
+                if i.activation_scale > 1 {
+                    write!(f, " (activation-scale {})", i.activation_scale)?;
+                }
+                Ok(())
+            }
+            Reason::Initial => write!(
+                f,
+                "initial-scale {} until a full stable window of data ({})",
+                i.initial_scale,
+                secs(i.stable_window)
+            ),
+            Reason::Stable => write!(
+                f,
+                "stable {m} {:.1} over {}, target {:.1} per pod",
+                i.stable_average,
+                secs(i.stable_window),
+                i.target_per_pod
+            ),
+            Reason::Panic => write!(
+                f,
+                "panic mode: {m} {:.1} over {} needs {} {} for {} ready (threshold {:.0}%), not scaling down",
+                i.panic_average,
+                secs(i.panic_window),
+                i.panic_wanted,
+                plural(u64::from(i.panic_wanted), "pod", "pods"),
+                i.ready_pods,
+                i.panic_threshold_percentage
+            ),
+            Reason::ScaleToZero => match (i.current_scale, i.idle_for) {
+                (0, _) => write!(f, "no traffic, staying at zero"),
+                (_, Some(idle)) => write!(
+                    f,
+                    "idle for {} (grace period {})",
+                    secs(idle),
+                    secs(i.grace_period)
+                ),
+                (_, None) => write!(f, "idle (grace period {})", secs(i.grace_period)),
+            },
+            Reason::GracePeriod => write!(
+                f,
+                "idle for {}, keeping 1 pod until the grace period ({}) has passed",
+                secs(i.idle_for.unwrap_or_default()),
+                secs(i.grace_period)
+            ),
+            Reason::PodRetention => write!(
+                f,
+                "idle for {}, keeping the last pod for the retention period ({})",
+                secs(i.idle_for.unwrap_or_default()),
+                secs(i.retention_period)
+            ),
+            Reason::InFlight => write!(
+                f,
+                "{} in flight and {} queued, keeping 1 pod",
+                i.in_flight, i.queued
+            ),
+            Reason::HeldByMin => {
+                if i.min_scale == 0 && !i.scale_to_zero_enabled {
+                    write!(f, "held at 1: scale to zero is disabled")
+                } else {
+                    write!(f, "held at min-scale {}", i.min_scale)
+                }
+            }
+            Reason::HeldByMax => write!(f, "held at max-scale {}", i.max_scale),
+            Reason::RateLimitedUp => write!(
+                f,
+                "scale-up limited to {} by max-scale-up-rate ({} {m} wants {} pods, {} ready)",
+                i.max_scale_up,
+                format_args!("{:.1}", i.stable_average),
+                i.stable_wanted,
+                i.ready_pods
+            ),
+            Reason::RateLimitedDown => write!(
+                f,
+                "scale-down limited to {} by max-scale-down-rate ({} {m} wants {} {}, {} ready)",
+                i.max_scale_down,
+                format_args!("{:.1}", i.stable_average),
+                i.stable_wanted,
+                plural(u64::from(i.stable_wanted), "pod", "pods"),
+                i.ready_pods
+            ),
+            Reason::ScaleDownDelay => write!(
+                f,
+                "scale-down delayed: keeping the highest count of the last {} (scale-down-delay)",
+                secs(i.scale_down_delay)
+            ),
+            Reason::StaleData => write!(
+                f,
+                "metrics are {}, holding at {} (no scale-down without fresh data)",
+                i.data.as_str(),
+                self.desired
+            ),
+        }
+    }
+}

@@ -1,0 +1,445 @@
+//! Per-second buckets of samples in a fixed-size ring, with running sums for the stable and
+//! panic windows.
+//!
+//! Values are stored as integers in millionths ("micro-units") so the running sums are exact:
+//! a float sum that is updated by adding and subtracting drifts, and a drift of 1e-14 would turn
+//! `ceil(0 / target)` = 0 pods into 1 pod and keep an idle model from ever reaching zero.
+
+use crate::params::{Aggregation, Metric};
+
+/// Micro-units per unit.
+const MICROS: f64 = 1e6;
+/// Largest accepted sample value; larger ones are clamped. A million concurrent requests (or a
+/// million requests per second) for one Deployment is far beyond any real model, and the bound
+/// keeps every sum inside `u64` (3600 buckets x 1e12 micro-units < 2^64).
+pub(crate) const MAX_SAMPLE: f64 = 1e6;
+/// Longest window in seconds (Knative's maximum stable window is one hour). Bounds memory.
+pub(crate) const MAX_WINDOW_SECS: u64 = 3600;
+
+/// Knative's weighted-exponential constants: the weights of a full window must add up to at
+/// least `WEIGHT_PRECISION`, and the decay never goes below `MIN_EXPONENT` (otherwise a long
+/// window would degrade into a plain average).
+const WEIGHT_PRECISION: f64 = 0.9999;
+const MIN_EXPONENT: f64 = 0.2;
+
+/// Quantises one sample value: NaN and negatives are 0, huge values are clamped.
+pub(crate) fn to_micros(v: f64) -> u64 {
+    if v.is_nan() || v <= 0.0 {
+        0
+    } else {
+        // `as` saturates, and the clamp keeps the product far below u64::MAX anyway.
+        (v.min(MAX_SAMPLE) * MICROS).round() as u64
+    }
+}
+
+/// Knative's `computeSmoothingCoeff` for a window of `buckets` seconds.
+fn smoothing(buckets: u64) -> f64 {
+    (1.0 - (1.0 - WEIGHT_PRECISION).powf(1.0 / buckets as f64)).max(MIN_EXPONENT)
+}
+
+/// The two metrics of one second, in micro-units.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Pair {
+    pub(crate) concurrency: u64,
+    pub(crate) rps: u64,
+}
+
+impl Pair {
+    fn get(self, metric: Metric) -> u64 {
+        match metric {
+            Metric::Concurrency => self.concurrency,
+            Metric::Rps => self.rps,
+        }
+    }
+    fn add(&mut self, o: Pair) {
+        self.concurrency += o.concurrency;
+        self.rps += o.rps;
+    }
+    fn sub(&mut self, o: Pair) {
+        // Never underflows: a sum always contains every bucket value subtracted from it.
+        self.concurrency -= o.concurrency;
+        self.rps -= o.rps;
+    }
+}
+
+/// One second: the sum and the number of samples recorded for it. Duplicates are averaged.
+#[derive(Clone, Copy, Debug, Default)]
+struct Bucket {
+    sum: Pair,
+    count: u32,
+}
+
+impl Bucket {
+    /// The bucket's value: the mean of its samples (rounded), 0 when empty.
+    fn value(&self) -> Pair {
+        if self.count == 0 {
+            return Pair::default();
+        }
+        let n = u64::from(self.count);
+        Pair {
+            concurrency: (self.sum.concurrency + n / 2) / n,
+            rps: (self.sum.rps + n / 2) / n,
+        }
+    }
+}
+
+/// The stable and panic windows over one ring of per-second buckets.
+///
+/// Invariant: the ring holds exactly the seconds `head - len + 1 ..= head`; every other bucket
+/// is empty. `stable` is the sum of all bucket values, `panic` the sum over the newest
+/// `panic_len` seconds.
+#[derive(Clone, Debug)]
+pub(crate) struct Windows {
+    buckets: Box<[Bucket]>,
+    panic_len: u64,
+    /// Newest second covered; `None` until the first sample or decision.
+    head: Option<i64>,
+    /// First second of the current run of data (reset after a full window without samples),
+    /// so that a young window averages over the seconds it has seen, like Knative.
+    first: Option<i64>,
+    /// Newest second a sample was recorded for.
+    last_write: Option<i64>,
+    stable: Pair,
+    panic: Pair,
+    stable_alpha: f64,
+    panic_alpha: f64,
+    dropped: u64,
+}
+
+/// What `Windows::record` did with a sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Recorded {
+    /// Placed in its bucket.
+    Placed,
+    /// Older than the stable window: dropped.
+    TooOld,
+}
+
+impl Windows {
+    /// A ring of `stable_len` seconds with a panic window of `panic_len` seconds (both clamped
+    /// to `1..=MAX_WINDOW_SECS`, and the panic window to at most the stable one).
+    pub(crate) fn new(stable_len: u64, panic_len: u64) -> Self {
+        let stable_len = stable_len.clamp(1, MAX_WINDOW_SECS);
+        let panic_len = panic_len.clamp(1, stable_len);
+        Self {
+            buckets: vec![Bucket::default(); stable_len as usize].into_boxed_slice(),
+            panic_len,
+            head: None,
+            first: None,
+            last_write: None,
+            stable: Pair::default(),
+            panic: Pair::default(),
+            stable_alpha: smoothing(stable_len),
+            panic_alpha: smoothing(panic_len),
+            dropped: 0,
+        }
+    }
+
+    pub(crate) fn stable_len(&self) -> u64 {
+        self.buckets.len() as u64
+    }
+
+    pub(crate) fn panic_len(&self) -> u64 {
+        self.panic_len
+    }
+
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    fn idx(&self, sec: i64) -> usize {
+        sec.rem_euclid(self.buckets.len() as i64) as usize
+    }
+
+    /// Moves the newest second to `to` (no-op if it is not newer), emptying the buckets that
+    /// fall out of the windows. Costs O(min(to - head, window)); per-second ticks make it O(1).
+    /// Returns the newest second after the move.
+    pub(crate) fn advance(&mut self, to: i64) -> i64 {
+        let Some(head) = self.head else {
+            self.head = Some(to);
+            return to;
+        };
+        if to <= head {
+            return head;
+        }
+        let len = self.stable_len() as i64;
+        let plen = self.panic_len as i64;
+        let k = to - head;
+        // Panic first: with panic_len == len, the seconds leaving the panic window are the
+        // very buckets the stable step below empties.
+        if k >= plen {
+            self.panic = Pair::default();
+        } else {
+            for s in (head + 1 - plen)..=(to - plen) {
+                let v = self.buckets[self.idx(s)].value();
+                self.panic.sub(v);
+            }
+        }
+        if k >= len {
+            self.buckets.fill(Bucket::default());
+            self.stable = Pair::default();
+        } else {
+            for s in (head + 1)..=to {
+                let i = self.idx(s);
+                let v = self.buckets[i].value();
+                self.stable.sub(v);
+                self.buckets[i] = Bucket::default();
+            }
+        }
+        self.head = Some(to);
+        to
+    }
+
+    /// Records one sample for second `sec` (values already in micro-units).
+    pub(crate) fn record(&mut self, sec: i64, sample: Pair) -> Recorded {
+        let len = self.stable_len() as i64;
+        if let Some(head) = self.head
+            && sec <= head - len
+        {
+            self.dropped += 1;
+            return Recorded::TooOld;
+        }
+        let head = self.advance(sec);
+        self.first = match (self.first, self.last_write) {
+            (Some(first), Some(last)) if sec < last + len => Some(first.min(sec)),
+            // First sample ever, or the first after a full window of silence: a new run.
+            _ => Some(sec),
+        };
+        self.last_write = Some(self.last_write.map_or(sec, |l| l.max(sec)));
+
+        let i = self.idx(sec);
+        let old = self.buckets[i].value();
+        let b = &mut self.buckets[i];
+        b.sum.add(sample);
+        b.count = b.count.saturating_add(1);
+        let new = b.value();
+        self.stable.sub(old);
+        self.stable.add(new);
+        if sec > head - self.panic_len as i64 {
+            self.panic.sub(old);
+            self.panic.add(new);
+        }
+        Recorded::Placed
+    }
+
+    /// Number of seconds the window of `len` seconds ending at `end` averages over: the whole
+    /// window, or fewer while the current run of data is younger than it.
+    fn valid(&self, end: i64, len: u64) -> u64 {
+        match self.first {
+            None => 0,
+            Some(first) => ((end - first + 1).max(1) as u64).min(len),
+        }
+    }
+
+    /// (stable, panic) averages of `metric` for the windows ending at `end`, which must be the
+    /// value returned by `advance`.
+    pub(crate) fn averages(&self, end: i64, metric: Metric, agg: Aggregation) -> (f64, f64) {
+        let stable_len = self.stable_len();
+        let (sv, pv) = (self.valid(end, stable_len), self.valid(end, self.panic_len));
+        match agg {
+            Aggregation::Linear => (
+                linear(self.stable.get(metric), sv),
+                linear(self.panic.get(metric), pv),
+            ),
+            Aggregation::WeightedExponential => (
+                self.weighted(end, sv, self.stable_alpha, metric),
+                self.weighted(end, pv, self.panic_alpha, metric),
+            ),
+        }
+    }
+
+    /// Knative's weighted-exponential average: the newest second weighs `alpha`, each older
+    /// one `(1 - alpha)` times the next. Unlike Knative we divide by the sum of the weights
+    /// used, so a young window is not biased towards 0 (with a full window that sum is
+    /// >= 0.9999, so the results agree). O(window).
+    fn weighted(&self, end: i64, valid: u64, alpha: f64, metric: Metric) -> f64 {
+        if valid == 0 {
+            return 0.0;
+        }
+        let keep = 1.0 - alpha;
+        let mut w = alpha;
+        let mut acc = 0.0;
+        for age in 0..valid as i64 {
+            acc += self.buckets[self.idx(end - age)].value().get(metric) as f64 * w;
+            w *= keep;
+        }
+        let total = 1.0 - keep.powi(valid as i32);
+        acc / total / MICROS
+    }
+
+    /// Changes the window lengths, keeping the newest seconds that still fit. O(window).
+    pub(crate) fn resize(&mut self, stable_len: u64, panic_len: u64) {
+        let mut next = Windows::new(stable_len, panic_len);
+        if next.stable_len() == self.stable_len() && next.panic_len == self.panic_len {
+            return;
+        }
+        next.head = self.head;
+        next.first = self.first;
+        next.last_write = self.last_write;
+        next.dropped = self.dropped;
+        if let Some(head) = self.head {
+            let keep = next.stable_len().min(self.stable_len()) as i64;
+            for s in (head - keep + 1)..=head {
+                let b = self.buckets[self.idx(s)];
+                let v = b.value();
+                let i = next.idx(s);
+                next.buckets[i] = b;
+                next.stable.add(v);
+                if s > head - next.panic_len as i64 {
+                    next.panic.add(v);
+                }
+            }
+        }
+        *self = next;
+    }
+}
+
+fn linear(sum: u64, valid: u64) -> f64 {
+    if valid == 0 {
+        0.0
+    } else {
+        sum as f64 / MICROS / valid as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(v: f64) -> Pair {
+        Pair {
+            concurrency: to_micros(v),
+            rps: 0,
+        }
+    }
+
+    /// Recomputes both sums from the buckets: the running sums must always match.
+    fn check_sums(w: &Windows) {
+        let Some(head) = w.head else { return };
+        let mut stable = Pair::default();
+        let mut panic = Pair::default();
+        for s in (head - w.stable_len() as i64 + 1)..=head {
+            let v = w.buckets[w.idx(s)].value();
+            stable.add(v);
+            if s > head - w.panic_len as i64 {
+                panic.add(v);
+            }
+        }
+        assert_eq!(stable, w.stable, "stable sum");
+        assert_eq!(panic, w.panic, "panic sum");
+    }
+
+    fn avg(w: &mut Windows, end: i64) -> (f64, f64) {
+        let end = w.advance(end);
+        check_sums(w);
+        w.averages(end, Metric::Concurrency, Aggregation::Linear)
+    }
+
+    #[test]
+    fn young_window_averages_over_seconds_seen() {
+        let mut w = Windows::new(60, 6);
+        w.record(0, c(10.0));
+        w.record(1, c(20.0));
+        assert_eq!(avg(&mut w, 1), (15.0, 15.0));
+        // A gap counts as zero.
+        assert_eq!(avg(&mut w, 3), (7.5, 7.5));
+    }
+
+    #[test]
+    fn full_window_slides() {
+        let mut w = Windows::new(10, 2);
+        for s in 0..10 {
+            w.record(s, c(1.0));
+        }
+        assert_eq!(avg(&mut w, 9), (1.0, 1.0));
+        w.record(10, c(11.0));
+        // Second 0 left the stable window, second 8 left the panic window.
+        assert_eq!(avg(&mut w, 10), (2.0, 6.0));
+        assert_eq!(avg(&mut w, 12), (1.8, 0.0));
+        assert_eq!(avg(&mut w, 100), (0.0, 0.0));
+    }
+
+    #[test]
+    fn duplicates_are_averaged_and_out_of_order_placed() {
+        let mut w = Windows::new(10, 5);
+        w.record(5, c(4.0));
+        w.record(5, c(8.0));
+        assert_eq!(avg(&mut w, 5), (6.0, 6.0));
+        // An earlier second inside the window joins its own bucket.
+        assert_eq!(w.record(3, c(3.0)), Recorded::Placed);
+        assert_eq!(avg(&mut w, 5), (3.0, 3.0));
+        // Older than the stable window: dropped.
+        assert_eq!(w.record(-5, c(100.0)), Recorded::TooOld);
+        assert_eq!(w.dropped(), 1);
+        assert_eq!(avg(&mut w, 5), (3.0, 3.0));
+    }
+
+    #[test]
+    fn a_full_window_of_silence_starts_a_new_run() {
+        let mut w = Windows::new(10, 5);
+        w.record(0, c(50.0));
+        w.record(20, c(30.0));
+        assert_eq!(avg(&mut w, 20), (30.0, 30.0));
+    }
+
+    #[test]
+    fn sums_stay_exact_over_many_updates() {
+        let mut w = Windows::new(7, 3);
+        let mut x: u64 = 12345;
+        for s in 0..5000i64 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let v = (x >> 33) as f64 / 1e3;
+            let back = ((x >> 20) % 4) as i64;
+            w.record(s - back, c(v));
+            if s % 13 == 0 {
+                w.record(s, c(v * 0.5));
+            }
+            check_sums(&w);
+        }
+        // After a window of zero samples everything is exactly zero, not 1e-14.
+        for s in 5000..5010 {
+            w.record(s, c(0.0));
+        }
+        assert_eq!(avg(&mut w, 5009), (0.0, 0.0));
+    }
+
+    #[test]
+    fn resize_keeps_newest_seconds() {
+        let mut w = Windows::new(10, 2);
+        for s in 0..10 {
+            w.record(s, c(s as f64));
+        }
+        w.resize(4, 2);
+        check_sums(&w);
+        assert_eq!(avg(&mut w, 9), (7.5, 8.5));
+        w.resize(20, 10);
+        check_sums(&w);
+        // The young run is 10 seconds old, and only the newest 4 survived the shrink.
+        assert_eq!(avg(&mut w, 9), (3.0, 3.0));
+    }
+
+    #[test]
+    fn weighted_favours_recent_seconds() {
+        // Knative's example, newest last: [10, 10, 5, 5].
+        let mut w = Windows::new(4, 4);
+        for (s, v) in [10.0, 10.0, 5.0, 5.0].into_iter().enumerate() {
+            w.record(s as i64, c(v));
+        }
+        let end = w.advance(3);
+        let (weighted, _) = w.averages(end, Metric::Concurrency, Aggregation::WeightedExponential);
+        let (linear, _) = w.averages(end, Metric::Concurrency, Aggregation::Linear);
+        assert_eq!(linear, 7.5);
+        assert!(weighted < 6.0, "{weighted}");
+        assert!(weighted > 5.0, "{weighted}");
+    }
+
+    #[test]
+    fn samples_are_sanitised() {
+        assert_eq!(to_micros(f64::NAN), 0);
+        assert_eq!(to_micros(-3.0), 0);
+        assert_eq!(to_micros(f64::INFINITY), 1_000_000_000_000);
+        assert_eq!(to_micros(1.5), 1_500_000);
+    }
+}

@@ -390,8 +390,18 @@ pub(crate) fn unknown_key(key: &str, known: &[KeyDoc]) -> String {
     let best = known
         .iter()
         .map(|k| {
-            let score = strsim::normalized_damerau_levenshtein(&wanted, &strip(k.key))
-                .max(strsim::jaro_winkler(&wanted, &strip(k.key)) - 0.15);
+            let known = strip(k.key);
+            let mut score = strsim::normalized_damerau_levenshtein(&wanted, &known)
+                .max(strsim::jaro_winkler(&wanted, &known) - 0.15);
+            // `stable-window` for `window`, `model` for `model-name`: one contains the other.
+            let (short, long) = if wanted.len() < known.len() {
+                (&wanted, &known)
+            } else {
+                (&known, &wanted)
+            };
+            if short.len() >= 3 && long.contains(short.as_str()) {
+                score = score.max(0.6 + 0.4 * short.len() as f64 / long.len() as f64);
+            }
             (score, k.key)
         })
         .max_by(|a, b| a.0.total_cmp(&b.0));

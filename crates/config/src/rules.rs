@@ -96,7 +96,9 @@ pub(crate) fn check_params(
         );
         p.initial_scale = zero_initial_fallback;
     }
-    if bounded && p.initial_scale > p.max_scale {
+    // An inherited initial- or activation-scale above a narrower max-scale written here is capped
+    // silently: the explicit bound is the intent. Only values written here are reported.
+    if bounded && p.initial_scale > p.max_scale && scope.is_written("initial-scale") {
         scope.conflict(
             errors,
             &["initial-scale", "max-scale"],
@@ -109,11 +111,13 @@ pub(crate) fn check_params(
                 p.max_scale
             ),
         );
-        p.initial_scale = p.max_scale;
+    }
+    if bounded {
+        p.initial_scale = p.initial_scale.min(p.max_scale);
     }
     // Not a conflict: min-scale simply wins over a smaller initial-scale, as in Knative.
     p.initial_scale = p.initial_scale.max(p.min_scale);
-    if bounded && p.activation_scale > p.max_scale {
+    if bounded && p.activation_scale > p.max_scale && scope.is_written("activation-scale") {
         scope.conflict(
             errors,
             &["activation-scale", "max-scale"],
@@ -126,7 +130,9 @@ pub(crate) fn check_params(
                 p.max_scale
             ),
         );
-        p.activation_scale = p.max_scale;
+    }
+    if bounded {
+        p.activation_scale = p.activation_scale.min(p.max_scale);
     }
     if p.panic_window() < MIN_PANIC_WINDOW {
         let before = p.panic_window_percentage;

@@ -4,6 +4,35 @@
 //! Deployment may override them with `zeroscale.dev/*` annotations ([`DeploymentSettings`]).
 //! Precedence: annotation > ConfigMap > built-in default. Parsing never fails as a whole: each
 //! bad key yields a [`ConfigError`] and falls back, so one typo never discards the good keys.
+//! `docs/configuration.md` documents every key; [`CONFIGMAP_KEYS`] and [`ANNOTATIONS`] are the
+//! same tables in code.
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//! use std::time::Duration;
+//! use zeroscale_config::{DeploymentSettings, GlobalConfig, is_opted_in};
+//!
+//! let data = BTreeMap::from([
+//!     ("stable-window".to_owned(), "2m".to_owned()),
+//!     ("max-scale".to_owned(), "ten".to_owned()),
+//! ]);
+//! let (global, errors) = GlobalConfig::from_configmap(&data, &GlobalConfig::default());
+//! assert_eq!(global.scaling.stable_window, Duration::from_secs(120));
+//! assert_eq!(
+//!     errors[0].to_string(),
+//!     r#"max-scale: "ten" is invalid: expected an integer in 0..=10000"#
+//! );
+//!
+//! let annotations = BTreeMap::from([
+//!     ("zeroscale.dev/enabled".to_owned(), "true".to_owned()),
+//!     ("zeroscale.dev/max-scale".to_owned(), "4".to_owned()),
+//! ]);
+//! assert!(is_opted_in(&annotations));
+//! let (settings, errors) = DeploymentSettings::resolve(&global, &annotations);
+//! assert!(errors.is_empty());
+//! assert_eq!(settings.scaling.max_scale, 4);
+//! assert_eq!(settings.scaling.stable_window, Duration::from_secs(120));
+//! ```
 
 use std::time::Duration;
 

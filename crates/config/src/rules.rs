@@ -155,6 +155,10 @@ pub(crate) fn check_params(
 
 /// The smallest percentage, in steps of 0.01, that gives `window` a panic window of at least 1s.
 fn min_panic_percentage(window: Duration) -> f64 {
+    if window <= MIN_PANIC_WINDOW {
+        // Unreachable through parsing (stable windows are >= 6s); keeps the math finite.
+        return 100.0;
+    }
     let exact = 100.0 * MIN_PANIC_WINDOW.as_secs_f64() / window.as_secs_f64();
     let mut pct = (exact * 100.0).ceil() / 100.0;
     while window.mul_f64(pct / 100.0) < MIN_PANIC_WINDOW && pct < 100.0 {

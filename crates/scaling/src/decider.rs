@@ -261,9 +261,6 @@ impl Decider {
                 }
             }
         }
-        if in_panic {
-            self.panic_high = want;
-        }
 
         // 5. Initial-scale, for a stable window of data after opting in.
         let initial = p.initial_scale;
@@ -316,6 +313,12 @@ impl Decider {
         if waking {
             want = want.max(act);
             reason = Reason::Wake;
+        }
+
+        // The high-water mark includes every raise above (delay, stale hold, wake), so nothing
+        // returned during one panic episode is ever lowered while it lasts.
+        if in_panic {
+            self.panic_high = want;
         }
 
         // 9. Bounds always win. 0 survives only if min-scale is 0.

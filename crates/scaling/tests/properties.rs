@@ -1,0 +1,319 @@
+//! Property tests: the decider's invariants over random policies and random sample sequences.
+
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use zeroscale_scaling::{
+    Aggregation, DataState, Decider, Decision, Metric, Observation, Params, Sample,
+};
+
+/// A valid policy, in the ranges `zeroscale-config` accepts (smaller windows, to keep cases fast).
+fn params() -> impl Strategy<Value = Params> {
+    (
+        (
+            prop_oneof![Just(Metric::Concurrency), Just(Metric::Rps)],
+            1.0..500.0f64,
+            0.1..=1.0f64,
+            6u64..=120,
+            1.0..=100.0f64,
+            110.0..=1000.0f64,
+            1.1..=1000.0f64,
+            1.1..=10.0f64,
+        ),
+        (
+            0u32..=4,
+            prop_oneof![Just(0u32), 1u32..=40],
+            0u32..=5,
+            1u32..=5,
+            prop_oneof![Just(0u64), 1u64..=40],
+            any::<bool>(),
+            0u64..=60,
+            prop_oneof![Just(0u64), 1u64..=60],
+            prop_oneof![
+                Just(Aggregation::Linear),
+                Just(Aggregation::WeightedExponential)
+            ],
+        ),
+    )
+        .prop_map(
+            |(
+                (metric, target, util, window, panic_pct, threshold, up, down),
+                (min, max, initial, act, delay, zero, grace, retention, aggregation),
+            )| Params {
+                metric,
+                target,
+                target_utilization: util,
+                stable_window: Duration::from_secs(window),
+                panic_window_percentage: panic_pct,
+                panic_threshold_percentage: threshold,
+                max_scale_up_rate: up,
+                max_scale_down_rate: down,
+                min_scale: min,
+                // max-scale is 0 (unbounded) or at least max(min, 1).
+                max_scale: if max == 0 { 0 } else { max.max(min).max(1) },
+                initial_scale: initial,
+                activation_scale: act,
+                scale_down_delay: Duration::from_secs(delay),
+                enable_scale_to_zero: zero,
+                scale_to_zero_grace_period: Duration::from_secs(grace),
+                scale_to_zero_pod_retention_period: Duration::from_secs(retention),
+                aggregation,
+            },
+        )
+}
+
+/// One tick: time passes, zero to three samples arrive (possibly late or duplicated), and the
+/// decider decides.
+#[derive(Clone, Debug)]
+struct Step {
+    advance_ms: u64,
+    samples: Vec<(u64, Sample)>,
+    obs: Observation,
+}
+
+fn sample() -> impl Strategy<Value = Sample> {
+    prop_oneof![
+        2 => Just(Sample::default()),
+        // Values the decider resolves (it keeps millionths), so "traffic" means the same here.
+        3 => (prop_oneof![Just(0.0), 0.001..3000.0f64], prop_oneof![Just(0.0), 0.001..3000.0f64])
+            .prop_map(|(concurrency, rps)| Sample { concurrency, rps }),
+    ]
+}
+
+fn data() -> impl Strategy<Value = DataState> {
+    prop_oneof![
+        8 => Just(DataState::Fresh),
+        1 => Just(DataState::Stale),
+        1 => Just(DataState::Missing),
+    ]
+}
+
+fn requests() -> impl Strategy<Value = u64> {
+    prop_oneof![6 => Just(0u64), 1 => 1u64..=5]
+}
+
+/// `ready` and `current` given: random ones, or fixed for the rate-limit property.
+fn step(ready: BoxedStrategy<u32>, current: BoxedStrategy<u32>) -> impl Strategy<Value = Step> {
+    (
+        prop_oneof![1 => Just(0u64), 6 => Just(1000u64), 2 => 1u64..=5000, 1 => 5000u64..=90_000],
+        // (how late in ms, sample): mostly on time, sometimes a window or more late.
+        prop::collection::vec(
+            (
+                prop_oneof![6 => Just(0u64), 3 => 0u64..=10_000, 1 => 0u64..=200_000],
+                sample(),
+            ),
+            0..=3,
+        ),
+        ready,
+        current,
+        requests(),
+        requests(),
+        data(),
+    )
+        .prop_map(
+            |(advance_ms, samples, ready_pods, current_scale, in_flight, queued, data)| Step {
+                advance_ms,
+                samples,
+                obs: Observation {
+                    ready_pods,
+                    current_scale,
+                    in_flight,
+                    queued,
+                    data,
+                },
+            },
+        )
+}
+
+fn any_steps() -> impl Strategy<Value = Vec<Step>> {
+    prop::collection::vec(step((0u32..=30).boxed(), (0u32..=30).boxed()), 1..150)
+}
+
+/// Runs the steps and hands every decision, with the state around it, to `check`.
+fn run(
+    params: &Params,
+    newly_enabled: bool,
+    steps: &[Step],
+    mut check: impl FnMut(&Ctx<'_>) -> Result<(), TestCaseError>,
+) -> Result<Vec<Decision>, TestCaseError> {
+    let t0 = Instant::now() + Duration::from_secs(3600);
+    let mut d = Decider::new(params.clone(), t0, newly_enabled);
+    let mut now = t0;
+    // Independent bookkeeping of the last sign of traffic (or of not knowing).
+    let mut last_busy = t0;
+    let mut prev: Option<(Decision, bool)> = None;
+    let mut out = Vec::new();
+    for st in steps {
+        now += Duration::from_millis(st.advance_ms);
+        for &(late_ms, s) in &st.samples {
+            let at = now - Duration::from_millis(late_ms);
+            d.record(at, s);
+            if s.concurrency > 0.0 || s.rps > 0.0 {
+                last_busy = last_busy.max(at);
+            }
+        }
+        let o = st.obs;
+        if o.in_flight > 0 || o.queued > 0 || o.data != DataState::Fresh {
+            last_busy = last_busy.max(now);
+        }
+        let dec = d.decide(now, &o);
+        let in_panic = d.in_panic();
+        check(&Ctx {
+            params,
+            obs: &o,
+            dec: &dec,
+            in_panic,
+            prev: prev.as_ref(),
+            idle: now.saturating_duration_since(last_busy),
+        })?;
+        prev = Some((dec.clone(), in_panic));
+        out.push(dec);
+    }
+    Ok(out)
+}
+
+struct Ctx<'a> {
+    params: &'a Params,
+    obs: &'a Observation,
+    dec: &'a Decision,
+    in_panic: bool,
+    prev: Option<&'a (Decision, bool)>,
+    idle: Duration,
+}
+
+impl Ctx<'_> {
+    fn hi(&self) -> u32 {
+        if self.params.max_scale == 0 {
+            u32::MAX
+        } else {
+            self.params.max_scale
+        }
+    }
+    fn ready(&self) -> f64 {
+        f64::from(self.obs.ready_pods.max(1))
+    }
+}
+
+/// The invariants that hold for every decision.
+fn always(c: &Ctx<'_>) -> Result<(), TestCaseError> {
+    let p = c.params;
+    let o = c.obs;
+    let want = c.dec.desired;
+    let hi = c.hi();
+    let ctx = || format!("{:?}\n{:?}", o, c.dec);
+
+    // Bounds; 0 only when allowed.
+    if want == 0 {
+        prop_assert_eq!(p.min_scale, 0, "{}", ctx());
+        prop_assert!(p.enable_scale_to_zero, "zero while disabled: {}", ctx());
+        prop_assert!(
+            o.in_flight == 0 && o.queued == 0,
+            "zero with requests: {}",
+            ctx()
+        );
+        // A move to zero (not staying there) needs fresh data and a long enough idle time.
+        if o.current_scale > 0 {
+            prop_assert_eq!(o.data, DataState::Fresh, "{}", ctx());
+            let needed = p
+                .scale_to_zero_grace_period
+                .max(p.scale_to_zero_pod_retention_period);
+            prop_assert!(c.idle >= needed, "zero after {:?} idle: {}", c.idle, ctx());
+        }
+    } else {
+        prop_assert!(want >= p.min_scale.min(hi) && want <= hi, "{}", ctx());
+    }
+    // Stale or missing data: no scale-down (bounds aside), so never a move to zero.
+    if o.data != DataState::Fresh {
+        prop_assert!(want >= o.current_scale.min(hi), "{}", ctx());
+    }
+    // Wake.
+    if o.current_scale == 0 && (o.in_flight > 0 || o.queued > 0) {
+        prop_assert!(want >= p.activation_scale.max(1).min(hi), "{}", ctx());
+    }
+    // Lower rate limit.
+    let down = (c.ready() / p.max_scale_down_rate).floor() as u32;
+    prop_assert!(
+        want >= down.min(hi),
+        "below floor(ready/down) = {}: {}",
+        down,
+        ctx()
+    );
+    // Panic: never below the current scale, never below the previous decision of the episode.
+    if c.in_panic {
+        prop_assert!(want >= o.current_scale.min(hi), "{}", ctx());
+        if let Some((prev, true)) = c.prev {
+            prop_assert!(
+                want >= prev.desired,
+                "panic scaled down from {}: {}",
+                prev.desired,
+                ctx()
+            );
+        }
+    }
+    prop_assert_eq!(c.dec.inputs.in_panic, c.in_panic);
+    prop_assert!(c.dec.inputs.stable_average.is_finite() && c.dec.inputs.stable_average >= 0.0);
+    prop_assert!(c.dec.inputs.panic_average.is_finite() && c.dec.inputs.panic_average >= 0.0);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn invariants_hold(params in params(), newly in any::<bool>(), steps in any_steps()) {
+        run(&params, newly, &steps, always)?;
+    }
+
+    /// With the cluster steady at `n` ready pods (spec = ready), the upper rate limit holds:
+    /// `desired <= max(min-scale, ceil(max(1, n) x up_rate), activation-scale, initial-scale
+    /// when newly enabled, 1)`, within max-scale.
+    #[test]
+    fn upper_rate_limit_holds(
+        params in params(),
+        newly in any::<bool>(),
+        (n, steps) in (0u32..=6).prop_flat_map(|n| {
+            (Just(n), prop::collection::vec(step(Just(n).boxed(), Just(n).boxed()), 1..100))
+        }),
+    ) {
+        run(&params, newly, &steps, |c| {
+            always(c)?;
+            let p = c.params;
+            let mut bound = (f64::from(n.max(1)) * p.max_scale_up_rate).ceil() as u32;
+            bound = bound.max(p.activation_scale).max(1);
+            if newly {
+                bound = bound.max(p.initial_scale);
+            }
+            let bound = bound.min(c.hi()).max(p.min_scale);
+            prop_assert!(
+                c.dec.desired <= bound,
+                "{} > bound {}: {:?}", c.dec.desired, bound, c.dec
+            );
+            Ok(())
+        })?;
+    }
+
+    #[test]
+    fn deciders_are_deterministic(params in params(), newly in any::<bool>(), steps in any_steps()) {
+        let a = run(&params, newly, &steps, |_| Ok(()))?;
+        let b = run(&params, newly, &steps, |_| Ok(()))?;
+        prop_assert_eq!(a, b);
+    }
+
+    /// Hot reload to the same policy changes nothing.
+    #[test]
+    fn reloading_the_same_params_is_a_no_op(params in params(), steps in any_steps()) {
+        let t0 = Instant::now() + Duration::from_secs(3600);
+        let mut a = Decider::new(params.clone(), t0, true);
+        let mut b = Decider::new(params.clone(), t0, true);
+        let mut now = t0;
+        for st in &steps {
+            now += Duration::from_millis(st.advance_ms);
+            for &(late, s) in &st.samples {
+                a.record(now - Duration::from_millis(late), s);
+                b.record(now - Duration::from_millis(late), s);
+            }
+            b.set_params(params.clone());
+            prop_assert_eq!(a.decide(now, &st.obs), b.decide(now, &st.obs));
+        }
+    }
+}

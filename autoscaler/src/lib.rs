@@ -1,1 +1,46 @@
-//! Placeholder until the crate lands.
+//! zeroscale's autoscaler: sizes opted-in Deployments from request concurrency, to and from
+//! zero.
+//!
+//! Working out what should be is separate from applying it (the linkerd2 policy-controller
+//! shape):
+//! - [`index`]: the pure domain core, fed by events, returning scale intents on each tick;
+//! - [`scrape`]: activator (and pod) metrics, parsed and turned into samples;
+//! - [`apply`]: the small controller that patches scales (leader only) and records Events;
+//! - [`wake`]: `POST /v1/wake`, the fast 0 -> N path any replica serves;
+//! - [`controller`]: the wiring of watchers, reflectors, the Lease and the loops;
+//! - [`server`]: the HTTP endpoints (wake API, `/metrics`, `/healthz`, `/readyz`).
+
+pub mod apply;
+pub mod controller;
+pub mod index;
+pub mod metrics;
+pub mod scrape;
+pub mod server;
+pub mod wake;
+
+use std::fmt;
+
+/// A Deployment's namespace and name: the autoscaler's key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeploymentKey {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl DeploymentKey {
+    /// Builds a key.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for DeploymentKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}

@@ -1,0 +1,866 @@
+//! What should be: the autoscaler's domain core.
+//!
+//! The [`Index`] is fed by events (Deployments, HPAs, the ConfigMap, scrape rounds) and, on
+//! [`Index::tick`], returns the scale changes that should happen. It holds no client, no clock
+//! and no runtime: every input carries its time, so it is tested with plain synchronous tests.
+//! Applying the changes (and turning [`Notice`]s into Events) is the controller's job.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use zeroscale_config::{ConfigError, DeploymentSettings, GlobalConfig, MetricSource};
+use zeroscale_scaling::{DataState, Decider, Decision, Observation, Sample};
+
+use crate::DeploymentKey;
+use crate::scrape::Round;
+
+/// A Deployment as the index needs to see it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeploymentView {
+    /// Namespace and name.
+    pub key: DeploymentKey,
+    /// `metadata.annotations`.
+    pub annotations: BTreeMap<String, String>,
+    /// `spec.replicas` (Kubernetes defaults a missing value to 1).
+    pub spec_replicas: u32,
+    /// `status.readyReplicas`.
+    pub ready_replicas: u32,
+}
+
+/// A watch the index depends on, for re-list bookkeeping. `None` scopes are all namespaces.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// Deployments in one namespace or all.
+    Deployments(Option<String>),
+    /// The `zeroscale-config` ConfigMap.
+    ConfigMap,
+    /// HorizontalPodAutoscalers in one namespace or all.
+    Hpas(Option<String>),
+}
+
+/// Something a person should hear about; the controller turns it into a Warning Event.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Notice {
+    /// Annotations on this Deployment were rejected; global values are used for them.
+    BadAnnotations {
+        /// The Deployment.
+        key: DeploymentKey,
+        /// What was wrong.
+        errors: Vec<ConfigError>,
+    },
+    /// ConfigMap values were rejected; the last good values stay.
+    BadConfigMap {
+        /// What was wrong.
+        errors: Vec<ConfigError>,
+    },
+    /// An HPA targets this opted-in Deployment; zeroscale leaves it alone.
+    HpaConflict {
+        /// The Deployment.
+        key: DeploymentKey,
+        /// The HPA's name.
+        hpa: String,
+    },
+}
+
+/// A scale change that should be applied.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScaleIntent {
+    /// The Deployment.
+    pub key: DeploymentKey,
+    /// Its `spec.replicas` now.
+    pub from: u32,
+    /// The desired count.
+    pub to: u32,
+    /// Why.
+    pub decision: Decision,
+}
+
+/// The state of one managed Deployment after a tick, for metrics.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    /// The Deployment.
+    pub key: DeploymentKey,
+    /// `spec.replicas`.
+    pub actual: u32,
+    /// The decision of this tick.
+    pub decision: Decision,
+    /// Whether the decider is in panic mode.
+    pub in_panic: bool,
+}
+
+/// What one tick produced.
+#[derive(Debug, Default)]
+pub struct TickOutput {
+    /// Changes to apply (only where desired != current and no change is in progress).
+    pub intents: Vec<ScaleIntent>,
+    /// One report per managed Deployment that was decided.
+    pub reports: Vec<Report>,
+    /// True when no decision was made because a watched source is being re-listed.
+    pub skipped_unsynced: bool,
+}
+
+struct Managed {
+    settings: DeploymentSettings,
+    decider: Decider,
+    in_flight: u64,
+    queued: u64,
+    /// State of the last scrape round that concerned this Deployment.
+    data: DataState,
+    last_round: Option<Instant>,
+    /// A scale change was handed out and its result is not known yet.
+    pending: bool,
+}
+
+struct Entry {
+    view: DeploymentView,
+    managed: Option<Managed>,
+}
+
+/// The index: everything known about opted-in Deployments, and the deciders.
+pub struct Index {
+    global: GlobalConfig,
+    deployments: HashMap<DeploymentKey, Entry>,
+    /// HPA (namespace/name) -> the Deployment it targets.
+    hpas: HashMap<DeploymentKey, DeploymentKey>,
+    unsynced: Vec<Source>,
+    /// Deployments listed during a re-list (per watch scope), to drop the ones that vanished.
+    relisted: HashMap<Option<String>, std::collections::HashSet<DeploymentKey>>,
+}
+
+impl Default for Index {
+    /// An index watching all namespaces.
+    fn default() -> Self {
+        Self::new(&[None])
+    }
+}
+
+impl Index {
+    /// An empty index with built-in defaults, for Deployments in `scopes` (a namespace each,
+    /// or `None` for all). Every source starts unsynced.
+    pub fn new(scopes: &[Option<String>]) -> Self {
+        let mut unsynced = vec![Source::ConfigMap];
+        for scope in scopes {
+            unsynced.push(Source::Deployments(scope.clone()));
+            unsynced.push(Source::Hpas(scope.clone()));
+        }
+        Self {
+            global: GlobalConfig::default(),
+            deployments: HashMap::new(),
+            hpas: HashMap::new(),
+            unsynced,
+            relisted: HashMap::new(),
+        }
+    }
+
+    /// The global configuration in force.
+    pub fn global(&self) -> &GlobalConfig {
+        &self.global
+    }
+
+    /// Whether every source has been listed completely since the last (re)start of its watch.
+    pub fn is_synced(&self) -> bool {
+        self.unsynced.is_empty()
+    }
+
+    /// Number of Deployments currently managed.
+    pub fn managed_count(&self) -> usize {
+        self.deployments
+            .values()
+            .filter(|e| e.managed.is_some())
+            .count()
+    }
+
+    /// A watch (re)started listing `source`: no decisions until [`Index::end_relist`].
+    pub fn begin_relist(&mut self, source: Source) {
+        if let Source::Deployments(scope) = &source {
+            self.relisted.insert(scope.clone(), Default::default());
+        }
+        if !self.unsynced.contains(&source) {
+            self.unsynced.push(source);
+        }
+    }
+
+    /// The re-list of `source` is complete. For Deployments, the ones not seen in the re-list
+    /// were deleted meanwhile and are dropped.
+    pub fn end_relist(&mut self, source: &Source) -> Vec<DeploymentKey> {
+        self.unsynced.retain(|s| s != source);
+        let mut gone = Vec::new();
+        if let Source::Deployments(scope) = source
+            && let Some(seen) = self.relisted.remove(scope)
+        {
+            let in_scope = |k: &DeploymentKey| scope.as_ref().is_none_or(|ns| *ns == k.namespace);
+            gone = self
+                .deployments
+                .keys()
+                .filter(|k| in_scope(k) && !seen.contains(*k))
+                .cloned()
+                .collect();
+            for key in &gone {
+                self.deployments.remove(key);
+            }
+        }
+        gone
+    }
+
+    /// A Deployment was added or changed.
+    pub fn apply_deployment(&mut self, view: DeploymentView, now: Instant) -> Vec<Notice> {
+        for (scope, seen) in &mut self.relisted {
+            if scope.as_ref().is_none_or(|ns| *ns == view.key.namespace) {
+                seen.insert(view.key.clone());
+            }
+        }
+        let opted_in = zeroscale_config::is_opted_in(&view.annotations);
+        // A Deployment that opts in after the initial list is new to zeroscale: initial-scale
+        // applies. Found at start-up, it was already managed before a restart.
+        let newly_enabled = !self
+            .unsynced
+            .iter()
+            .any(|s| matches!(s, Source::Deployments(_)));
+        let mut notices = Vec::new();
+        let key = view.key.clone();
+        let hpa = self.hpa_for(&key);
+        let entry = self
+            .deployments
+            .entry(key.clone())
+            .or_insert_with(|| Entry {
+                view: view.clone(),
+                managed: None,
+            });
+        let annotations_changed =
+            entry.view.annotations != view.annotations || entry.managed.is_none();
+        entry.view = view;
+        if !opted_in {
+            entry.managed = None;
+            return notices;
+        }
+        if annotations_changed {
+            let (settings, errors) =
+                DeploymentSettings::resolve(&self.global, &entry.view.annotations);
+            if !errors.is_empty() {
+                notices.push(Notice::BadAnnotations {
+                    key: key.clone(),
+                    errors,
+                });
+            }
+            match &mut entry.managed {
+                Some(m) => {
+                    m.decider.set_params(settings.scaling.clone());
+                    m.settings = settings;
+                }
+                None => {
+                    if let Some(hpa) = hpa {
+                        notices.push(Notice::HpaConflict {
+                            key: key.clone(),
+                            hpa,
+                        });
+                    }
+                    entry.managed = Some(Managed {
+                        decider: Decider::new(settings.scaling.clone(), now, newly_enabled),
+                        settings,
+                        in_flight: 0,
+                        queued: 0,
+                        data: DataState::Missing,
+                        last_round: None,
+                        pending: false,
+                    });
+                }
+            }
+        }
+        notices
+    }
+
+    /// A Deployment was deleted.
+    pub fn delete_deployment(&mut self, key: &DeploymentKey) {
+        self.deployments.remove(key);
+    }
+
+    fn hpa_for(&self, key: &DeploymentKey) -> Option<String> {
+        self.hpas
+            .iter()
+            .find(|(_, target)| *target == key)
+            .map(|(hpa, _)| hpa.name.clone())
+    }
+
+    /// An HPA was added or changed; `target` is the Deployment it scales (None if it targets
+    /// something else).
+    pub fn apply_hpa(&mut self, hpa: DeploymentKey, target: Option<DeploymentKey>) -> Vec<Notice> {
+        let mut notices = Vec::new();
+        match target {
+            Some(target) => {
+                let managed = self
+                    .deployments
+                    .get(&target)
+                    .is_some_and(|e| e.managed.is_some());
+                if self.hpas.get(&hpa) != Some(&target) && managed {
+                    notices.push(Notice::HpaConflict {
+                        key: target.clone(),
+                        hpa: hpa.name.clone(),
+                    });
+                }
+                self.hpas.insert(hpa, target);
+            }
+            None => {
+                self.hpas.remove(&hpa);
+            }
+        }
+        notices
+    }
+
+    /// An HPA was deleted.
+    pub fn delete_hpa(&mut self, hpa: &DeploymentKey) {
+        self.hpas.remove(hpa);
+    }
+
+    /// The ConfigMap's data (None: the ConfigMap does not exist, built-in defaults apply).
+    /// Rejected values keep their last good value; every Deployment is re-resolved.
+    pub fn apply_configmap(&mut self, data: Option<&BTreeMap<String, String>>) -> Vec<Notice> {
+        let mut notices = Vec::new();
+        let global = match data {
+            Some(data) => {
+                let (global, errors) = GlobalConfig::from_configmap(data, &self.global);
+                if !errors.is_empty() {
+                    notices.push(Notice::BadConfigMap { errors });
+                }
+                global
+            }
+            None => GlobalConfig::default(),
+        };
+        if global == self.global {
+            return notices;
+        }
+        self.global = global;
+        for entry in self.deployments.values_mut() {
+            if let Some(m) = &mut entry.managed {
+                // Annotation errors were already reported when the annotations were read.
+                let (settings, _) =
+                    DeploymentSettings::resolve(&self.global, &entry.view.annotations);
+                m.decider.set_params(settings.scaling.clone());
+                m.settings = settings;
+            }
+        }
+        notices
+    }
+
+    /// Deployments whose concurrency comes from their own pods, with their source.
+    pub fn pod_sources(&self) -> Vec<(DeploymentKey, MetricSource)> {
+        self.deployments
+            .iter()
+            .filter_map(|(k, e)| {
+                let m = e.managed.as_ref()?;
+                matches!(m.settings.metric_source, MetricSource::Pod { .. })
+                    .then(|| (k.clone(), m.settings.metric_source.clone()))
+            })
+            .collect()
+    }
+
+    /// One round of activator scrapes. A complete round is a sample for every activator-fed
+    /// Deployment (absent = zero traffic); an incomplete one only marks their data stale.
+    pub fn record_round(&mut self, round: &Round) {
+        for (key, entry) in &mut self.deployments {
+            let Some(m) = &mut entry.managed else {
+                continue;
+            };
+            if m.settings.metric_source != MetricSource::Activator {
+                continue;
+            }
+            let sample = round.models.get(key).copied().unwrap_or_default();
+            // Even from an incomplete round, requests seen waiting are real (a lower bound).
+            m.in_flight = sample.in_flight;
+            m.queued = sample.queued;
+            m.last_round = Some(round.at);
+            if round.complete {
+                m.decider.record(
+                    round.at,
+                    Sample {
+                        concurrency: sample.concurrency,
+                        rps: sample.rps,
+                    },
+                );
+                m.data = DataState::Fresh;
+            } else {
+                m.data = DataState::Stale;
+            }
+        }
+    }
+
+    /// One scrape of a pod-sourced Deployment's pods: the summed gauge, or None if any ready
+    /// pod failed to answer.
+    pub fn record_pod_metric(&mut self, key: &DeploymentKey, at: Instant, value: Option<f64>) {
+        let Some(m) = self
+            .deployments
+            .get_mut(key)
+            .and_then(|e| e.managed.as_mut())
+        else {
+            return;
+        };
+        m.last_round = Some(at);
+        match value {
+            Some(v) => {
+                m.decider.record(
+                    at,
+                    Sample {
+                        concurrency: v,
+                        rps: 0.0,
+                    },
+                );
+                m.in_flight = v.max(0.0).ceil() as u64;
+                m.queued = 0;
+                m.data = DataState::Fresh;
+            }
+            None => m.data = DataState::Stale,
+        }
+    }
+
+    /// A scale change handed out by [`Index::tick`] finished; on success the new count is
+    /// assumed until the watch confirms it.
+    pub fn scale_done(&mut self, key: &DeploymentKey, to: u32, ok: bool) {
+        if let Some(entry) = self.deployments.get_mut(key) {
+            if ok {
+                entry.view.spec_replicas = to;
+            }
+            if let Some(m) = &mut entry.managed {
+                m.pending = false;
+            }
+        }
+    }
+
+    /// Decides every managed Deployment. Returns the changes to make; nothing while a source
+    /// is being (re)listed, because a half-synced cache is no ground for a decision.
+    pub fn tick(&mut self, now: Instant) -> TickOutput {
+        if !self.is_synced() {
+            return TickOutput {
+                skipped_unsynced: true,
+                ..Default::default()
+            };
+        }
+        // Data older than a few scrape intervals means scrapes stopped arriving.
+        let stale_after = (self.global.scrape_interval * 3).max(Duration::from_secs(3));
+        let hpa_targets: std::collections::HashSet<&DeploymentKey> = self.hpas.values().collect();
+        let mut out = TickOutput::default();
+        for (key, entry) in &mut self.deployments {
+            let Some(m) = &mut entry.managed else {
+                continue;
+            };
+            if hpa_targets.contains(key) {
+                continue;
+            }
+            let data = match m.last_round {
+                None => DataState::Missing,
+                Some(at) if now.saturating_duration_since(at) > stale_after => DataState::Stale,
+                Some(_) => m.data,
+            };
+            let obs = Observation {
+                ready_pods: entry.view.ready_replicas,
+                current_scale: entry.view.spec_replicas,
+                in_flight: m.in_flight,
+                queued: m.queued,
+                data,
+            };
+            let decision = m.decider.decide(now, &obs);
+            if decision.desired != entry.view.spec_replicas && !m.pending {
+                m.pending = true;
+                out.intents.push(ScaleIntent {
+                    key: key.clone(),
+                    from: entry.view.spec_replicas,
+                    to: decision.desired,
+                    decision: decision.clone(),
+                });
+            }
+            out.reports.push(Report {
+                key: key.clone(),
+                actual: entry.view.spec_replicas,
+                in_panic: m.decider.in_panic(),
+                decision,
+            });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use zeroscale_scaling::Reason;
+
+    use super::*;
+    use crate::scrape::ModelSample;
+
+    fn key() -> DeploymentKey {
+        DeploymentKey::new("models", "llama")
+    }
+
+    fn dep(annotations: &[(&str, &str)], spec: u32, ready: u32) -> DeploymentView {
+        DeploymentView {
+            key: key(),
+            annotations: annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            spec_replicas: spec,
+            ready_replicas: ready,
+        }
+    }
+
+    const ON: (&str, &str) = ("zeroscale.dev/enabled", "true");
+
+    /// An index with every source listed and a fast policy: 6s window, 5s grace.
+    fn synced(t0: Instant) -> Index {
+        let mut index = Index::default();
+        let cm: BTreeMap<String, String> = [
+            ("stable-window", "6s"),
+            ("panic-window-percentage", "50"),
+            ("scale-to-zero-grace-period", "5s"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        assert!(index.apply_configmap(Some(&cm)).is_empty());
+        for s in [
+            Source::ConfigMap,
+            Source::Deployments(None),
+            Source::Hpas(None),
+        ] {
+            index.begin_relist(s.clone());
+            index.end_relist(&s);
+        }
+        assert!(index.is_synced());
+        let _ = t0;
+        index
+    }
+
+    fn round(at: Instant, complete: bool, sample: Option<ModelSample>) -> Round {
+        let mut models = HashMap::new();
+        if let Some(s) = sample {
+            models.insert(key(), s);
+        }
+        Round {
+            at,
+            complete,
+            models,
+            failures: vec![],
+        }
+    }
+
+    fn busy(concurrency: f64, in_flight: u64, queued: u64) -> Option<ModelSample> {
+        Some(ModelSample {
+            concurrency,
+            rps: 0.0,
+            in_flight,
+            queued,
+        })
+    }
+
+    /// Feeds one round per second from `from` for `secs` seconds and ticks each second,
+    /// applying every intent (as a successful patch would). Returns the intents.
+    fn run(
+        index: &mut Index,
+        from: Instant,
+        secs: u64,
+        complete: bool,
+        sample: Option<ModelSample>,
+    ) -> Vec<ScaleIntent> {
+        let mut all = Vec::new();
+        for s in 1..=secs {
+            let now = from + Duration::from_secs(s);
+            index.record_round(&round(now, complete, sample));
+            for intent in index.tick(now).intents {
+                index.scale_done(&intent.key, intent.to, true);
+                all.push(intent);
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn nothing_is_decided_before_every_watch_listed() {
+        let t0 = Instant::now();
+        let mut index = Index::default();
+        index.apply_deployment(dep(&[ON], 0, 0), t0);
+        index.record_round(&round(t0, true, busy(0.0, 0, 3)));
+        let out = index.tick(t0);
+        assert!(out.skipped_unsynced);
+        assert!(out.intents.is_empty());
+        // A re-list of one source stops decisions again until it is done.
+        let mut index = synced(t0);
+        index.begin_relist(Source::Deployments(None));
+        index.apply_deployment(dep(&[ON], 0, 0), t0);
+        index.record_round(&round(t0, true, busy(0.0, 0, 3)));
+        assert!(index.tick(t0).skipped_unsynced);
+        index.end_relist(&Source::Deployments(None));
+        assert_eq!(index.tick(t0).intents.len(), 1);
+    }
+
+    #[test]
+    fn queued_requests_at_zero_wake_it() {
+        let t0 = Instant::now();
+        let mut index = synced(t0);
+        assert!(index.apply_deployment(dep(&[ON], 0, 0), t0).is_empty());
+        index.record_round(&round(t0, true, busy(0.0, 0, 3)));
+        let out = index.tick(t0);
+        assert_eq!(out.intents.len(), 1);
+        let intent = &out.intents[0];
+        assert_eq!(
+            (intent.from, intent.to, intent.decision.reason),
+            (0, 1, Reason::Wake)
+        );
+        assert_eq!(
+            crate::apply::scale_message(intent),
+            "Scaled 0 -> 1: 3 requests waiting in the activator"
+        );
+    }
+
+    #[test]
+    fn an_intent_is_not_repeated_while_its_patch_is_pending() {
+        let t0 = Instant::now();
+        let mut index = synced(t0);
+        index.apply_deployment(dep(&[ON], 0, 0), t0);
+        index.record_round(&round(t0, true, busy(0.0, 0, 3)));
+        assert_eq!(index.tick(t0).intents.len(), 1);
+        assert!(
+            index
+                .tick(t0 + Duration::from_millis(10))
+                .intents
+                .is_empty()
+        );
+        // A failed patch is retried on the next tick.
+        index.scale_done(&key(), 1, false);
+        assert_eq!(index.tick(t0 + Duration::from_millis(20)).intents.len(), 1);
+        // A successful one is not.
+        index.scale_done(&key(), 1, true);
+        assert!(
+            index
+                .tick(t0 + Duration::from_millis(30))
+                .intents
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn idle_goes_to_zero_after_the_grace_period_on_fresh_data_only() {
+        let t0 = Instant::now();
+        let mut index = synced(t0);
+        index.apply_deployment(dep(&[ON], 1, 1), t0);
+        let intents = run(&mut index, t0, 4, true, None);
+        assert!(
+            intents.is_empty(),
+            "inside the 5s grace period: {intents:?}"
+        );
+        let intents = run(&mut index, t0 + Duration::from_secs(4), 4, true, None);
+        assert_eq!(intents.len(), 1, "{intents:?}");
+        assert_eq!(
+            (intents[0].from, intents[0].to, intents[0].decision.reason),
+            (1, 0, Reason::ScaleToZero)
+        );
+    }
+
+    #[test]
+    fn failed_scrapes_never_lead_to_zero() {
+        let t0 = Instant::now();
+        let mut index = synced(t0);
+        index.apply_deployment(dep(&[ON], 1, 1), t0);
+        let intents = run(&mut index, t0, 30, false, None);
+        assert!(intents.is_empty(), "{intents:?}");
+    }
+
+    #[test]
+    fn scrapes_that_stop_arriving_are_stale() {
+        let t0 = Instant::now();
+        let mut index = synced(t0);
+        index.apply_deployment(dep(&[ON], 2, 2), t0);
+        index.record_round(&round(t0, true, None));
+        // No round for a minute: once the last one is older than three scrape intervals the
+        // data is stale: no scale-down, no zero.
+        for s in 4..60 {
+            let intents = index.tick(t0 + Duration::from_secs(s)).intents;
+            assert!(intents.is_empty(), "{intents:?}");
+        }
+    }
+
+    #[test]
+    fn requests_in_flight_keep_the_last_pod() {
+        let t0 = Instant::now();
+        let mut index = synced(t0);
+        index.apply_deployment(dep(&[ON], 1, 1), t0);
+        let intents = run(&mut index, t0, 30, true, busy(0.5, 1, 0));
+        assert!(intents.is_empty(), "{intents:?}");
+    }
+
+    #[test]
+    fn load_scales_up_and_back_down_within_the_down_rate() {
+        let t0 = Instant::now();
+        let mut index = synced(t0);
+        index.apply_deployment(dep(&[ON], 1, 1), t0);
+        // 420 concurrent at 70 per pod: 6 pods.
+        let up = run(&mut index, t0, 3, true, busy(420.0, 420, 0));
+        assert_eq!(up.last().map(|i| i.to), Some(6), "{up:?}");
+        // Pods become ready.
+        let mut d = dep(&[ON], 6, 6);
+        d.spec_replicas = 6;
+        index.apply_deployment(d, t0 + Duration::from_secs(3));
+        // Load drops to one pod's worth: 6 -> 3 -> 2 -> 1, each step at most halving the ready
+        // pods (max-scale-down-rate 2), as the pods follow.
+        let mut down = Vec::new();
+        for s in 4..60 {
+            let now = t0 + Duration::from_secs(s);
+            index.record_round(&round(now, true, busy(70.0, 70, 0)));
+            for i in index.tick(now).intents {
+                index.scale_done(&i.key, i.to, true);
+                index.apply_deployment(dep(&[ON], i.to, i.to), now);
+                down.push(i);
+            }
+        }
+        let steps: Vec<(u32, u32)> = down.iter().map(|i| (i.from, i.to)).collect();
+        assert!(!steps.is_empty());
+        for (from, to) in &steps {
+            assert!(to < from && *to >= from / 2, "{steps:?}");
+        }
+        assert_eq!(steps.last().map(|s| s.1), Some(1), "{steps:?}");
+    }
+
+    #[test]
+    fn min_and_max_annotations_bound_the_count() {
+        let t0 = Instant::now();
+        let mut index = synced(t0);
+        index.apply_deployment(dep(&[ON, ("zeroscale.dev/max-scale", "2")], 1, 1), t0);
+        let up = run(&mut index, t0, 3, true, busy(1000.0, 1000, 0));
+        assert_eq!(
+            up.last().map(|i| (i.to, i.decision.reason)),
+            Some((2, Reason::HeldByMax)),
+            "{up:?}"
+        );
+
+        let mut index = synced(t0);
+        index.apply_deployment(dep(&[ON, ("zeroscale.dev/min-scale", "2")], 2, 2), t0);
+        let idle = run(&mut index, t0, 30, true, None);
+        assert!(idle.is_empty(), "min-scale 2 holds: {idle:?}");
+    }
+
+    #[test]
+    fn a_deployment_without_opt_in_is_never_touched() {
+        let t0 = Instant::now();
+        let mut index = synced(t0);
+        index.apply_deployment(dep(&[], 0, 0), t0);
+        index.record_round(&round(t0, true, busy(0.0, 0, 5)));
+        assert!(index.tick(t0).intents.is_empty());
+        // Removing the opt-in stops all changes.
+        index.apply_deployment(dep(&[ON], 1, 1), t0);
+        index.apply_deployment(dep(&[("zeroscale.dev/enabled", "false")], 1, 1), t0);
+        assert!(run(&mut index, t0, 30, true, None).is_empty());
+        assert_eq!(index.managed_count(), 0);
+    }
+
+    #[test]
+    fn a_bad_annotation_is_reported_once_and_the_global_value_used() {
+        let t0 = Instant::now();
+        let mut index = synced(t0);
+        let bad = [ON, ("zeroscale.dev/max-scale", "-3")];
+        let notices = index.apply_deployment(dep(&bad, 1, 1), t0);
+        match notices.as_slice() {
+            [Notice::BadAnnotations { key: k, errors }] => {
+                assert_eq!(k, &key());
+                assert_eq!(errors[0].key, "zeroscale.dev/max-scale");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Status updates with the same annotations do not repeat it.
+        assert!(index.apply_deployment(dep(&bad, 1, 0), t0).is_empty());
+        // Global max-scale (unbounded) applies: 700 concurrent -> 10 pods.
+        let up = run(&mut index, t0, 2, true, busy(700.0, 700, 0));
+        assert_eq!(up.last().map(|i| i.to), Some(10), "{up:?}");
+    }
+
+    #[test]
+    fn a_bad_configmap_value_keeps_the_last_good_one() {
+        let t0 = Instant::now();
+        let mut index = synced(t0);
+        let cm = |v: &str| -> BTreeMap<String, String> {
+            [("tick-interval".to_owned(), v.to_owned())]
+                .into_iter()
+                .collect()
+        };
+        assert!(index.apply_configmap(Some(&cm("1s"))).is_empty());
+        assert_eq!(index.global().tick_interval, Duration::from_secs(1));
+        let notices = index.apply_configmap(Some(&cm("soon")));
+        assert!(
+            matches!(notices.as_slice(), [Notice::BadConfigMap { errors }] if errors[0].key == "tick-interval"),
+            "{notices:?}"
+        );
+        assert_eq!(index.global().tick_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_configmap_edit_changes_the_target_of_managed_deployments() {
+        let t0 = Instant::now();
+        let mut index = synced(t0);
+        index.apply_deployment(dep(&[ON], 1, 1), t0);
+        // 140 concurrent at the default 70 per pod: 2 pods.
+        let up = run(&mut index, t0, 2, true, busy(140.0, 140, 0));
+        assert_eq!(up.last().map(|i| i.to), Some(2));
+        index.apply_deployment(dep(&[ON], 2, 2), t0 + Duration::from_secs(2));
+        let cm: BTreeMap<String, String> = [
+            ("stable-window", "6s"),
+            ("panic-window-percentage", "50"),
+            ("container-concurrency-target-default", "10"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        assert!(index.apply_configmap(Some(&cm)).is_empty());
+        // Now 7 per pod: 20 pods, capped by the up rate only (1000x).
+        let up = run(
+            &mut index,
+            t0 + Duration::from_secs(2),
+            1,
+            true,
+            busy(140.0, 140, 0),
+        );
+        assert_eq!(up.last().map(|i| i.to), Some(20), "{up:?}");
+    }
+
+    #[test]
+    fn an_hpa_on_the_deployment_is_reported_and_left_alone() {
+        let t0 = Instant::now();
+        let mut index = synced(t0);
+        index.apply_deployment(dep(&[ON], 0, 0), t0);
+        let hpa = DeploymentKey::new("models", "llama-hpa");
+        let notices = index.apply_hpa(hpa.clone(), Some(key()));
+        assert!(
+            matches!(notices.as_slice(), [Notice::HpaConflict { hpa, .. }] if hpa == "llama-hpa")
+        );
+        index.record_round(&round(t0, true, busy(0.0, 0, 3)));
+        assert!(index.tick(t0).intents.is_empty());
+        index.delete_hpa(&hpa);
+        assert_eq!(index.tick(t0).intents.len(), 1);
+    }
+
+    #[test]
+    fn a_relist_drops_deployments_deleted_meanwhile() {
+        let t0 = Instant::now();
+        let mut index = synced(t0);
+        index.apply_deployment(dep(&[ON], 1, 1), t0);
+        let mut other = dep(&[ON], 1, 1);
+        other.key = DeploymentKey::new("models", "other");
+        index.apply_deployment(other.clone(), t0);
+        index.begin_relist(Source::Deployments(None));
+        index.apply_deployment(other, t0);
+        assert_eq!(index.end_relist(&Source::Deployments(None)), vec![key()]);
+        assert_eq!(index.managed_count(), 1);
+    }
+
+    #[test]
+    fn a_deployment_opting_in_after_start_gets_initial_scale() {
+        let t0 = Instant::now();
+        let mut index = synced(t0);
+        index.apply_deployment(dep(&[], 0, 0), t0);
+        index.apply_deployment(dep(&[ON], 0, 0), t0);
+        index.record_round(&round(t0, true, None));
+        let out = index.tick(t0);
+        assert_eq!(
+            out.intents.first().map(|i| (i.to, i.decision.reason)),
+            Some((1, Reason::Initial)),
+            "{:?}",
+            out.intents
+        );
+    }
+}

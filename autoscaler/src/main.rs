@@ -1,0 +1,143 @@
+//! The `autoscaler` binary: flags, tracing, client, listeners; everything else is in the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use zeroscale_autoscaler::controller::{self, Settings};
+
+/// zeroscale autoscaler: scales opted-in Deployments (annotation zeroscale.dev/enabled: "true")
+/// from request concurrency, to and from zero.
+#[derive(Debug, Parser)]
+#[command(name = "autoscaler", version)]
+struct Args {
+    /// Kubeconfig file; without it the in-cluster config (or $KUBECONFIG, ~/.kube/config) is used.
+    #[arg(long, env = "KUBECONFIG_PATH")]
+    kubeconfig: Option<PathBuf>,
+    /// The autoscaler's own namespace: holds the zeroscale-config ConfigMap and the leader Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "zeroscale-system")]
+    namespace: String,
+    /// Comma-separated namespaces whose Deployments are managed; empty means all namespaces.
+    #[arg(
+        long,
+        env = "ZEROSCALE_NAMESPACES",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    namespaces: Vec<String>,
+    /// Listen address of the wake API (POST /v1/wake).
+    #[arg(long, env = "ZEROSCALE_API_LISTEN", default_value = "0.0.0.0:8080")]
+    api_listen: SocketAddr,
+    /// Listen address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "ZEROSCALE_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    metrics_listen: SocketAddr,
+    /// The activator Service as namespace/name; its EndpointSlices list the activator replicas.
+    #[arg(
+        long,
+        env = "ZEROSCALE_ACTIVATOR_SERVICE",
+        default_value = "zeroscale-system/zeroscale-activator"
+    )]
+    activator_service: String,
+    /// The activator's metrics port: an EndpointSlice port name or a number.
+    #[arg(
+        long,
+        env = "ZEROSCALE_ACTIVATOR_METRICS_PORT",
+        default_value = "metrics"
+    )]
+    activator_metrics_port: String,
+    /// Name of the coordination Lease used for leader election.
+    #[arg(
+        long,
+        env = "ZEROSCALE_LEASE_NAME",
+        default_value = "zeroscale-autoscaler"
+    )]
+    lease_name: String,
+    /// Lease duration in seconds: a standby takes over at most this long after the leader dies.
+    #[arg(long, env = "ZEROSCALE_LEASE_DURATION", default_value_t = 15)]
+    lease_duration: u64,
+    /// Identity in the Lease and in Events; defaults to the hostname and process id.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Timeout in milliseconds of one API write (scale patch, wake, Event).
+    #[arg(long, env = "ZEROSCALE_API_TIMEOUT_MS", default_value_t = 5000)]
+    api_timeout_ms: u64,
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "autoscaler".into());
+    format!("{host}-{}", std::process::id())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube=warn".into()),
+        )
+        .init();
+    let Args {
+        kubeconfig,
+        namespace,
+        namespaces,
+        api_listen,
+        metrics_listen,
+        activator_service,
+        activator_metrics_port,
+        lease_name,
+        lease_duration,
+        identity,
+        api_timeout_ms,
+    } = Args::parse();
+
+    let (act_ns, act_name) = activator_service.split_once('/').with_context(|| {
+        format!("--activator-service {activator_service:?} must be namespace/name")
+    })?;
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(&path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .context("kubeconfig")?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no in-cluster config or kubeconfig found")?,
+    };
+    let client = kube::Client::try_from(config).context("building the Kubernetes client")?;
+    let api = tokio::net::TcpListener::bind(api_listen)
+        .await
+        .with_context(|| format!("binding {api_listen}"))?;
+    let metrics = tokio::net::TcpListener::bind(metrics_listen)
+        .await
+        .with_context(|| format!("binding {metrics_listen}"))?;
+    let settings = Settings {
+        namespace,
+        namespaces: namespaces.into_iter().filter(|n| !n.is_empty()).collect(),
+        activator_service: (act_ns.to_owned(), act_name.to_owned()),
+        activator_metrics_port,
+        lease_name,
+        lease_duration: Duration::from_secs(lease_duration),
+        identity: identity.unwrap_or_else(default_identity),
+        api_timeout: Duration::from_millis(api_timeout_ms),
+    };
+    tracing::info!(identity = %settings.identity, api = %api.local_addr()?, metrics = %metrics.local_addr()?, "autoscaler starting");
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+    };
+    controller::run(client, settings, api, metrics, Default::default(), shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,267 @@
+//! The autoscaler's own metrics, registered into a registry handed down from `main`.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::DeploymentKey;
+use crate::index::Report;
+
+/// Labels of per-Deployment series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeploymentLabels {
+    /// Namespace.
+    pub namespace: String,
+    /// Deployment name.
+    pub deployment: String,
+}
+
+impl From<&DeploymentKey> for DeploymentLabels {
+    fn from(k: &DeploymentKey) -> Self {
+        Self {
+            namespace: k.namespace.clone(),
+            deployment: k.name.clone(),
+        }
+    }
+}
+
+/// Labels of decision counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// Namespace.
+    pub namespace: String,
+    /// Deployment name.
+    pub deployment: String,
+    /// `Reason::as_str()`.
+    pub reason: String,
+}
+
+/// Labels carrying an outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `success`, `failure`, `timeout`, `conflict`, ...
+    pub result: String,
+}
+
+/// Labels of scrape errors.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    /// `activator` or `pod`.
+    pub source: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    ])
+}
+
+/// All metrics of the autoscaler. `Default` so tests can build and read them.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Desired replicas per Deployment (last decision).
+    pub desired_replicas: Family<DeploymentLabels, Gauge>,
+    /// `spec.replicas` per Deployment.
+    pub actual_replicas: Family<DeploymentLabels, Gauge>,
+    /// 1 while the Deployment's decider is in panic mode.
+    pub panic_mode: Family<DeploymentLabels, Gauge>,
+    /// Stable-window average concurrency.
+    pub stable_concurrency: Family<DeploymentLabels, FloatGauge>,
+    /// Panic-window average concurrency.
+    pub panic_concurrency: Family<DeploymentLabels, FloatGauge>,
+    /// Decisions that changed the count, by reason.
+    pub decisions: Family<DecisionLabels, Counter>,
+    /// Failed scrapes.
+    pub scrape_errors: Family<TargetLabels, Counter>,
+    /// Scale patches by result.
+    pub patches: Family<ResultLabels, Counter>,
+    /// Latency of steady-state scale patches.
+    pub patch_latency: Histogram,
+    /// Rejected configuration values (ConfigMap keys and annotations).
+    pub config_errors: Counter,
+    /// Wake requests by result.
+    pub wakes: Family<ResultLabels, Counter>,
+    /// Wake request received -> scale PATCH about to be sent.
+    pub wake_to_patch: Histogram,
+    /// 1 while this replica holds the leader Lease.
+    pub leader: Gauge,
+    /// Ticks skipped because a watch was re-listing.
+    pub ticks_skipped_unsynced: Counter,
+    /// Managed (opted-in) Deployments.
+    pub managed_deployments: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            desired_replicas: Default::default(),
+            actual_replicas: Default::default(),
+            panic_mode: Default::default(),
+            stable_concurrency: Default::default(),
+            panic_concurrency: Default::default(),
+            decisions: Default::default(),
+            scrape_errors: Default::default(),
+            patches: Default::default(),
+            patch_latency: latency_histogram(),
+            config_errors: Default::default(),
+            wakes: Default::default(),
+            wake_to_patch: latency_histogram(),
+            leader: Default::default(),
+            ticks_skipped_unsynced: Default::default(),
+            managed_deployments: Default::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Registers every metric under the `zeroscale_autoscaler` prefix.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("zeroscale_autoscaler");
+        r.register(
+            "desired_replicas",
+            "Desired replicas per Deployment",
+            self.desired_replicas.clone(),
+        );
+        r.register(
+            "actual_replicas",
+            "spec.replicas per Deployment",
+            self.actual_replicas.clone(),
+        );
+        r.register(
+            "panic_mode",
+            "1 while in panic mode",
+            self.panic_mode.clone(),
+        );
+        r.register(
+            "stable_concurrency",
+            "Stable-window average concurrency",
+            self.stable_concurrency.clone(),
+        );
+        r.register(
+            "panic_concurrency",
+            "Panic-window average concurrency",
+            self.panic_concurrency.clone(),
+        );
+        r.register(
+            "decisions",
+            "Scale changes decided, by reason",
+            self.decisions.clone(),
+        );
+        r.register(
+            "scrape_errors",
+            "Failed metric scrapes",
+            self.scrape_errors.clone(),
+        );
+        r.register(
+            "scale_patches",
+            "Scale patches by result",
+            self.patches.clone(),
+        );
+        r.register(
+            "patch_latency_seconds",
+            "Latency of scale patches",
+            self.patch_latency.clone(),
+        );
+        r.register(
+            "config_errors",
+            "Rejected configuration values",
+            self.config_errors.clone(),
+        );
+        r.register("wakes", "Wake requests by result", self.wakes.clone());
+        r.register(
+            "wake_to_patch_seconds",
+            "Wake received to scale PATCH sent",
+            self.wake_to_patch.clone(),
+        );
+        r.register(
+            "leader",
+            "1 while this replica holds the leader Lease",
+            self.leader.clone(),
+        );
+        r.register(
+            "ticks_skipped_unsynced",
+            "Ticks skipped while a watch re-lists",
+            self.ticks_skipped_unsynced.clone(),
+        );
+        r.register(
+            "managed_deployments",
+            "Opted-in Deployments",
+            self.managed_deployments.clone(),
+        );
+    }
+
+    /// Records one tick's per-Deployment state.
+    pub fn observe_report(&self, report: &Report) {
+        let labels = DeploymentLabels::from(&report.key);
+        self.desired_replicas
+            .get_or_create(&labels)
+            .set(i64::from(report.decision.desired));
+        self.actual_replicas
+            .get_or_create(&labels)
+            .set(i64::from(report.actual));
+        self.panic_mode
+            .get_or_create(&labels)
+            .set(i64::from(report.in_panic));
+        self.stable_concurrency
+            .get_or_create(&labels)
+            .set(report.decision.inputs.stable_average);
+        self.panic_concurrency
+            .get_or_create(&labels)
+            .set(report.decision.inputs.panic_average);
+    }
+
+    /// Drops the series of a Deployment that is gone or no longer managed.
+    pub fn forget(&self, key: &DeploymentKey) {
+        let labels = DeploymentLabels::from(key);
+        self.desired_replicas.remove(&labels);
+        self.actual_replicas.remove(&labels);
+        self.panic_mode.remove(&labels);
+        self.stable_concurrency.remove(&labels);
+        self.panic_concurrency.remove(&labels);
+    }
+
+    /// Counts a patch outcome.
+    pub fn patch_result(&self, result: &str) {
+        self.patches
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a wake outcome.
+    pub fn wake_result(&self, result: &str) {
+        self.wakes
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a decision that changed the count.
+    pub fn decision(&self, key: &DeploymentKey, reason: &str) {
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                namespace: key.namespace.clone(),
+                deployment: key.name.clone(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a failed scrape.
+    pub fn scrape_error(&self, source: &str) {
+        self.scrape_errors
+            .get_or_create(&TargetLabels {
+                source: source.to_owned(),
+            })
+            .inc();
+    }
+}

@@ -1,0 +1,105 @@
+//! Errors of the request path and the one place where they become HTTP answers ([`rescue`]).
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::RespBody;
+use crate::queue::QueueError;
+use crate::route::BodyError;
+
+/// How to address a model; part of every 404 so a person can fix the request.
+pub const ADDRESSING_HINT: &str = "address a model by Host `{model}.{namespace}` (any port or \
+domain suffix) or one of its zeroscale.dev/hostnames, by path `/v1/models/{model}[:predict|:explain]` \
+or `/v2/models/{model}/...`, or by the \"model\" field of a JSON body on `/v1/chat/completions`, \
+`/v1/completions` or `/v1/embeddings`";
+
+/// Everything that can go wrong between accepting a request and answering it.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// Nothing in the request names a model.
+    #[error("no model is addressed by this request")]
+    NoRoute,
+    /// The request names a model that is not routed.
+    #[error("model {0:?} is not known to the activator")]
+    UnknownModel(String),
+    /// The body, buffered to read its `model` field, is over the limit.
+    #[error("the request body is larger than {0} bytes, the limit for routing by body")]
+    BodyTooLarge(usize),
+    /// The body could not be read for routing.
+    #[error(transparent)]
+    Body(#[from] BodyError),
+    /// The client's body failed while being read.
+    #[error("reading the request body failed: {0}")]
+    ClientBody(String),
+    /// No capacity: queue full, deadline or model removed.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// The backend could not be reached or failed mid-request.
+    #[error("the model server failed: {0}")]
+    Backend(String),
+}
+
+impl ProxyError {
+    /// A short machine-readable name, used as a metric label and in the JSON body.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "no_route",
+            ProxyError::UnknownModel(_) => "unknown_model",
+            ProxyError::BodyTooLarge(_) => "body_too_large",
+            ProxyError::Body(BodyError::InvalidJson(_)) => "invalid_json",
+            ProxyError::Body(BodyError::MissingModel) => "missing_model",
+            ProxyError::ClientBody(_) => "client_body",
+            ProxyError::Queue(QueueError::Full { .. }) => "queue_full",
+            ProxyError::Queue(QueueError::Deadline(_)) => "queue_deadline",
+            ProxyError::Queue(QueueError::Closed) => "model_removed",
+            ProxyError::Backend(_) => "backend_failed",
+        }
+    }
+
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute | ProxyError::UnknownModel(_) => StatusCode::NOT_FOUND,
+            ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::Body(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Queue(QueueError::Full { .. }) | ProxyError::Queue(QueueError::Closed) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::Queue(QueueError::Deadline(_)) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Backend(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+/// Turns an error into the answer the client gets: status, JSON body, and Retry-After when
+/// retrying later can help.
+pub fn rescue(err: &ProxyError) -> Response<RespBody> {
+    let status = err.status();
+    let message = match err {
+        ProxyError::NoRoute | ProxyError::UnknownModel(_) => format!("{err}: {ADDRESSING_HINT}"),
+        _ => err.to_string(),
+    };
+    let body = serde_json::json!({
+        "error": {
+            "code": status.as_u16(),
+            "type": err.reason(),
+            "message": message,
+        }
+    });
+    let mut resp = Response::new(RespBody::full(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let retry_after = match err {
+        ProxyError::Queue(QueueError::Full { retry_after, .. }) => Some(*retry_after),
+        ProxyError::Queue(QueueError::Closed) => Some(1),
+        _ => None,
+    };
+    if let Some(s) = retry_after {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    resp
+}

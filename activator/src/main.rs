@@ -1,0 +1,3 @@
+//! The activator binary (being written).
+
+fn main() {}

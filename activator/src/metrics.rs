@@ -1,0 +1,445 @@
+//! The activator's metrics (names and labels are a contract: see `docs/architecture.md`).
+//!
+//! One [`Metrics`] is built from the registry handed down by `main`; each model resolves its
+//! handles once ([`ModelMetrics`]) so the per-request path does no label lookups except for the
+//! status-code counter.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
+use tokio::time::Instant;
+
+/// Labels of every per-model series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    /// The Deployment's namespace.
+    pub namespace: String,
+    /// The Deployment's name (the autoscaler's key).
+    pub deployment: String,
+    /// The routed model name.
+    pub model: String,
+}
+
+/// Per-model labels plus the answered status code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    /// The Deployment's namespace.
+    pub namespace: String,
+    /// The Deployment's name.
+    pub deployment: String,
+    /// The routed model name.
+    pub model: String,
+    /// HTTP status code.
+    pub code: u16,
+}
+
+/// Per-model labels plus the pod address.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PodLabels {
+    /// The Deployment's namespace.
+    pub namespace: String,
+    /// The Deployment's name.
+    pub deployment: String,
+    /// The routed model name.
+    pub model: String,
+    /// The pod's IP.
+    pub pod_ip: String,
+}
+
+/// Reason label of requests rejected before a model was known.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// Short machine-readable reason, e.g. `unknown_model`.
+    pub reason: &'static str,
+}
+
+#[derive(Debug)]
+struct IntegralState {
+    count: u64,
+    /// Accumulated request-nanoseconds: integer so the sum is exact.
+    acc_nanos: u128,
+    last: Instant,
+}
+
+/// The integral over time of the number of requests held (queued + forwarded and not yet
+/// answered), in request-seconds. Time is passed in (`*_at`), so it is testable without a clock;
+/// the scrape uses `tokio::time::Instant::now()`, which a paused test clock controls.
+#[derive(Clone, Debug)]
+pub struct ConcurrencyIntegral(Arc<Mutex<IntegralState>>);
+
+impl Default for ConcurrencyIntegral {
+    fn default() -> Self {
+        Self::new_at(Instant::now())
+    }
+}
+
+impl ConcurrencyIntegral {
+    /// A zero integral starting at `now`.
+    pub fn new_at(now: Instant) -> Self {
+        Self(Arc::new(Mutex::new(IntegralState {
+            count: 0,
+            acc_nanos: 0,
+            last: now,
+        })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, IntegralState> {
+        // A poisoned lock only means a panic elsewhere; the counters stay meaningful.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn advance(st: &mut IntegralState, now: Instant) {
+        // `saturating_duration_since`: a caller's `now` older than the last change adds nothing.
+        let dt = now.saturating_duration_since(st.last);
+        st.acc_nanos += u128::from(st.count) * dt.as_nanos();
+        if now > st.last {
+            st.last = now;
+        }
+    }
+
+    /// One more request held from `now` on.
+    pub fn inc_at(&self, now: Instant) {
+        let mut st = self.lock();
+        Self::advance(&mut st, now);
+        st.count += 1;
+    }
+
+    /// One request fewer held from `now` on.
+    pub fn dec_at(&self, now: Instant) {
+        let mut st = self.lock();
+        Self::advance(&mut st, now);
+        st.count = st.count.saturating_sub(1);
+    }
+
+    /// Requests held right now.
+    pub fn current(&self) -> u64 {
+        self.lock().count
+    }
+
+    /// The integral up to `now`, as an exact duration (request-nanoseconds).
+    pub fn total_at(&self, now: Instant) -> Duration {
+        let st = self.lock();
+        let dt = now.saturating_duration_since(st.last);
+        let nanos = st.acc_nanos + u128::from(st.count) * dt.as_nanos();
+        let secs = (nanos / 1_000_000_000) as u64;
+        Duration::new(secs, (nanos % 1_000_000_000) as u32)
+    }
+
+    /// The integral up to `now` in request-seconds.
+    pub fn seconds_at(&self, now: Instant) -> f64 {
+        self.total_at(now).as_secs_f64()
+    }
+
+    /// A guard that holds one request until dropped.
+    pub fn hold(&self) -> Held {
+        self.inc_at(Instant::now());
+        Held(self.clone())
+    }
+}
+
+impl TypedMetric for ConcurrencyIntegral {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for ConcurrencyIntegral {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let v = self.seconds_at(Instant::now());
+        encoder.encode_counter::<NoLabelSet, f64, f64>(&v, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
+/// Holds one request in a [`ConcurrencyIntegral`] until dropped.
+#[derive(Debug)]
+pub struct Held(ConcurrencyIntegral);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.dec_at(Instant::now());
+    }
+}
+
+/// Builds queue-wait histograms with the same buckets everywhere.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WaitBuckets;
+
+impl MetricConstructor<Histogram> for WaitBuckets {
+    fn new_metric(&self) -> Histogram {
+        // 1ms .. ~5.5min: covers an instant pass-through up to a slow model load.
+        Histogram::new(exponential_buckets(0.001, 2.0, 19))
+    }
+}
+
+/// All activator metrics, registered into the registry handed down from `main`.
+#[derive(Debug)]
+pub struct Metrics {
+    integral: Family<ModelLabels, ConcurrencyIntegral>,
+    requests: Family<CodeLabels, Counter>,
+    in_flight: Family<ModelLabels, Gauge>,
+    queued: Family<ModelLabels, Gauge>,
+    queue_wait: Family<ModelLabels, Histogram, WaitBuckets>,
+    wake_signals: Family<ModelLabels, Counter>,
+    wake_failures: Family<ModelLabels, Counter>,
+    abandoned: Family<ModelLabels, Counter>,
+    pod_in_flight: Family<PodLabels, Gauge>,
+    rejected: Family<ReasonLabels, Counter>,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them (names without the `zeroscale_activator_` prefix
+    /// are never used: the prefix is part of the contract, so it is spelled out here).
+    pub fn register(registry: &mut Registry) -> Arc<Self> {
+        let m = Self {
+            integral: Family::default(),
+            requests: Family::default(),
+            in_flight: Family::default(),
+            queued: Family::default(),
+            queue_wait: Family::new_with_constructor(WaitBuckets),
+            wake_signals: Family::default(),
+            wake_failures: Family::default(),
+            abandoned: Family::default(),
+            pod_in_flight: Family::default(),
+            rejected: Family::default(),
+        };
+        registry.register(
+            "zeroscale_activator_request_concurrency_seconds",
+            "Integral over time of requests held (queued + in flight), in request-seconds",
+            m.integral.clone(),
+        );
+        registry.register(
+            "zeroscale_activator_requests",
+            "Requests answered, by HTTP status code",
+            m.requests.clone(),
+        );
+        registry.register(
+            "zeroscale_activator_requests_in_flight",
+            "Requests forwarded and not yet answered",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            "zeroscale_activator_requests_queued",
+            "Requests waiting for capacity",
+            m.queued.clone(),
+        );
+        registry.register(
+            "zeroscale_activator_queue_wait_seconds",
+            "Time spent in the queue",
+            m.queue_wait.clone(),
+        );
+        registry.register(
+            "zeroscale_activator_wake_signals",
+            "Wake signals sent to the autoscaler",
+            m.wake_signals.clone(),
+        );
+        registry.register(
+            "zeroscale_activator_wake_failures",
+            "Wake signals that failed (no answer or a non-2xx answer)",
+            m.wake_failures.clone(),
+        );
+        registry.register(
+            "zeroscale_activator_queue_abandoned",
+            "Queued requests whose client went away before capacity was found",
+            m.abandoned.clone(),
+        );
+        registry.register(
+            "zeroscale_activator_pod_requests_in_flight",
+            "Requests in flight per pod",
+            m.pod_in_flight.clone(),
+        );
+        registry.register(
+            "zeroscale_activator_rejected_requests",
+            "Requests rejected before a model was chosen, by reason",
+            m.rejected.clone(),
+        );
+        Arc::new(m)
+    }
+
+    /// Resolves the handles of one model.
+    pub fn model(self: &Arc<Self>, labels: ModelLabels) -> ModelMetrics {
+        ModelMetrics {
+            integral: self.integral.get_or_create(&labels).clone(),
+            in_flight: self.in_flight.get_or_create(&labels).clone(),
+            queued: self.queued.get_or_create(&labels).clone(),
+            queue_wait: self.queue_wait.get_or_create(&labels).clone(),
+            wake_signals: self.wake_signals.get_or_create(&labels).clone(),
+            wake_failures: self.wake_failures.get_or_create(&labels).clone(),
+            abandoned: self.abandoned.get_or_create(&labels).clone(),
+            root: self.clone(),
+            labels,
+        }
+    }
+
+    /// Counts a request rejected before it reached a model.
+    pub fn rejected(&self, reason: &'static str) {
+        self.rejected.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// Number of rejected requests for `reason` (for tests).
+    pub fn rejected_count(&self, reason: &'static str) -> u64 {
+        self.rejected.get_or_create(&ReasonLabels { reason }).get()
+    }
+}
+
+/// The pre-resolved metric handles of one model.
+#[derive(Clone, Debug)]
+pub struct ModelMetrics {
+    /// Labels of this model's series.
+    pub labels: ModelLabels,
+    /// Concurrency integral (queued + in flight).
+    pub integral: ConcurrencyIntegral,
+    /// Requests forwarded and not yet answered.
+    pub in_flight: Gauge,
+    /// Requests waiting for capacity.
+    pub queued: Gauge,
+    /// Time spent in the queue.
+    pub queue_wait: Histogram,
+    /// Wake signals sent.
+    pub wake_signals: Counter,
+    /// Wake signals that failed.
+    pub wake_failures: Counter,
+    /// Queued requests whose client went away.
+    pub abandoned: Counter,
+    root: Arc<Metrics>,
+}
+
+impl ModelMetrics {
+    /// Counts one answered request.
+    pub fn answered(&self, code: u16) {
+        self.root
+            .requests
+            .get_or_create(&self.code_labels(code))
+            .inc();
+    }
+
+    /// Requests answered with `code` so far.
+    pub fn answered_count(&self, code: u16) -> u64 {
+        self.root
+            .requests
+            .get_or_create(&self.code_labels(code))
+            .get()
+    }
+
+    fn code_labels(&self, code: u16) -> CodeLabels {
+        CodeLabels {
+            namespace: self.labels.namespace.clone(),
+            deployment: self.labels.deployment.clone(),
+            model: self.labels.model.clone(),
+            code,
+        }
+    }
+
+    /// The in-flight gauge of one pod.
+    pub fn pod(&self, pod_ip: String) -> Gauge {
+        self.root
+            .pod_in_flight
+            .get_or_create(&self.pod_labels(pod_ip))
+            .clone()
+    }
+
+    /// Drops the series of a pod that is gone.
+    pub fn remove_pod(&self, pod_ip: String) {
+        self.root.pod_in_flight.remove(&self.pod_labels(pod_ip));
+    }
+
+    fn pod_labels(&self, pod_ip: String) -> PodLabels {
+        PodLabels {
+            namespace: self.labels.namespace.clone(),
+            deployment: self.labels.deployment.clone(),
+            model: self.labels.model.clone(),
+            pod_ip,
+        }
+    }
+
+    /// Drops this model's series (the model is no longer routed). Status-code counters stay:
+    /// they are cumulative and harmless.
+    pub fn remove(&self) {
+        let r = &self.root;
+        r.integral.remove(&self.labels);
+        r.in_flight.remove(&self.labels);
+        r.queued.remove(&self.labels);
+        r.queue_wait.remove(&self.labels);
+        r.wake_signals.remove(&self.labels);
+        r.wake_failures.remove(&self.labels);
+        r.abandoned.remove(&self.labels);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integral_is_exact_with_injected_time() {
+        let t0 = Instant::now();
+        let c = ConcurrencyIntegral::new_at(t0);
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        c.inc_at(ms(0));
+        c.inc_at(ms(1000)); // 1 req for 1s
+        c.inc_at(ms(1500)); // 2 reqs for 0.5s
+        c.dec_at(ms(2000)); // 3 reqs for 0.5s
+        // at 3000: 2 reqs for 1s
+        assert_eq!(
+            c.total_at(ms(3000)),
+            Duration::from_millis(1000 + 1000 + 1500 + 2000)
+        );
+        assert_eq!(c.current(), 2);
+        c.dec_at(ms(3000));
+        c.dec_at(ms(3000));
+        // nothing held: the integral stays put.
+        assert_eq!(c.total_at(ms(10_000)), Duration::from_millis(5500));
+        assert!((c.seconds_at(ms(10_000)) - 5.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn integral_never_goes_backwards() {
+        let t0 = Instant::now();
+        let c = ConcurrencyIntegral::new_at(t0 + Duration::from_secs(5));
+        c.inc_at(t0); // older than `last`: adds nothing, does not move `last` back.
+        assert_eq!(
+            c.total_at(t0 + Duration::from_secs(6)),
+            Duration::from_secs(1)
+        );
+    }
+
+    #[test]
+    fn contract_names_are_exported() {
+        let mut reg = Registry::default();
+        let m = Metrics::register(&mut reg);
+        let mm = m.model(ModelLabels {
+            namespace: "ns".into(),
+            deployment: "d".into(),
+            model: "m".into(),
+        });
+        mm.answered(200);
+        mm.wake_signals.inc();
+        mm.pod("10.0.0.1".into()).set(1);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
+        for name in [
+            "zeroscale_activator_request_concurrency_seconds_total{",
+            "zeroscale_activator_requests_total{",
+            "zeroscale_activator_requests_in_flight{",
+            "zeroscale_activator_requests_queued{",
+            "zeroscale_activator_queue_wait_seconds_bucket{",
+            "zeroscale_activator_wake_signals_total{",
+            "zeroscale_activator_pod_requests_in_flight{",
+        ] {
+            assert!(out.contains(name), "{name} missing from:\n{out}");
+        }
+        assert!(
+            out.contains(r#"namespace="ns",deployment="d",model="m",code="200""#),
+            "{out}"
+        );
+        assert!(out.contains(r#"pod_ip="10.0.0.1""#), "{out}");
+    }
+}

@@ -1,0 +1,683 @@
+//! A model's gate: its pods with their in-flight counts, and a FIFO of requests waiting for
+//! capacity, bounded by count and bytes, each with a deadline.
+//!
+//! All state sits behind one per-model mutex (never a global one), held only for a few
+//! instructions. A request either gets a [`Permit`] at once (no one is waiting and a pod has
+//! room) or a [`Ticket`] in the queue; whenever capacity appears (a permit drops, endpoints
+//! change) waiters are served strictly in arrival order. Dropping a [`Ticket`] (the client went
+//! away) removes it from the queue; if a slot was handed to it in the same instant, the slot is
+//! given back.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use http::uri::Authority;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::balance::{self, Slot};
+use crate::metrics::ModelMetrics;
+
+/// Limits of one model's gate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limits {
+    /// Max requests in flight per pod; 0 = unlimited.
+    pub container_concurrency: u32,
+    /// Max requests waiting.
+    pub queue_depth: usize,
+    /// Max request-body bytes accounted to waiting requests.
+    pub queue_bytes: u64,
+    /// How long a request may wait.
+    pub queue_deadline: Duration,
+}
+
+/// One endpoint of a model, as the table is told about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Pod IP and port.
+    pub addr: SocketAddr,
+    /// The endpoint is ready.
+    pub ready: bool,
+    /// The pod is terminating.
+    pub terminating: bool,
+    /// The pod's name, when known.
+    pub pod_name: Option<String>,
+}
+
+/// Why a request got no capacity.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    /// The queue is at its count or byte limit.
+    #[error("the model's queue is full ({queued} requests, {bytes} bytes waiting)")]
+    Full {
+        /// Requests waiting.
+        queued: usize,
+        /// Bytes waiting.
+        bytes: u64,
+        /// Suggested Retry-After in seconds.
+        retry_after: u64,
+    },
+    /// The deadline passed before a pod had room.
+    #[error("no pod had capacity within {0:?}")]
+    Deadline(Duration),
+    /// The model stopped being routed while the request waited.
+    #[error("the model was removed while the request waited")]
+    Closed,
+}
+
+struct Pod {
+    addr: SocketAddr,
+    authority: Authority,
+    eligible: bool,
+    /// Kept (ineligible) after it left the endpoint list while requests are still on it.
+    gone: bool,
+    in_flight: u32,
+    gauge: Gauge,
+}
+
+impl Slot for Pod {
+    fn eligible(&self) -> bool {
+        self.eligible
+    }
+    fn in_flight(&self) -> u32 {
+        self.in_flight
+    }
+}
+
+/// The pod a request was given.
+#[derive(Clone, Debug)]
+struct Assigned {
+    addr: SocketAddr,
+    authority: Authority,
+}
+
+struct Waiter {
+    id: u64,
+    bytes: u64,
+    tx: oneshot::Sender<Assigned>,
+}
+
+struct State {
+    limits: Limits,
+    pods: Vec<Pod>,
+    queue: VecDeque<Waiter>,
+    queued_bytes: u64,
+    next_id: u64,
+    cursor: usize,
+    closed: bool,
+}
+
+/// The per-model gate.
+pub struct Gate {
+    state: Mutex<State>,
+    metrics: ModelMetrics,
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate")
+            .field("labels", &self.metrics.labels)
+            .finish()
+    }
+}
+
+/// The outcome of [`Gate::admit`].
+#[derive(Debug)]
+pub enum Admit {
+    /// A pod has room now.
+    Ready(Permit),
+    /// The request waits in the queue.
+    Queued(Ticket),
+}
+
+impl Gate {
+    /// A gate without pods.
+    pub fn new(limits: Limits, metrics: ModelMetrics) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(State {
+                limits,
+                pods: Vec::new(),
+                queue: VecDeque::new(),
+                queued_bytes: 0,
+                next_id: 0,
+                cursor: 0,
+                closed: false,
+            }),
+            metrics,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// This model's metric handles.
+    pub fn metrics(&self) -> &ModelMetrics {
+        &self.metrics
+    }
+
+    /// Changes the limits; a raised limit serves waiters at once.
+    pub fn set_limits(&self, limits: Limits) {
+        let mut st = self.lock();
+        st.limits = limits;
+        self.dispatch(&mut st);
+    }
+
+    /// Current limits.
+    pub fn limits(&self) -> Limits {
+        self.lock().limits.clone()
+    }
+
+    /// Replaces the endpoints, keeping in-flight counts of pods that stay; serves waiters if
+    /// capacity appeared. Returns true when requests wait and no pod is eligible (the caller
+    /// should make sure a wake signal is under way).
+    pub fn set_endpoints(&self, endpoints: &[Endpoint]) -> bool {
+        let mut st = self.lock();
+        let mut old = std::mem::take(&mut st.pods);
+        let mut pods = Vec::with_capacity(endpoints.len());
+        for ep in endpoints {
+            if pods.iter().any(|p: &Pod| p.addr == ep.addr) {
+                continue; // the same address in two slices: one pod
+            }
+            let eligible = ep.ready && !ep.terminating;
+            if let Some(i) = old.iter().position(|p| p.addr == ep.addr) {
+                let mut p = old.swap_remove(i);
+                p.eligible = eligible;
+                p.gone = false;
+                pods.push(p);
+            } else {
+                pods.push(Pod {
+                    addr: ep.addr,
+                    authority: Authority::try_from(ep.addr.to_string().as_str())
+                        .expect("a socket address is a valid authority"),
+                    eligible,
+                    gone: false,
+                    in_flight: 0,
+                    gauge: self.metrics.pod(ep.addr.ip().to_string()),
+                });
+            }
+        }
+        for mut p in old {
+            if p.in_flight > 0 {
+                p.eligible = false;
+                p.gone = true;
+                pods.push(p);
+            } else if !pods.iter().any(|q| q.addr.ip() == p.addr.ip()) {
+                self.metrics.remove_pod(p.addr.ip().to_string());
+            }
+        }
+        st.pods = pods;
+        self.dispatch(&mut st);
+        !st.queue.is_empty() && !st.pods.iter().any(|p| p.eligible)
+    }
+
+    /// True when a pod is ready and not terminating.
+    pub fn has_ready(&self) -> bool {
+        self.lock().pods.iter().any(|p| p.eligible)
+    }
+
+    /// Requests waiting now.
+    pub fn queued(&self) -> usize {
+        self.lock().queue.len()
+    }
+
+    /// In-flight count per pod address (for tests and debugging).
+    pub fn in_flight(&self) -> Vec<(SocketAddr, u32)> {
+        self.lock()
+            .pods
+            .iter()
+            .map(|p| (p.addr, p.in_flight))
+            .collect()
+    }
+
+    /// Fails every waiter with [`QueueError::Closed`] and refuses new ones.
+    pub fn close(&self) {
+        let mut st = self.lock();
+        st.closed = true;
+        let n = st.queue.len();
+        st.queue.clear(); // dropping the senders wakes the waiters with an error
+        st.queued_bytes = 0;
+        self.metrics.queued.dec_by(n as i64);
+    }
+
+    /// Admits a request whose body accounts for `bytes`: a permit now, or a place in the queue.
+    pub fn admit(self: &Arc<Self>, bytes: u64) -> Result<Admit, QueueError> {
+        let mut st = self.lock();
+        if st.closed {
+            return Err(QueueError::Closed);
+        }
+        if st.queue.is_empty()
+            && let Some(a) = self.take_slot(&mut st)
+        {
+            return Ok(Admit::Ready(Permit {
+                gate: self.clone(),
+                addr: a.addr,
+                authority: a.authority,
+            }));
+        }
+        let has_ready = st.pods.iter().any(|p| p.eligible);
+        if st.queue.len() >= st.limits.queue_depth
+            || st.queued_bytes.saturating_add(bytes) > st.limits.queue_bytes
+        {
+            return Err(QueueError::Full {
+                queued: st.queue.len(),
+                bytes: st.queued_bytes,
+                // Pods busy: capacity frees soon. None at all: a cold start takes a while.
+                retry_after: if has_ready { 1 } else { 10 },
+            });
+        }
+        let first = st.queue.is_empty();
+        let id = st.next_id;
+        st.next_id += 1;
+        let (tx, rx) = oneshot::channel();
+        st.queue.push_back(Waiter { id, bytes, tx });
+        st.queued_bytes += bytes;
+        self.metrics.queued.inc();
+        let now = Instant::now();
+        Ok(Admit::Queued(Ticket {
+            gate: self.clone(),
+            id,
+            rx,
+            deadline: now + st.limits.queue_deadline,
+            wait_limit: st.limits.queue_deadline,
+            enqueued: now,
+            needs_wake: first && !has_ready,
+            done: false,
+        }))
+    }
+
+    /// Picks a pod with room and counts the request on it.
+    fn take_slot(&self, st: &mut State) -> Option<Assigned> {
+        let i = balance::pick(&st.pods, st.limits.container_concurrency, st.cursor)?;
+        st.cursor = st.cursor.wrapping_add(1);
+        let p = &mut st.pods[i];
+        p.in_flight += 1;
+        p.gauge.inc();
+        self.metrics.in_flight.inc();
+        Some(Assigned {
+            addr: p.addr,
+            authority: p.authority.clone(),
+        })
+    }
+
+    fn put_slot(&self, st: &mut State, addr: SocketAddr) {
+        self.metrics.in_flight.dec();
+        if let Some(i) = st.pods.iter().position(|p| p.addr == addr) {
+            let p = &mut st.pods[i];
+            p.in_flight = p.in_flight.saturating_sub(1);
+            p.gauge.dec();
+            if p.gone && p.in_flight == 0 {
+                st.pods.swap_remove(i);
+            }
+        }
+    }
+
+    /// Serves waiters in order while a pod has room.
+    fn dispatch(&self, st: &mut State) {
+        while !st.queue.is_empty() {
+            let Some(a) = self.take_slot(st) else { break };
+            let w = st.queue.pop_front().expect("checked non-empty");
+            st.queued_bytes -= w.bytes;
+            self.metrics.queued.dec();
+            if let Err(a) = w.tx.send(a) {
+                // The ticket is dropped only after it left the queue (its Drop takes this
+                // lock), so this is unreachable in practice; give the slot back regardless.
+                self.put_slot(st, a.addr);
+            }
+        }
+    }
+
+    fn release(&self, addr: SocketAddr) {
+        let mut st = self.lock();
+        self.put_slot(&mut st, addr);
+        self.dispatch(&mut st);
+    }
+
+    /// Takes a waiter out of the queue; false if it was already served.
+    fn remove_waiter(&self, st: &mut State, id: u64) -> bool {
+        // Ids grow monotonically along the queue.
+        match st.queue.binary_search_by_key(&id, |w| w.id) {
+            Ok(i) => {
+                let w = st.queue.remove(i).expect("index from search");
+                st.queued_bytes -= w.bytes;
+                self.metrics.queued.dec();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// A request counted on a pod. Dropping it frees the slot and serves the next waiter.
+#[derive(Debug)]
+pub struct Permit {
+    gate: Arc<Gate>,
+    addr: SocketAddr,
+    authority: Authority,
+}
+
+impl Permit {
+    /// The pod's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The pod's address as a URI authority.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// Another pod with room right now, not one of `exclude`; used to retry a request whose
+    /// connection failed before any byte was sent. Does not queue.
+    pub fn try_other(&self, exclude: &[SocketAddr]) -> Option<Permit> {
+        let gate = &self.gate;
+        let mut st = gate.lock();
+        let limit = st.limits.container_concurrency;
+        let cursor = st.cursor;
+        // Pick among pods not excluded: temporarily view them as ineligible.
+        let saved: Vec<bool> = st.pods.iter().map(|p| p.eligible).collect();
+        for p in st.pods.iter_mut() {
+            if exclude.contains(&p.addr) {
+                p.eligible = false;
+            }
+        }
+        let i = balance::pick(&st.pods, limit, cursor);
+        for (p, e) in st.pods.iter_mut().zip(saved) {
+            p.eligible = e;
+        }
+        let i = i?;
+        st.cursor = st.cursor.wrapping_add(1);
+        let p = &mut st.pods[i];
+        p.in_flight += 1;
+        p.gauge.inc();
+        gate.metrics.in_flight.inc();
+        Some(Permit {
+            gate: gate.clone(),
+            addr: p.addr,
+            authority: p.authority.clone(),
+        })
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.gate.release(self.addr);
+    }
+}
+
+/// A place in a model's queue. Dropping it before it is served leaves the queue.
+#[derive(Debug)]
+pub struct Ticket {
+    gate: Arc<Gate>,
+    id: u64,
+    rx: oneshot::Receiver<Assigned>,
+    deadline: Instant,
+    wait_limit: Duration,
+    enqueued: Instant,
+    needs_wake: bool,
+    done: bool,
+}
+
+impl Ticket {
+    /// True for the first request queued while the model had no eligible pod: the caller
+    /// should signal the autoscaler.
+    pub fn needs_wake(&self) -> bool {
+        self.needs_wake
+    }
+
+    /// Waits for a pod with room, until the deadline.
+    pub async fn wait(mut self) -> Result<Permit, QueueError> {
+        let res = tokio::time::timeout_at(self.deadline, &mut self.rx).await;
+        let assigned = match res {
+            Ok(Ok(a)) => a,
+            Ok(Err(_)) => {
+                self.done = true;
+                return Err(QueueError::Closed);
+            }
+            Err(_elapsed) => {
+                let mut st = self.gate.lock();
+                if self.gate.remove_waiter(&mut st, self.id) {
+                    self.done = true;
+                    return Err(QueueError::Deadline(self.wait_limit));
+                }
+                drop(st);
+                // Served in the same instant the deadline passed: take the slot.
+                match self.rx.try_recv() {
+                    Ok(a) => a,
+                    Err(_) => {
+                        self.done = true;
+                        return Err(QueueError::Closed);
+                    }
+                }
+            }
+        };
+        self.done = true;
+        self.gate
+            .metrics
+            .queue_wait
+            .observe(self.enqueued.elapsed().as_secs_f64());
+        Ok(Permit {
+            gate: self.gate.clone(),
+            addr: assigned.addr,
+            authority: assigned.authority,
+        })
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut st = self.gate.lock();
+        if self.gate.remove_waiter(&mut st, self.id) {
+            self.gate.metrics.abandoned.inc();
+            return;
+        }
+        // Already served: the slot sits in the channel; hand it back.
+        if let Ok(a) = self.rx.try_recv() {
+            self.gate.metrics.abandoned.inc();
+            self.gate.put_slot(&mut st, a.addr);
+            self.gate.dispatch(&mut st);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{Metrics, ModelLabels};
+    use prometheus_client::registry::Registry;
+
+    fn gate(cc: u32, depth: usize, bytes: u64) -> Arc<Gate> {
+        let m = Metrics::register(&mut Registry::default());
+        let mm = m.model(ModelLabels {
+            namespace: "ns".into(),
+            deployment: "d".into(),
+            model: "m".into(),
+        });
+        Gate::new(
+            Limits {
+                container_concurrency: cc,
+                queue_depth: depth,
+                queue_bytes: bytes,
+                queue_deadline: Duration::from_secs(60),
+            },
+            mm,
+        )
+    }
+
+    fn ep(port: u16, ready: bool) -> Endpoint {
+        Endpoint {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            ready,
+            terminating: false,
+            pod_name: None,
+        }
+    }
+
+    fn queued(a: Admit) -> Ticket {
+        match a {
+            Admit::Queued(t) => t,
+            Admit::Ready(_) => panic!("expected queued"),
+        }
+    }
+
+    fn ready(a: Admit) -> Permit {
+        match a {
+            Admit::Ready(p) => p,
+            Admit::Queued(_) => panic!("expected ready"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiters_are_served_in_order_when_endpoints_appear() {
+        let g = gate(1, 10, 1000);
+        let t1 = queued(g.admit(0).unwrap());
+        assert!(t1.needs_wake());
+        let t2 = queued(g.admit(0).unwrap());
+        assert!(!t2.needs_wake());
+        let t3 = queued(g.admit(0).unwrap());
+        let h1 = tokio::spawn(t1.wait());
+        let h2 = tokio::spawn(t2.wait());
+        let h3 = tokio::spawn(t3.wait());
+        tokio::task::yield_now().await;
+        assert_eq!(g.queued(), 3);
+        // One pod with room for one: only the first is served.
+        assert!(!g.set_endpoints(&[ep(1, true)]));
+        let p1 = h1.await.unwrap().unwrap();
+        assert_eq!(g.queued(), 2);
+        assert!(!h2.is_finished());
+        drop(p1);
+        let p2 = h2.await.unwrap().unwrap();
+        assert!(!h3.is_finished());
+        drop(p2);
+        let _p3 = h3.await.unwrap().unwrap();
+        assert_eq!(g.queued(), 0);
+        assert_eq!(g.in_flight(), vec![(ep(1, true).addr, 1)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn full_queue_by_count_and_bytes() {
+        let g = gate(1, 2, 100);
+        let _a = queued(g.admit(10).unwrap());
+        assert!(matches!(g.admit(91), Err(QueueError::Full { .. })));
+        let _b = queued(g.admit(90).unwrap());
+        assert!(matches!(
+            g.admit(0),
+            Err(QueueError::Full {
+                queued: 2,
+                bytes: 100,
+                retry_after: 10
+            })
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadline_leaves_the_queue() {
+        let g = gate(1, 2, 100);
+        let t = queued(g.admit(5).unwrap());
+        let h = tokio::spawn(t.wait());
+        tokio::time::sleep(Duration::from_secs(59)).await;
+        assert!(!h.is_finished());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            h.await.unwrap().unwrap_err(),
+            QueueError::Deadline(Duration::from_secs(60))
+        );
+        assert_eq!(g.queued(), 0);
+        // The bytes were given back too.
+        let _a = queued(g.admit(100).unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropped_ticket_leaves_the_queue_and_is_counted() {
+        let g = gate(1, 10, 1000);
+        let t1 = queued(g.admit(0).unwrap());
+        let t2 = queued(g.admit(0).unwrap());
+        drop(t1);
+        assert_eq!(g.queued(), 1);
+        assert_eq!(g.metrics().abandoned.get(), 1);
+        g.set_endpoints(&[ep(1, true)]);
+        let p = t2.wait().await.unwrap();
+        assert_eq!(p.addr(), ep(1, true).addr);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slot_handed_to_a_dropped_ticket_goes_to_the_next() {
+        let g = gate(1, 10, 1000);
+        let t1 = queued(g.admit(0).unwrap());
+        let t2 = queued(g.admit(0).unwrap());
+        g.set_endpoints(&[ep(1, true)]); // t1 is served (slot in its channel)
+        drop(t1); // never received: the slot must pass to t2
+        let p = t2.wait().await.unwrap();
+        assert_eq!(g.in_flight(), vec![(p.addr(), 1)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrency_limit_and_least_loaded() {
+        let g = gate(2, 10, 1000);
+        g.set_endpoints(&[ep(1, true), ep(2, true), ep(3, false)]);
+        let ps: Vec<Permit> = (0..4).map(|_| ready(g.admit(0).unwrap())).collect();
+        let mut counts = g.in_flight();
+        counts.sort();
+        assert_eq!(
+            counts,
+            vec![
+                (ep(1, true).addr, 2),
+                (ep(2, true).addr, 2),
+                (ep(3, true).addr, 0)
+            ]
+        );
+        let t = queued(g.admit(0).unwrap());
+        assert!(!t.needs_wake(), "pods are ready, only busy");
+        drop(ps);
+        let p = t.wait().await.unwrap();
+        assert_ne!(p.addr(), ep(3, true).addr, "unready pods get nothing");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn terminating_pod_keeps_its_count_until_done() {
+        let g = gate(1, 10, 1000);
+        g.set_endpoints(&[ep(1, true)]);
+        let p = ready(g.admit(0).unwrap());
+        let mut term = ep(1, true);
+        term.terminating = true;
+        assert!(!g.set_endpoints(&[term]));
+        let t = queued(g.admit(0).unwrap());
+        assert!(t.needs_wake());
+        // The pod leaves entirely while the request is still on it.
+        assert!(g.set_endpoints(&[]));
+        assert_eq!(g.in_flight(), vec![(ep(1, true).addr, 1)]);
+        drop(p);
+        assert_eq!(g.in_flight(), vec![]);
+        g.set_endpoints(&[ep(2, true)]);
+        assert_eq!(t.wait().await.unwrap().addr(), ep(2, true).addr);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn try_other_excludes_failed_pods() {
+        let g = gate(0, 10, 1000);
+        g.set_endpoints(&[ep(1, true), ep(2, true)]);
+        let p = ready(g.admit(0).unwrap());
+        let other = p.try_other(&[p.addr()]).unwrap();
+        assert_ne!(other.addr(), p.addr());
+        assert!(
+            other
+                .try_other(&[ep(1, true).addr, ep(2, true).addr])
+                .is_none()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn close_fails_waiters() {
+        let g = gate(1, 10, 1000);
+        let t = queued(g.admit(0).unwrap());
+        g.close();
+        assert_eq!(t.wait().await.unwrap_err(), QueueError::Closed);
+        assert!(matches!(g.admit(0), Err(QueueError::Closed)));
+    }
+}

@@ -1,1 +1,328 @@
-//! End-to-end tests live in tests/.
+//! End-to-end test harness: real etcd + kube-apiserver + kube-controller-manager and the process
+//! kubelet (`zeroscale_testkit::LocalCluster`), inside a private network namespace.
+//!
+//! # Adding an e2e test file
+//! 1. Create `tests/tests/<name>.rs`:
+//!    ```ignore
+//!    use zeroscale_e2e::{Ctx, test};
+//!
+//!    fn main() -> std::process::ExitCode {
+//!        zeroscale_e2e::run(vec![
+//!            test("my_feature_works", my_feature_works),
+//!        ])
+//!    }
+//!
+//!    async fn my_feature_works(ctx: Ctx) -> anyhow::Result<()> {
+//!        let ns = ctx.namespace().await?;      // fresh namespace in the shared cluster
+//!        let client = ctx.client().await?;     // admin kube::Client
+//!        let kubeconfig = ctx.cluster().await?.kubeconfig_path().to_path_buf();
+//!        // spawn workspace binaries: zeroscale_testkit::workspace_bin("activator") ...
+//!        Ok(())
+//!    }
+//!    ```
+//! 2. Add to `tests/Cargo.toml`:
+//!    ```toml
+//!    [[test]]
+//!    name = "<name>"
+//!    path = "tests/<name>.rs"
+//!    harness = false
+//!    ```
+//!
+//! # How it runs
+//! - [`run`] first re-execs the test binary under `unshare --net` (pods get 10.244.x.y addresses
+//!   on the namespace's loopback; nothing leaves it), so everything must already be built:
+//!   `cargo build --workspace --bins` first (scripts/test.sh does), and the control plane by
+//!   `scripts/build-control-plane.sh`.
+//! - One [`LocalCluster`] per test binary, started on first use and shared by its tests; each test
+//!   works in its own namespace ([`Ctx::namespace`]). A test that needs a cluster of its own (for
+//!   example to restart the API server) starts one with `LocalCluster::start()` and drops it at
+//!   the end.
+//! - Tests run one at a time (the machine has 2 cores; the cluster is shared), each with a
+//!   [`TEST_TIMEOUT`] limit. `cargo test -p zeroscale-e2e --test smoke -- <filter>` filters as usual.
+//! - After the tests the shared cluster is dropped and the binary fails if any process it started
+//!   is still alive (leak check by environment marker).
+//! - Pod commands: `command[0]` is looked up on `PATH`, with the workspace's `target/<profile>/`
+//!   first, so `command: ["sample-model"]` runs the freshly built binary.
+//! - Logs: set `RUST_LOG` for the harness; `ZEROSCALE_KEEP=1` keeps the cluster dir (component
+//!   logs in `logs/`, pod logs in `pods/<namespace>_<pod>.log`).
+
+use std::future::Future;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures::future::BoxFuture;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{ListParams, PostParams};
+use kube::{Api, Client};
+use libtest_mimic::{Arguments, Failed, Trial};
+use serde_json::json;
+use tokio::sync::OnceCell;
+pub use zeroscale_testkit::LocalCluster;
+
+/// Time limit of one e2e test.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(300);
+
+struct Shared {
+    cluster: OnceCell<Arc<LocalCluster>>,
+    seq: AtomicU32,
+}
+
+/// What a test gets: the shared cluster (started on first use) and a namespace factory.
+#[derive(Clone)]
+pub struct Ctx {
+    shared: Arc<Shared>,
+    name: String,
+}
+
+impl Ctx {
+    /// The test's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The binary's shared cluster, started on first use.
+    pub async fn cluster(&self) -> anyhow::Result<Arc<LocalCluster>> {
+        let c = self
+            .shared
+            .cluster
+            .get_or_try_init(|| async { LocalCluster::start().await.map(Arc::new) })
+            .await
+            .context("starting the shared LocalCluster")?;
+        Ok(c.clone())
+    }
+
+    /// An admin client for the shared cluster.
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        Ok(self.cluster().await?.client())
+    }
+
+    /// Creates a fresh namespace in the shared cluster, named after the test.
+    pub async fn namespace(&self) -> anyhow::Result<String> {
+        let client = self.client().await?;
+        let base: String = self
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .take(40)
+            .collect();
+        let n = self.shared.seq.fetch_add(1, Ordering::SeqCst);
+        let name = format!("{}-{n}", base.trim_matches('-'));
+        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+        Api::<Namespace>::all(client)
+            .create(&PostParams::default(), &ns)
+            .await
+            .with_context(|| format!("creating namespace {name}"))?;
+        Ok(name)
+    }
+}
+
+type TestFn = Box<dyn FnOnce(Ctx) -> BoxFuture<'static, anyhow::Result<()>> + Send>;
+
+/// One e2e test.
+pub struct E2eTest {
+    name: String,
+    f: TestFn,
+}
+
+/// Declares a test: `test("name", async_fn_taking_ctx)`.
+pub fn test<F, Fut>(name: &str, f: F) -> E2eTest
+where
+    F: FnOnce(Ctx) -> Fut + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    E2eTest {
+        name: name.to_owned(),
+        f: Box::new(move |ctx| Box::pin(f(ctx))),
+    }
+}
+
+/// The `main` of an e2e test binary: enters the network namespace, runs the selected tests one
+/// at a time, tears the shared cluster down and checks that no process leaked.
+pub fn run(tests: Vec<E2eTest>) -> ExitCode {
+    zeroscale_testkit::netns::ensure_private_netns();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let mut args = Arguments::from_args();
+    // One at a time: the cluster is shared and the machine small.
+    args.test_threads = Some(1);
+    let rt = Arc::new(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime"),
+    );
+    let shared = Arc::new(Shared {
+        cluster: OnceCell::new(),
+        seq: AtomicU32::new(0),
+    });
+    let trials = tests
+        .into_iter()
+        .map(|t| {
+            let rt = rt.clone();
+            let ctx = Ctx {
+                shared: shared.clone(),
+                name: t.name.clone(),
+            };
+            let f = t.f;
+            Trial::test(t.name, move || {
+                match rt.block_on(async move { tokio::time::timeout(TEST_TIMEOUT, f(ctx)).await }) {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(Failed::from(format!("{e:?}"))),
+                    Err(_) => Err(Failed::from(format!("timed out after {TEST_TIMEOUT:?}"))),
+                }
+            })
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    let mut code = conclusion.exit_code();
+    // Tear down inside the runtime (kube client drops), then check for leaks.
+    let cluster = Arc::try_unwrap(shared)
+        .ok()
+        .and_then(|s| s.cluster.into_inner())
+        .map(|c| Arc::try_unwrap(c).map_err(|_| "a test kept a reference to the shared cluster"));
+    match cluster {
+        Some(Ok(c)) => {
+            let marker = c.marker().to_owned();
+            rt.block_on(async move { drop(c) });
+            let left = zeroscale_testkit::process::processes_with_marker(&marker);
+            if !left.is_empty() {
+                eprintln!(
+                    "LEAK: processes of the shared cluster still alive after it was dropped:\n{}",
+                    zeroscale_testkit::process::describe(&left)
+                );
+                code = ExitCode::FAILURE;
+            }
+        }
+        Some(Err(msg)) => {
+            eprintln!("LEAK: {msg}");
+            code = ExitCode::FAILURE;
+        }
+        None => {}
+    }
+    code
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, or fails after `timeout` naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last_err = None;
+    loop {
+        match f().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if Instant::now() > deadline {
+            let detail = last_err
+                .map(|e| format!(" (last error: {e:#})"))
+                .unwrap_or_default();
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}{detail}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A Deployment running `sample-model` (readiness probe on `/healthz`, container port `http`
+/// 8080, label `app: <name>`) with `replicas` and extra `args`.
+pub fn sample_model_deployment(name: &str, replicas: i32, args: &[&str]) -> Deployment {
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 10,
+                    "containers": [{
+                        "name": "model",
+                        "image": "zeroscale/sample-model:dev",
+                        "command": ["sample-model"],
+                        "args": args,
+                        "env": [{"name": "PORT", "value": "8080"}],
+                        "ports": [{"name": "http", "containerPort": 8080}],
+                        "readinessProbe": {
+                            "httpGet": {"path": "/healthz", "port": "http"},
+                            "periodSeconds": 1,
+                        },
+                    }],
+                },
+            },
+        },
+    }))
+    .expect("static deployment")
+}
+
+/// A ClusterIP Service `name` selecting `app: <name>`, port 80 -> `http`.
+pub fn service_for(name: &str) -> Service {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {
+            "selector": {"app": name},
+            "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+        },
+    }))
+    .expect("static service")
+}
+
+/// Pods of `app: <app>` in `ns`.
+pub async fn pods_of(client: &Client, ns: &str, app: &str) -> anyhow::Result<Vec<Pod>> {
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&format!("app={app}")))
+        .await?;
+    Ok(pods.items)
+}
+
+/// Whether the pod's Ready condition is True.
+pub fn pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// `(address, ready)` of every endpoint in the EndpointSlices of Service `svc`.
+pub async fn slice_endpoints(
+    client: &Client,
+    ns: &str,
+    svc: &str,
+) -> anyhow::Result<Vec<(String, bool)>> {
+    let slices = Api::<EndpointSlice>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={svc}")))
+        .await?;
+    let mut out = Vec::new();
+    for s in slices.items {
+        for e in s.endpoints.into_iter().flatten() {
+            let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false);
+            for a in e.addresses {
+                out.push((a, ready));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}

@@ -3,6 +3,20 @@
 //! - [`sample_model`]: a model server (KServe v1/v2, OpenAI style) with tunable load delay,
 //!   service time and concurrency limit; also the `sample-model` binary.
 //! - [`http_client`]: a tiny HTTP client for tests.
+//! - [`LocalCluster`] ([`cluster`]): etcd, kube-apiserver and kube-controller-manager built from
+//!   source (`scripts/build-control-plane.sh`), plus the process [`kubelet`].
+//! - [`netns`]: run a test binary inside a private network namespace (pods get 10.244.x.y).
+//! - [`bins`]: where the control-plane and workspace binaries are.
+//! - [`process`]: owned child processes and the leak check.
 
+pub mod bins;
+pub mod certs;
+pub mod cluster;
 pub mod http_client;
+pub mod kubelet;
+pub mod netns;
+pub mod process;
 pub mod sample_model;
+
+pub use bins::{k8s_bin_dir, workspace_bin};
+pub use cluster::{ClusterError, ClusterOptions, LocalCluster};

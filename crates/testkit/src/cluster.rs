@@ -1,0 +1,574 @@
+//! [`LocalCluster`]: etcd + kube-apiserver + kube-controller-manager as local processes, plus
+//! the process kubelet.
+//!
+//! Choices (see also the crate docs):
+//! - The API server serves TLS on 127.0.0.1 and a free port, with a certificate signed by a CA
+//!   generated for this cluster; clients authenticate with a static admin token (group
+//!   `system:masters`); authorization is `Node,RBAC`; service-account tokens are signed with a
+//!   generated key, so the TokenRequest API works.
+//! - Admission is the default set, including `ServiceAccount`: kube-controller-manager runs the
+//!   `serviceaccount-controller`, which creates the `default` ServiceAccount in every namespace,
+//!   so ReplicaSet pods are admitted. [`LocalCluster::start`] waits for `default/default`, which
+//!   also proves the controller manager is up.
+//! - kube-controller-manager runs the deployment, replicaset, endpointslice, garbage-collector,
+//!   namespace and serviceaccount controllers, without leader election or a serving port.
+//! - Everything lives in one temp dir (data, certs, kubeconfig, `logs/<component>.log`, pod
+//!   logs); it is removed on drop unless `ZEROSCALE_KEEP=1`.
+//! - Every process is started in its own process group under `setpriv --pdeathsig KILL` and
+//!   carries [`crate::process::MARKER_ENV`]; drop stops them all and waits.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::Api;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use crate::kubelet::{Kubelet, KubeletConfig};
+use crate::process::{self, OwnedChild};
+
+/// Why a local cluster could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// A control-plane binary is missing.
+    #[error(
+        "{binary} not found in {dir}: run scripts/build-control-plane.sh (with network access) or set ZEROSCALE_K8S_BIN"
+    )]
+    MissingBinary {
+        /// Binary name.
+        binary: String,
+        /// Where it was looked for.
+        dir: PathBuf,
+    },
+    /// File system or process spawning failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Generating certificates failed.
+    #[error(transparent)]
+    Certs(#[from] crate::certs::CertError),
+    /// A component exited or did not become ready.
+    #[error("{component} did not start: {reason}\n--- last lines of {log} ---\n{tail}")]
+    Start {
+        /// Component name.
+        component: String,
+        /// What happened.
+        reason: String,
+        /// Its log file.
+        log: String,
+        /// Last 30 lines of it.
+        tail: String,
+    },
+    /// Building the client failed.
+    #[error("building a client from {path}: {message}")]
+    Client {
+        /// The kubeconfig.
+        path: PathBuf,
+        /// Cause.
+        message: String,
+    },
+    /// An API call failed.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClusterError {
+    let what = what.into();
+    move |source| ClusterError::Io { what, source }
+}
+
+/// How to start a [`LocalCluster`].
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Start the process kubelet (default true).
+    pub kubelet: bool,
+    /// How long to wait for each component (default 90 s: a loaded 2-core machine is slow).
+    pub ready_timeout: Duration,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            kubelet: true,
+            ready_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+/// Processes and temp dir; dropping stops and removes them in reverse order.
+struct Parts {
+    dir: PathBuf,
+    keep: bool,
+    kubelet: Option<Kubelet>,
+    kcm: Option<OwnedChild>,
+    apiserver: Option<OwnedChild>,
+    etcd: Option<OwnedChild>,
+}
+
+impl Drop for Parts {
+    fn drop(&mut self) {
+        if let Some(mut k) = self.kubelet.take() {
+            k.shutdown();
+        }
+        drop(self.kcm.take());
+        drop(self.apiserver.take());
+        drop(self.etcd.take());
+        if self.keep {
+            eprintln!(
+                "zeroscale-testkit: ZEROSCALE_KEEP=1, keeping {}",
+                self.dir.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A running local control plane. See the module docs.
+pub struct LocalCluster {
+    parts: Mutex<Parts>,
+    marker: String,
+    bin_dir: PathBuf,
+    apiserver_args: Vec<String>,
+    port: u16,
+    token: String,
+    kubeconfig: PathBuf,
+    client: kube::Client,
+    ready_timeout: Duration,
+}
+
+impl std::fmt::Debug for LocalCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalCluster")
+            .field("server", &self.server_url())
+            .field("kubeconfig", &self.kubeconfig)
+            .finish_non_exhaustive()
+    }
+}
+
+fn free_port() -> Result<u16, ClusterError> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("finding a free port"))?;
+    Ok(l.local_addr().map_err(io("finding a free port"))?.port())
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read as _;
+        let _ = f.read_exact(&mut buf);
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+impl LocalCluster {
+    /// Starts a cluster with the process kubelet.
+    pub async fn start() -> Result<Self, ClusterError> {
+        Self::start_with(ClusterOptions::default()).await
+    }
+
+    /// Starts a cluster.
+    pub async fn start_with(opts: ClusterOptions) -> Result<Self, ClusterError> {
+        let bin_dir = crate::bins::k8s_bin_dir();
+        for b in ["etcd", "kube-apiserver", "kube-controller-manager"] {
+            if !bin_dir.join(b).is_file() {
+                return Err(ClusterError::MissingBinary {
+                    binary: b.into(),
+                    dir: bin_dir,
+                });
+            }
+        }
+        let marker = format!(
+            "zs-{}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst),
+            random_hex(4)
+        );
+        let dir = std::env::temp_dir().join(&marker);
+        let keep = std::env::var("ZEROSCALE_KEEP").as_deref() == Ok("1");
+        for sub in ["pki", "logs", "pods"] {
+            std::fs::create_dir_all(dir.join(sub))
+                .map_err(io(format!("creating {}", dir.display())))?;
+        }
+        let mut parts = Parts {
+            dir: dir.clone(),
+            keep,
+            kubelet: None,
+            kcm: None,
+            apiserver: None,
+            etcd: None,
+        };
+        let pki = dir.join("pki");
+        crate::certs::write_all(&pki)?;
+        let token = random_hex(16);
+        std::fs::write(
+            pki.join("tokens.csv"),
+            format!("{token},admin,admin,\"system:masters\"\n"),
+        )
+        .map_err(io("writing tokens.csv"))?;
+
+        let (etcd_port, peer_port, port) = (free_port()?, free_port()?, free_port()?);
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let etcd_args = vec![
+            format!("--data-dir={}", dir.join("etcd").display()),
+            "--name=default".into(),
+            format!("--listen-client-urls={etcd_url}"),
+            format!("--advertise-client-urls={etcd_url}"),
+            format!("--listen-peer-urls={peer_url}"),
+            format!("--initial-advertise-peer-urls={peer_url}"),
+            format!("--initial-cluster=default={peer_url}"),
+            // Test data: durability does not matter, latency does.
+            "--unsafe-no-fsync".into(),
+            "--log-level=warn".into(),
+        ];
+        parts.etcd = Some(spawn(&bin_dir, "etcd", &etcd_args, &marker, &dir)?);
+
+        let p = |f: &str| pki.join(f).display().to_string();
+        let apiserver_args = vec![
+            format!("--etcd-servers={etcd_url}"),
+            "--bind-address=127.0.0.1".into(),
+            format!("--secure-port={port}"),
+            format!("--advertise-address={}", crate::netns::HOST_IP),
+            format!("--cert-dir={}", pki.display()),
+            format!("--tls-cert-file={}", p("apiserver.crt")),
+            format!("--tls-private-key-file={}", p("apiserver.key")),
+            format!("--token-auth-file={}", p("tokens.csv")),
+            "--authorization-mode=Node,RBAC".into(),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+            format!("--service-account-key-file={}", p("sa.pub")),
+            format!("--service-account-signing-key-file={}", p("sa.key")),
+            "--service-cluster-ip-range=10.96.0.0/16".into(),
+            // No master-lease/endpoint bookkeeping for the `kubernetes` Service: nothing in a
+            // test talks to the API server through it.
+            "--endpoint-reconciler-type=none".into(),
+            // Fewer moving parts at startup; a single-user test cluster needs no fairness.
+            "--enable-priority-and-fairness=false".into(),
+            "--profiling=false".into(),
+            "--v=1".into(),
+        ];
+        parts.apiserver = Some(spawn(
+            &bin_dir,
+            "kube-apiserver",
+            &apiserver_args,
+            &marker,
+            &dir,
+        )?);
+
+        let kubeconfig = dir.join("kubeconfig");
+        let server = format!("https://127.0.0.1:{port}");
+        std::fs::write(
+            &kubeconfig,
+            kubeconfig_yaml(&server, &pki.join("ca.crt"), &token),
+        )
+        .map_err(io("writing the kubeconfig"))?;
+        let client = client_from(&kubeconfig).await?;
+        wait_apiserver(&client, port, &mut parts, opts.ready_timeout).await?;
+
+        let kcm_args = vec![
+            format!("--kubeconfig={}", kubeconfig.display()),
+            "--leader-elect=false".into(),
+            "--secure-port=0".into(),
+            "--controllers=deployment-controller,replicaset-controller,endpointslice-controller,\
+             garbage-collector-controller,namespace-controller,serviceaccount-controller"
+                .into(),
+            "--kube-api-qps=200".into(),
+            "--kube-api-burst=400".into(),
+            "--v=1".into(),
+        ];
+        parts.kcm = Some(spawn(
+            &bin_dir,
+            "kube-controller-manager",
+            &kcm_args,
+            &marker,
+            &dir,
+        )?);
+        wait_default_service_account(&client, &mut parts, opts.ready_timeout).await?;
+
+        let cluster = Self {
+            parts: Mutex::new(parts),
+            marker,
+            bin_dir,
+            apiserver_args,
+            port,
+            token,
+            kubeconfig,
+            client,
+            ready_timeout: opts.ready_timeout,
+        };
+        if opts.kubelet {
+            cluster.start_kubelet().await?;
+        }
+        Ok(cluster)
+    }
+
+    /// A client authenticated as the admin (`system:masters`).
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
+    /// A kubeconfig file for other processes (`--kubeconfig` / `KUBECONFIG`), admin identity.
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// `https://127.0.0.1:<port>`.
+    pub fn server_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// The admin bearer token.
+    pub fn admin_token(&self) -> &str {
+        &self.token
+    }
+
+    /// The CA certificate file clients must trust.
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir().join("pki/ca.crt")
+    }
+
+    /// The cluster's temp dir (logs under `logs/`, pod logs under `pods/`).
+    pub fn dir(&self) -> PathBuf {
+        self.lock().dir.clone()
+    }
+
+    /// The value of [`crate::process::MARKER_ENV`] on every process this cluster started.
+    pub fn marker(&self) -> &str {
+        &self.marker
+    }
+
+    /// Node name of the process kubelet.
+    pub fn node_name(&self) -> &'static str {
+        crate::kubelet::NODE_NAME
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Parts> {
+        self.parts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Starts the process kubelet if it is not running.
+    pub async fn start_kubelet(&self) -> Result<(), ClusterError> {
+        if self.lock().kubelet.is_some() {
+            return Ok(());
+        }
+        let dir = self.dir();
+        let kubelet = Kubelet::start(
+            self.client.clone(),
+            KubeletConfig {
+                node_name: crate::kubelet::NODE_NAME.into(),
+                host_ip: crate::netns::HOST_IP.into(),
+                pod_log_dir: dir.join("pods"),
+                marker: self.marker.clone(),
+                extra_path: crate::bins::workspace_bin_dir().into_iter().collect(),
+            },
+        )
+        .await?;
+        self.lock().kubelet = Some(kubelet);
+        Ok(())
+    }
+
+    /// Stops the API server (SIGTERM, then SIGKILL after 5 s); etcd and the rest keep running.
+    pub async fn stop_apiserver(&self) {
+        let child = self.lock().apiserver.take();
+        if let Some(mut c) = child {
+            // Blocking wait, off the async workers.
+            let _ = tokio::task::spawn_blocking(move || c.stop(Duration::from_secs(5))).await;
+        }
+    }
+
+    /// Starts the API server again on the same port with the same etcd; waits for `/readyz`.
+    pub async fn start_apiserver(&self) -> Result<(), ClusterError> {
+        if self.lock().apiserver.is_some() {
+            return Ok(());
+        }
+        let dir = self.dir();
+        let child = spawn(
+            &self.bin_dir,
+            "kube-apiserver",
+            &self.apiserver_args,
+            &self.marker,
+            &dir,
+        )?;
+        // The previous log is kept: spawn appends.
+        self.lock().apiserver = Some(child);
+        let deadline = Instant::now() + self.ready_timeout;
+        loop {
+            if readyz(&self.client, self.port).await {
+                return Ok(());
+            }
+            let exited = {
+                let mut parts = self.lock();
+                parts.apiserver.as_mut().and_then(OwnedChild::exited)
+            };
+            if let Some(status) = exited {
+                return Err(start_error(
+                    &dir,
+                    "kube-apiserver",
+                    format!("exited with {status}"),
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(start_error(
+                    &dir,
+                    "kube-apiserver",
+                    "not ready in time".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn spawn(
+    bin_dir: &Path,
+    name: &str,
+    args: &[String],
+    marker: &str,
+    dir: &Path,
+) -> Result<OwnedChild, ClusterError> {
+    let log = dir.join("logs").join(format!("{name}.log"));
+    let cmd = process::command(&bin_dir.join(name), args, marker, &log)
+        .map_err(io(format!("opening {}", log.display())))?;
+    OwnedChild::spawn(name, cmd, log).map_err(io(format!(
+        "starting {name} (is setpriv from util-linux installed?)"
+    )))
+}
+
+fn start_error(dir: &Path, component: &str, reason: String) -> ClusterError {
+    let log = dir.join("logs").join(format!("{component}.log"));
+    ClusterError::Start {
+        component: component.into(),
+        reason,
+        tail: process::tail(&log, 30),
+        log: log.display().to_string(),
+    }
+}
+
+/// If a component has exited, the error naming it.
+fn exited_component(parts: &mut Parts) -> Option<ClusterError> {
+    let dir = parts.dir.clone();
+    for c in [&mut parts.etcd, &mut parts.apiserver, &mut parts.kcm]
+        .into_iter()
+        .flatten()
+    {
+        if let Some(status) = c.exited() {
+            return Some(start_error(
+                &dir,
+                &c.name.clone(),
+                format!("exited with {status}"),
+            ));
+        }
+    }
+    None
+}
+
+async fn readyz(client: &kube::Client, port: u16) -> bool {
+    // Plain TCP first: the kube client logs every refused connection as an error.
+    if tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let req = http::Request::get("/readyz").body(Vec::new());
+    match req {
+        Ok(req) => matches!(client.request_text(req).await, Ok(body) if body.trim() == "ok"),
+        Err(_) => false,
+    }
+}
+
+async fn wait_apiserver(
+    client: &kube::Client,
+    port: u16,
+    parts: &mut Parts,
+    timeout: Duration,
+) -> Result<(), ClusterError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if readyz(client, port).await {
+            return Ok(());
+        }
+        if let Some(e) = exited_component(parts) {
+            return Err(e);
+        }
+        if Instant::now() > deadline {
+            return Err(start_error(
+                &parts.dir,
+                "kube-apiserver",
+                format!("/readyz not ok within {timeout:?}"),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_default_service_account(
+    client: &kube::Client,
+    parts: &mut Parts,
+    timeout: Duration,
+) -> Result<(), ClusterError> {
+    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(_)) = api.get_opt("default").await {
+            return Ok(());
+        }
+        if let Some(e) = exited_component(parts) {
+            return Err(e);
+        }
+        if Instant::now() > deadline {
+            return Err(start_error(
+                &parts.dir,
+                "kube-controller-manager",
+                format!("ServiceAccount default/default not created within {timeout:?}"),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn kubeconfig_yaml(server: &str, ca: &Path, token: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: local
+  cluster:
+    server: {server}
+    certificate-authority: {ca}
+users:
+- name: admin
+  user:
+    token: {token}
+contexts:
+- name: local
+  context:
+    cluster: local
+    user: admin
+current-context: local
+",
+        ca = ca.display()
+    )
+}
+
+/// A kube client for a kubeconfig file.
+pub async fn client_from(path: &Path) -> Result<kube::Client, ClusterError> {
+    let err = |message: String| ClusterError::Client {
+        path: path.to_path_buf(),
+        message,
+    };
+    let kc = Kubeconfig::read_from(path).map_err(|e| err(e.to_string()))?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    kube::Client::try_from(config).map_err(|e| err(e.to_string()))
+}

@@ -1,0 +1,655 @@
+//! Component tests: the activator on real sockets in front of real local backends.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::{BodyExt, Full};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use zeroscale_activator::server::ServerOptions;
+use zeroscale_activator::table::NoWake;
+use zeroscale_activator::wake::Waker;
+
+const LONG: Duration = Duration::from_secs(300);
+
+async fn plain() -> Activator {
+    Activator::start(Arc::new(NoWake), ServerOptions::default()).await
+}
+
+fn empty() -> Full<Bytes> {
+    Full::new(Bytes::new())
+}
+
+fn json(s: &str) -> Full<Bytes> {
+    Full::new(Bytes::from(s.to_string()))
+}
+
+#[tokio::test]
+async fn routes_by_host_path_and_body() {
+    let act = plain().await;
+    let (b1, b2) = (Backend::start("one").await, Backend::start("two").await);
+    let k1 = act.model("ns", "one", 0, 10, LONG);
+    let k2 = act.model("ns", "two", 0, 10, LONG);
+    act.table.set_endpoints(&k1, vec![b1.endpoint()]);
+    act.table.set_endpoints(&k2, vec![b2.endpoint()]);
+    let c = client();
+
+    let cases: Vec<(http::Request<Full<Bytes>>, &str)> = vec![
+        (
+            get(&act.url("/anything"))
+                .header("host", "one.ns")
+                .body(empty())
+                .unwrap(),
+            "one",
+        ),
+        (
+            get(&act.url("/v1/models/two:predict"))
+                .header("host", "one.ns.svc.cluster.local:8080")
+                .body(empty())
+                .unwrap(),
+            "one", // Host wins over the path
+        ),
+        (
+            get(&act.url("/v1/models/two:predict"))
+                .method(Method::POST)
+                .body(json("{}"))
+                .unwrap(),
+            "two",
+        ),
+        (
+            get(&act.url("/v1/models/one")).body(empty()).unwrap(),
+            "one",
+        ),
+        (
+            get(&act.url("/v2/models/two/infer"))
+                .method(Method::POST)
+                .body(json("{}"))
+                .unwrap(),
+            "two",
+        ),
+        (
+            get(&act.url("/v1/chat/completions"))
+                .method(Method::POST)
+                .body(json(
+                    r#"{"model":"two","messages":[{"role":"user","content":"hi"}]}"#,
+                ))
+                .unwrap(),
+            "two",
+        ),
+        (
+            get(&act.url("/v1/embeddings"))
+                .method(Method::POST)
+                .body(json(r#"{"model":"one","input":"x"}"#))
+                .unwrap(),
+            "one",
+        ),
+    ];
+    for (req, want) in cases {
+        let what = format!("{} {:?}", req.uri(), req.headers().get("host"));
+        let a = send(&c, req).await;
+        assert_eq!(a.status, StatusCode::OK, "{what}: {:?}", a.body);
+        assert_eq!(a.served_by(), want, "{what}");
+    }
+    // The buffered body reaches the backend intact.
+    let a = send(
+        &c,
+        get(&act.url("/v1/completions"))
+            .method(Method::POST)
+            .body(json(r#"{"model":"one","prompt":"p"}"#))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.json()["body"], r#"{"model":"one","prompt":"p"}"#);
+    assert_eq!(a.json()["path"], "/v1/completions");
+    let m1 = act.table.get(&k1).unwrap();
+    assert_eq!(m1.gate().metrics().answered_count(200), 5);
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_json_errors() {
+    let act = plain().await;
+    let b = Backend::start("one").await;
+    let k = act.model("ns", "one", 0, 10, LONG);
+    act.table.set_endpoints(&k, vec![b.endpoint()]);
+    let c = client();
+
+    let a = send(
+        &c,
+        get(&act.url("/v1/models/nope:predict"))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert_eq!(a.headers["content-type"], "application/json");
+    let msg = a.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("\"nope\"") && msg.contains("{model}.{namespace}"),
+        "{msg}"
+    );
+
+    let a = send(
+        &c,
+        get(&act.url("/"))
+            .header("host", "elsewhere.example")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert_eq!(a.json()["error"]["type"], "no_route");
+
+    let a = send(
+        &c,
+        get(&act.url("/v1/chat/completions"))
+            .method(Method::POST)
+            .body(json("{nope"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(a.json()["error"]["type"], "invalid_json");
+    assert!(
+        a.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("line 1")
+    );
+
+    let a = send(
+        &c,
+        get(&act.url("/v1/chat/completions"))
+            .method(Method::POST)
+            .body(json("{\"messages\":[]}"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(a.json()["error"]["type"], "missing_model");
+
+    let a = send(
+        &c,
+        get(&act.url("/v1/chat/completions"))
+            .method(Method::POST)
+            .body(json(r#"{"model":"ghost"}"#))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+
+    // Over the routing limit (1024 in tests): declared and streamed without a length.
+    let big = format!(r#"{{"model":"one","pad":"{}"}}"#, "x".repeat(2000));
+    let a = send(
+        &c,
+        get(&act.url("/v1/completions"))
+            .method(Method::POST)
+            .body(json(&big))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
+    let chunks = futures::stream::iter((0..30).map(|_| {
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from("x".repeat(100))))
+    }));
+    let streamed = http_body_util::StreamBody::new(chunks);
+    let sc = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let r = sc
+        .request(
+            get(&act.url("/v1/completions"))
+                .method(Method::POST)
+                .body(streamed)
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        b.count.load(Ordering::SeqCst),
+        0,
+        "nothing bad reached the backend"
+    );
+    assert_eq!(act.metrics.rejected_count("body_too_large"), 2);
+    assert_eq!(act.metrics.rejected_count("invalid_json"), 1);
+}
+
+#[tokio::test]
+async fn queued_at_zero_wakes_and_drains_in_order() {
+    let rec = WakeRecorder::start().await;
+    let waker = Waker::new(&rec.url, Duration::from_secs(3600)).unwrap();
+    let act = Activator::start(Arc::new(waker), ServerOptions::default()).await;
+    let k = act.model("models", "llama", 1, 100, LONG);
+    let model = act.table.get(&k).unwrap();
+    let b = Backend::start("pod").await;
+    let c = client();
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        let c = c.clone();
+        let url = act.url("/v1/models/llama:predict");
+        tasks.push(tokio::spawn(async move {
+            send(
+                &c,
+                get(&url)
+                    .header("x-seq", i.to_string())
+                    .body(empty())
+                    .unwrap(),
+            )
+            .await
+        }));
+        let m = model.clone();
+        until("request queued", || m.gate().queued() == i + 1).await;
+    }
+    until("one wake signal", || !rec.calls().is_empty()).await;
+    let calls = rec.calls();
+    assert_eq!(calls[0]["_path"], "/v1/wake");
+    assert_eq!(calls[0]["namespace"], "models");
+    assert_eq!(calls[0]["deployment"], "llama");
+    assert!(calls[0]["queued"].as_u64().unwrap() >= 1);
+    assert_eq!(b.count.load(Ordering::SeqCst), 0);
+
+    act.table.set_endpoints(&k, vec![b.endpoint()]);
+    for t in tasks {
+        assert_eq!(t.await.unwrap().status, StatusCode::OK);
+    }
+    assert_eq!(*b.order.lock().unwrap(), vec!["0", "1", "2", "3", "4"]);
+    assert_eq!(b.max.load(Ordering::SeqCst), 1);
+    // The long resend interval means exactly one signal was sent for this episode.
+    assert_eq!(rec.calls().len(), 1);
+    assert_eq!(model.gate().metrics().wake_signals.get(), 1);
+}
+
+#[tokio::test]
+async fn wake_is_retried_with_backoff_while_refused() {
+    let rec = WakeRecorder::start().await;
+    rec.fail.store(true, Ordering::SeqCst);
+    let waker = Waker::new(&rec.url, Duration::from_secs(3600)).unwrap();
+    let act = Activator::start(Arc::new(waker), ServerOptions::default()).await;
+    let k = act.model("models", "m", 1, 100, LONG);
+    let c = client();
+    let url = act.url("/v1/models/m");
+    let t = tokio::spawn(async move { send(&c, get(&url).body(empty()).unwrap()).await });
+    until("three attempts", || rec.calls().len() >= 3).await;
+    rec.fail.store(false, Ordering::SeqCst);
+    let n = rec.calls().len();
+    until("accepted attempt", || rec.calls().len() > n).await;
+    let m = act.table.get(&k).unwrap();
+    until("failures counted", || {
+        m.gate().metrics().wake_failures.get() >= 3
+    })
+    .await;
+    let b = Backend::start("pod").await;
+    act.table.set_endpoints(&k, vec![b.endpoint()]);
+    assert_eq!(t.await.unwrap().status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn queue_full_is_503_and_deadline_is_504() {
+    let act = plain().await;
+    let k = act.model("ns", "m", 1, 2, Duration::from_millis(300));
+    let model = act.table.get(&k).unwrap();
+    let c = client();
+    let mut waiting = Vec::new();
+    for _ in 0..2 {
+        let c = c.clone();
+        let url = act.url("/v1/models/m");
+        waiting.push(tokio::spawn(async move {
+            send(&c, get(&url).body(empty()).unwrap()).await
+        }));
+    }
+    until("two queued", || model.gate().queued() == 2).await;
+    let a = send(&c, get(&act.url("/v1/models/m")).body(empty()).unwrap()).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(a.headers["retry-after"], "10");
+    assert_eq!(a.json()["error"]["type"], "queue_full");
+    for t in waiting {
+        let a = t.await.unwrap();
+        assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(a.json()["error"]["type"], "queue_deadline");
+    }
+    assert_eq!(model.gate().queued(), 0);
+    assert_eq!(model.gate().metrics().answered_count(504), 2);
+    assert_eq!(model.gate().metrics().answered_count(503), 1);
+}
+
+#[tokio::test]
+async fn client_gone_leaves_the_queue() {
+    let act = plain().await;
+    let k = act.model("ns", "m", 1, 10, LONG);
+    let model = act.table.get(&k).unwrap();
+    let mut s = tokio::net::TcpStream::connect(act.addr).await.unwrap();
+    s.write_all(b"GET /v1/models/m HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    until("queued", || model.gate().queued() == 1).await;
+    drop(s);
+    until("left the queue", || model.gate().queued() == 0).await;
+    assert_eq!(model.gate().metrics().abandoned.get(), 1);
+    // The integral stops growing: nothing is held any more.
+    until("nothing held", || {
+        model.gate().metrics().integral.current() == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn per_pod_concurrency_holds_under_200_concurrent_requests() {
+    let act = plain().await;
+    let k = act.model("ns", "m", 2, 1000, LONG);
+    let pods = [
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    ];
+    for p in &pods {
+        p.set_delay(Duration::from_millis(10));
+    }
+    act.table
+        .set_endpoints(&k, pods.iter().map(|p| p.endpoint()).collect());
+    let c = client();
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let c = c.clone();
+        let url = act.url("/v1/models/m");
+        tasks.push(tokio::spawn(async move {
+            send(&c, get(&url).body(empty()).unwrap()).await.status
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    let mut total = 0;
+    for p in &pods {
+        let max = p.max.load(Ordering::SeqCst);
+        assert!(max <= 2, "pod {} saw {max} concurrent requests", p.name);
+        assert!(
+            p.count.load(Ordering::SeqCst) > 0,
+            "pod {} got no traffic",
+            p.name
+        );
+        total += p.count.load(Ordering::SeqCst);
+    }
+    assert_eq!(total, 200);
+    let m = act.table.get(&k).unwrap();
+    assert!(m.gate().in_flight().iter().all(|(_, n)| *n == 0));
+}
+
+#[tokio::test]
+async fn refused_connection_is_retried_on_another_pod() {
+    let act = plain().await;
+    let k = act.model("ns", "m", 0, 10, LONG);
+    let good = Backend::start("good").await;
+    let dead = refusing_addr().await;
+    act.table
+        .set_endpoints(&k, vec![ep(dead, true), good.endpoint()]);
+    let c = client();
+    for _ in 0..4 {
+        // A streamed body too: it was never touched, so it can be sent again.
+        let a = send(
+            &c,
+            get(&act.url("/v1/models/m:predict"))
+                .method(Method::POST)
+                .body(json("{\"x\":1}"))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(a.json()["body"], "{\"x\":1}");
+    }
+    assert_eq!(good.count.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test]
+async fn failure_after_sending_is_502_and_not_retried() {
+    let act = plain().await;
+    let k = act.model("ns", "m", 0, 10, LONG);
+    let good = Backend::start("good").await;
+    let (reset, accepted) = resetting_backend().await;
+    act.table
+        .set_endpoints(&k, vec![ep(reset, true), good.endpoint()]);
+    let c = client();
+    let (mut ok, mut bad) = (0, 0);
+    for _ in 0..6 {
+        let a = send(&c, get(&act.url("/v1/models/m")).body(empty()).unwrap()).await;
+        match a.status {
+            StatusCode::OK => ok += 1,
+            StatusCode::BAD_GATEWAY => {
+                assert_eq!(a.json()["error"]["type"], "backend_failed");
+                bad += 1
+            }
+            s => panic!("unexpected {s}"),
+        }
+    }
+    assert!(bad >= 1, "the resetting pod got traffic");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        bad,
+        "each failure is one attempt"
+    );
+    assert_eq!(
+        good.count.load(Ordering::SeqCst),
+        ok,
+        "failed requests were not retried"
+    );
+}
+
+#[tokio::test]
+async fn sse_chunks_flow_one_by_one() {
+    let act = plain().await;
+    let k = act.model("ns", "m", 0, 10, LONG);
+    let b = Backend::start("pod").await;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    *b.sse.lock().unwrap() = Some(rx);
+    act.table.set_endpoints(&k, vec![b.endpoint()]);
+    let c = client();
+    tx.send(Bytes::from("data: one\n\n")).await.unwrap();
+    let r = c
+        .request(
+            get(&act.url("/sse"))
+                .header("host", "m.ns")
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let mut body = r.into_body();
+    for next in ["two", "three"] {
+        // Each chunk arrives while the backend has not produced the next one yet.
+        let f = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(f.data_ref().unwrap().starts_with(b"data: "));
+        tx.send(Bytes::from(format!("data: {next}\n\n")))
+            .await
+            .unwrap();
+    }
+    let f = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(f.data_ref().unwrap(), &Bytes::from("data: three\n\n"));
+    // In flight until the stream ends.
+    let m = act.table.get(&k).unwrap();
+    assert_eq!(m.gate().metrics().in_flight.get(), 1);
+    drop(tx);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    until("stream end releases the slot", || {
+        m.gate().metrics().in_flight.get() == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_removed_and_forwarded_for_is_set() {
+    let act = plain().await;
+    let k = act.model("ns", "m", 0, 10, LONG);
+    let b = Backend::start("pod").await;
+    act.table.set_endpoints(&k, vec![b.endpoint()]);
+    let c = client();
+    let a = send(
+        &c,
+        get(&act.url("/v1/models/m"))
+            .header("connection", "keep-alive, x-secret")
+            .header("x-secret", "1")
+            .header("keep-alive", "timeout=5")
+            .header("proxy-authorization", "Basic Zm9v")
+            .header("te", "trailers")
+            .header("x-forwarded-for", "203.0.113.9")
+            .header("x-kept", "yes")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let h = &a.json()["headers"];
+    for gone in ["x-secret", "keep-alive", "proxy-authorization", "te"] {
+        assert!(h.get(gone).is_none(), "{gone} reached the backend: {h}");
+    }
+    assert_eq!(h["x-kept"], "yes");
+    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert!(
+        a.headers.get("keep-alive").is_none(),
+        "response hop-by-hop header passed"
+    );
+}
+
+#[tokio::test]
+async fn websocket_upgrade_passes_through() {
+    let act = plain().await;
+    let k = act.model("ns", "m", 0, 10, LONG);
+    let b = Backend::start("pod").await;
+    act.table.set_endpoints(&k, vec![b.endpoint()]);
+    let mut s = tokio::net::TcpStream::connect(act.addr).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nhost: m.ns\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s.write_all(b"ping").await.unwrap();
+    let mut got = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got, b"ping");
+}
+
+#[tokio::test]
+async fn h2c_clients_are_served() {
+    let act = plain().await;
+    let k = act.model("ns", "m", 0, 10, LONG);
+    let b = Backend::start("pod").await;
+    act.table.set_endpoints(&k, vec![b.endpoint()]);
+    let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    // No Host header in HTTP/2: the path routes, and the backend still gets a Host.
+    let a = send(
+        &c,
+        get(&act.url("/v2/models/m/infer"))
+            .method(Method::POST)
+            .body(json("{}"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.json()["headers"]["host"], act.addr.to_string());
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_in_flight_requests() {
+    let mut act = plain().await;
+    let k = act.model("ns", "m", 0, 10, LONG);
+    let b = Backend::start("pod").await;
+    b.set_delay(Duration::from_millis(300));
+    act.table.set_endpoints(&k, vec![b.endpoint()]);
+    let c = client();
+    let url = act.url("/v1/models/m");
+    let t = tokio::spawn(async move { send(&c, get(&url).body(empty()).unwrap()).await });
+    until("in flight", || b.current.load(Ordering::SeqCst) == 1).await;
+    act.shutdown();
+    assert_eq!(t.await.unwrap().status, StatusCode::OK);
+    assert!(act.done.take().unwrap().await.unwrap(), "drained in time");
+    assert!(
+        tokio::net::TcpStream::connect(act.addr).await.is_err(),
+        "no longer accepting"
+    );
+}
+
+#[tokio::test]
+async fn admin_endpoints() {
+    let act = plain().await;
+    let k = act.model("ns", "m", 0, 10, LONG);
+    let b = Backend::start("pod").await;
+    act.table.set_endpoints(&k, vec![b.endpoint()]);
+    let c = client();
+    assert_eq!(
+        send(&c, get(&act.url("/v1/models/m")).body(empty()).unwrap())
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let admin = |p: &str| format!("http://{}{}", act.admin, p);
+    assert_eq!(
+        send(&c, get(&admin("/healthz")).body(empty()).unwrap())
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&c, get(&admin("/readyz")).body(empty()).unwrap())
+            .await
+            .status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    act.ready.store(true, Ordering::SeqCst);
+    assert_eq!(
+        send(&c, get(&admin("/readyz")).body(empty()).unwrap())
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let m = send(&c, get(&admin("/metrics")).body(empty()).unwrap()).await;
+    let text = String::from_utf8(m.body.to_vec()).unwrap();
+    let lines: Vec<_> = text.lines().map(|l| Ok(l.to_string())).collect();
+    let scrape = prometheus_parse::Scrape::parse(lines.into_iter()).unwrap();
+    // OpenMetrics types the family without `_total`, so prometheus-parse reads the sample as
+    // untyped: take the number either way (the autoscaler does the same).
+    let num = |v: &prometheus_parse::Value| match v {
+        prometheus_parse::Value::Counter(x) | prometheus_parse::Value::Untyped(x) => *x,
+        other => panic!("not a counter: {other:?}"),
+    };
+    let find = |name: &str| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && s.labels.get("deployment") == Some("m"))
+            .unwrap_or_else(|| panic!("{name} missing in\n{text}"))
+            .clone()
+    };
+    let req = find("zeroscale_activator_requests_total");
+    assert_eq!(req.labels.get("code"), Some("200"));
+    assert_eq!(num(&req.value), 1.0, "{req:?}");
+    let integ = find("zeroscale_activator_request_concurrency_seconds_total");
+    let v = num(&integ.value);
+    assert!(v > 0.0 && v < 5.0, "{v}");
+    find("zeroscale_activator_pod_requests_in_flight");
+}

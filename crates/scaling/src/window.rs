@@ -72,8 +72,9 @@ struct Bucket {
 impl Bucket {
     /// The bucket's value: the mean of its samples (rounded), 0 when empty.
     fn value(&self) -> Pair {
-        if self.count == 0 {
-            return Pair::default();
+        // One sample per second is the common case: no division (an empty bucket sums to 0).
+        if self.count <= 1 {
+            return self.sum;
         }
         let n = u64::from(self.count);
         Pair {
@@ -259,9 +260,12 @@ impl Windows {
         let keep = 1.0 - alpha;
         let mut w = alpha;
         let mut acc = 0.0;
-        for age in 0..valid as i64 {
-            acc += self.buckets[self.idx(end - age)].value().get(metric) as f64 * w;
+        // Walk the ring backwards from `end` without a modulo per step.
+        let mut i = self.idx(end);
+        for _ in 0..valid {
+            acc += self.buckets[i].value().get(metric) as f64 * w;
             w *= keep;
+            i = i.checked_sub(1).unwrap_or(self.buckets.len() - 1);
         }
         let total = 1.0 - keep.powi(valid as i32);
         acc / total / MICROS

@@ -50,7 +50,7 @@ pub enum AddonError {
         /// The kind as written.
         gvk: GroupVersionKind,
         /// The discovery error.
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// The API server rejected an object.
     #[error("applying {kind} {name} from {path}: {source}")]
@@ -62,7 +62,7 @@ pub enum AddonError {
         /// `namespace/name` or `name`.
         name: String,
         /// The API error.
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// Minting a ServiceAccount token or writing its kubeconfig failed.
     #[error("kubeconfig for ServiceAccount {namespace}/{name}: {message}")]
@@ -125,16 +125,15 @@ pub fn parse_objects(path: &Path) -> Result<Vec<DynamicObject>, AddonError> {
         if value.is_null() {
             continue;
         }
-        let obj: DynamicObject = serde_yaml_ng::from_value(value).map_err(|e| AddonError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        let obj: DynamicObject =
+            serde_yaml_ng::from_value(value).map_err(|e| AddonError::Parse {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
         objects.push(obj);
     }
     Ok(objects)
 }
-
-
 
 /// Server-side applies every object of a kustomize base (e.g. `manifests/`), in the order the
 /// base lists them.
@@ -168,13 +167,13 @@ async fn apply_file_with(
             message: e.to_string(),
         })?;
         if !kinds.contains_key(&gvk) {
-            let found = discovery::pinned_kind(client, &gvk).await.map_err(|source| {
-                AddonError::UnknownKind {
+            let found = discovery::pinned_kind(client, &gvk)
+                .await
+                .map_err(|source| AddonError::UnknownKind {
                     path: path.to_owned(),
                     gvk: gvk.clone(),
-                    source,
-                }
-            })?;
+                    source: Box::new(source),
+                })?;
             kinds.insert(gvk.clone(), found);
         }
         let (resource, caps) = &kinds[&gvk];
@@ -200,7 +199,7 @@ async fn apply_file_with(
                     Some(ns) => format!("{ns}/{name}"),
                     None => name.clone(),
                 },
-                source,
+                source: Box::new(source),
             })?;
         applied.push(Applied {
             kind: gvk.kind.clone(),
@@ -229,11 +228,11 @@ pub async fn service_account_kubeconfig(
     };
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
     let request = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: vec![],
+        spec: Some(TokenRequestSpec {
+            audiences: None,
             expiration_seconds: Some(ttl_seconds),
             ..Default::default()
-        },
+        }),
         ..Default::default()
     };
     let answer = sas
@@ -242,7 +241,7 @@ pub async fn service_account_kubeconfig(
         .map_err(|e| err(format!("TokenRequest failed: {e}")))?;
     let token = answer
         .status
-        .map(|s| s.token)
+        .and_then(|s| s.token)
         .ok_or_else(|| err("TokenRequest answered without a token".into()))?;
 
     let admin = Kubeconfig::read_from(admin_kubeconfig)
@@ -261,6 +260,7 @@ pub async fn service_account_kubeconfig(
                 token: Some(token.into()),
                 ..Default::default()
             }),
+            other: Default::default(),
         }],
         contexts: vec![NamedContext {
             name: user.clone(),
@@ -270,6 +270,7 @@ pub async fn service_account_kubeconfig(
                 namespace: Some(namespace.to_owned()),
                 ..Default::default()
             }),
+            other: Default::default(),
         }],
         current_context: Some(user),
         ..Default::default()

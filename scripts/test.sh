@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The one test command (also what CI runs, via .ci/run). On a fresh machine with Rust and Go it
+# installs what is missing (iproute2/util-linux via apt-get, rustfmt/clippy via rustup), builds
+# etcd + kube-apiserver + kube-controller-manager from source if they are not cached, then runs:
+# cargo fmt --check, clippy -D warnings, the build, and every test (unit, component, end-to-end;
+# the e2e binaries re-exec themselves into a private network namespace).
+#
+# For development only: ZEROSCALE_TEST_PACKAGES="zeroscale-testkit zeroscale-e2e" restricts
+# clippy, build and tests to those packages (CI always runs the whole workspace).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+section() { printf '\n==== %s ====\n' "$*"; }
+die() { echo "test.sh: error: $*" >&2; exit 1; }
+started=$(date +%s)
+
+section "tools"
+missing=()
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+{ command -v unshare >/dev/null 2>&1 && command -v setpriv >/dev/null 2>&1; } || missing+=(util-linux)
+if ((${#missing[@]})); then
+  if [[ $(id -u) == 0 ]]; then
+    sudo=()
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo=(sudo -n)
+  else
+    die "missing ${missing[*]} and not root: install them (apt-get install ${missing[*]})"
+  fi
+  echo "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo[@]}" apt-get update -q </dev/null
+  "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null
+fi
+command -v cargo >/dev/null 2>&1 || die "Rust is not installed (cargo not on PATH): see https://rustup.rs"
+for comp in rustfmt clippy; do
+  sub=${comp/rustfmt/fmt}
+  if ! cargo "$sub" --version >/dev/null 2>&1; then
+    command -v rustup >/dev/null 2>&1 || die "cargo $sub is missing and rustup is not available to add it"
+    rustup component add "$comp"
+  fi
+done
+echo "cargo: $(cargo --version); ip: $(command -v ip); unshare: $(command -v unshare)"
+
+section "control plane (etcd, kube-apiserver, kube-controller-manager)"
+ZEROSCALE_K8S_BIN=$(./scripts/build-control-plane.sh </dev/null | tail -n 1)
+export ZEROSCALE_K8S_BIN
+echo "using $ZEROSCALE_K8S_BIN"
+
+scope=(--workspace)
+if [[ -n "${ZEROSCALE_TEST_PACKAGES:-}" ]]; then
+  scope=()
+  for p in $ZEROSCALE_TEST_PACKAGES; do scope+=(-p "$p"); done
+  echo "restricted to: ${scope[*]}"
+fi
+
+section "cargo fmt --check"
+if [[ -n "${ZEROSCALE_TEST_PACKAGES:-}" ]]; then
+  cargo fmt "${scope[@]}" -- --check
+else
+  cargo fmt --all -- --check
+fi
+
+section "cargo clippy -D warnings"
+cargo clippy "${scope[@]}" --all-targets -- -D warnings
+
+section "cargo build (all targets; e2e tests run the built binaries)"
+cargo build "${scope[@]}" --all-targets
+
+section "cargo test (unit, component, end-to-end)"
+cargo test "${scope[@]}"
+
+section "done in $(( $(date +%s) - started ))s"

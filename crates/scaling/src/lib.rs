@@ -55,10 +55,42 @@
 //! - 0 never comes with requests in flight or queued, and never as a move to zero on stale or
 //!   missing data (`desired >= min(current_scale, max_scale)` then).
 //! - Within one panic episode `desired` never decreases.
-//! - Rates: `desired >= min(floor(max(1, ready) / down_rate), max_scale)`. With the ready
-//!   count fixed, `desired <= max(ceil(max(1, ready) x up_rate), activation-scale, initial,
-//!   min-scale, 1, and the current scale when the data is stale or in panic)`.
+//! - Rates: `desired >= min(floor(max(1, ready) / down_rate), max_scale)` always. The upper
+//!   limit is per episode, not per call (the panic high-water mark and the delay window carry
+//!   earlier counts forward), so it is stated for a steady cluster (ready = current scale,
+//!   fixed): `desired <= max(min-scale, min(max-scale, max(ceil(max(1, ready) x up_rate),
+//!   activation-scale, initial-scale while it applies, 1)))`.
 //! - Same inputs, same outputs: no randomness, no hidden clock.
+//!
+//! # Example
+//! ```
+//! use std::time::{Duration, Instant};
+//! use zeroscale_scaling::{DataState, Decider, Observation, Params, Reason, Sample};
+//!
+//! let t0 = Instant::now();
+//! // The Deployment just opted in (`newly_enabled`).
+//! let mut decider = Decider::new(Params::default(), t0, true);
+//! // The autoscaler records one sample per second...
+//! for s in 0..60 {
+//!     let sample = Sample { concurrency: 150.0, rps: 0.0 };
+//!     decider.record(t0 + Duration::from_secs(s), sample);
+//! }
+//! // ...and decides each tick.
+//! let obs = Observation {
+//!     ready_pods: 2,
+//!     current_scale: 2,
+//!     in_flight: 150,
+//!     queued: 0,
+//!     data: DataState::Fresh,
+//! };
+//! let decision = decider.decide(t0 + Duration::from_secs(59), &obs);
+//! assert_eq!(decision.desired, 3); // ceil(150 / (100 x 0.7))
+//! assert_eq!(decision.reason, Reason::Stable);
+//! assert_eq!(
+//!     decision.to_string(),
+//!     "stable concurrency 150.0 over 60s, target 70.0 per pod"
+//! );
+//! ```
 //!
 //! [`records`]: Decider::record
 

@@ -9,6 +9,7 @@
 //! - [`bins`]: where the control-plane and workspace binaries are.
 //! - [`process`]: owned child processes and the leak check.
 
+pub mod addon;
 pub mod bins;
 pub mod certs;
 pub mod cluster;

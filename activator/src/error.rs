@@ -51,7 +51,7 @@ impl ProxyError {
             ProxyError::ClientBody(_) => "client_body",
             ProxyError::Queue(QueueError::Full { .. }) => "queue_full",
             ProxyError::Queue(QueueError::Deadline(_)) => "queue_deadline",
-            ProxyError::Queue(QueueError::Closed) => "model_removed",
+            ProxyError::Queue(QueueError::Closed) => "unavailable",
             ProxyError::Backend(_) => "backend_failed",
         }
     }

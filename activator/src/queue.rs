@@ -63,8 +63,9 @@ pub enum QueueError {
     /// The deadline passed before a pod had room.
     #[error("no pod had capacity within {0:?}")]
     Deadline(Duration),
-    /// The model stopped being routed while the request waited.
-    #[error("the model was removed while the request waited")]
+    /// The model stopped being routed, or the activator is shutting down, while the request
+    /// waited.
+    #[error("the model was removed or the activator is shutting down while the request waited")]
     Closed,
 }
 
@@ -235,12 +236,18 @@ impl Gate {
 
     /// Fails every waiter with [`QueueError::Closed`] and refuses new ones.
     pub fn close(&self) {
+        self.lock().closed = true;
+        self.fail_waiting();
+    }
+
+    /// Fails every current waiter with [`QueueError::Closed`]; returns how many.
+    pub fn fail_waiting(&self) -> usize {
         let mut st = self.lock();
-        st.closed = true;
         let n = st.queue.len();
         st.queue.clear(); // dropping the senders wakes the waiters with an error
         st.queued_bytes = 0;
         self.metrics.queued.dec_by(n as i64);
+        n
     }
 
     /// Admits a request whose body accounts for `bytes`: a permit now, or a place in the queue.

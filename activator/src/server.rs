@@ -93,9 +93,22 @@ pub async fn serve_proxy(
     }
     drop(listener);
     tracing::info!("draining open requests");
-    tokio::time::timeout(opts.drain_timeout, graceful.shutdown())
+    let drained = graceful.shutdown();
+    tokio::pin!(drained);
+    if tokio::time::timeout(opts.drain_timeout, &mut drained)
         .await
         .is_ok()
+    {
+        return true;
+    }
+    // Requests still waiting for a pod get a clear 503 instead of a reset connection.
+    let failed = proxy.table().fail_waiting();
+    tracing::warn!(
+        failed,
+        "drain timeout passed; answered waiting requests with 503"
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), drained).await;
+    false
 }
 
 /// What the admin port serves.

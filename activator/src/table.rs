@@ -319,6 +319,13 @@ impl Table {
         }
     }
 
+    /// Fails every waiting request of every model with 503 (shutdown); returns how many.
+    /// The models stay routed; new requests still queue.
+    pub fn fail_waiting(&self) -> usize {
+        let models: Vec<Arc<Model>> = self.models.iter().map(|e| e.value().clone()).collect();
+        models.iter().map(|m| m.gate.fail_waiting()).sum()
+    }
+
     /// Replaces a model's endpoints. Unknown models are ignored (the caller upserts first).
     pub fn set_endpoints(&self, key: &ModelKey, endpoints: Vec<Endpoint>) {
         let Some(m) = self.models.get(key).map(|m| m.clone()) else {

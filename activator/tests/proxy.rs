@@ -653,3 +653,29 @@ async fn admin_endpoints() {
     assert!(v > 0.0 && v < 5.0, "{v}");
     find("zeroscale_activator_pod_requests_in_flight");
 }
+
+#[tokio::test]
+async fn drain_timeout_answers_waiting_requests_with_503() {
+    let mut act = Activator::start(
+        Arc::new(NoWake),
+        ServerOptions {
+            drain_timeout: Duration::from_millis(200),
+            ..ServerOptions::default()
+        },
+    )
+    .await;
+    let k = act.model("ns", "m", 1, 10, LONG);
+    let model = act.table.get(&k).unwrap();
+    let c = client();
+    let url = act.url("/v1/models/m");
+    let t = tokio::spawn(async move { send(&c, get(&url).body(empty()).unwrap()).await });
+    until("queued", || model.gate().queued() == 1).await;
+    act.shutdown();
+    let a = t.await.unwrap();
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(a.headers["retry-after"], "1");
+    assert!(
+        !act.done.take().unwrap().await.unwrap(),
+        "reported as not drained in time"
+    );
+}

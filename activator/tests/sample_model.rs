@@ -1,0 +1,185 @@
+//! Component tests against the testkit's sample model server: a real predictor speaking
+//! KServe v1/v2 and OpenAI APIs, which answers 404 for a model that is not its own (so
+//! misrouting shows) and 429 beyond its concurrency limit (so overload shows).
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::{BodyExt, Full};
+use support::*;
+use tokio::net::TcpListener;
+use zeroscale_activator::server::ServerOptions;
+use zeroscale_activator::table::NoWake;
+use zeroscale_activator::wake::Waker;
+use zeroscale_testkit::sample_model::{self, Options};
+
+const LONG: Duration = Duration::from_secs(300);
+
+async fn model_server(name: &str, opts: Options) -> zeroscale_activator::Endpoint {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let opts = Options {
+        model_name: name.into(),
+        pod_name: format!("{name}-{}", addr.port()),
+        ..opts
+    };
+    tokio::spawn(sample_model::serve(l, opts));
+    ep(addr, true)
+}
+
+fn json(s: &str) -> Full<Bytes> {
+    Full::new(Bytes::from(s.to_string()))
+}
+
+fn post(url: &str) -> http::request::Builder {
+    get(url).method(Method::POST)
+}
+
+#[tokio::test]
+async fn all_three_routing_methods_reach_the_right_model() {
+    let act = Activator::start(Arc::new(NoWake), ServerOptions::default()).await;
+    let iris = act.model("ns", "iris", 0, 10, LONG);
+    let llama = act.model("ns", "llama", 0, 10, LONG);
+    act.table
+        .set_endpoints(&iris, vec![model_server("iris", Options::default()).await]);
+    act.table.set_endpoints(
+        &llama,
+        vec![model_server("llama", Options::default()).await],
+    );
+    let c = client();
+
+    let a = send(
+        &c,
+        post(&act.url("/v1/models/iris:predict"))
+            .body(json(r#"{"instances":[[1,2]]}"#))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    assert_eq!(a.json()["model_name"], "iris");
+
+    let a = send(
+        &c,
+        post(&act.url("/v2/models/iris/infer"))
+            .body(json(r#"{"inputs":[]}"#))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    assert_eq!(a.json()["model_name"], "iris");
+
+    // Host routing: the path names nothing, the Host names the model.
+    let a = send(
+        &c,
+        post(&act.url("/v1/chat/completions"))
+            .header("host", "llama.ns")
+            .body(json(
+                r#"{"model":"llama","messages":[{"role":"user","content":"hi"}]}"#,
+            ))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    assert_eq!(a.json()["model"], "llama");
+
+    for path in ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"] {
+        let a = send(
+            &c,
+            post(&act.url(path))
+                .body(json(
+                    r#"{"model":"llama","prompt":"x","input":"x","messages":[]}"#,
+                ))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::OK, "{path}: {:?}", a.body);
+        assert_eq!(a.json()["model"], "llama", "{path}");
+    }
+}
+
+#[tokio::test]
+async fn openai_stream_flows_as_events() {
+    let act = Activator::start(Arc::new(NoWake), ServerOptions::default()).await;
+    let k = act.model("ns", "llama", 0, 10, LONG);
+    let opts = Options {
+        stream_chunks: 5,
+        chunk_interval: Duration::from_millis(50),
+        ..Options::default()
+    };
+    act.table
+        .set_endpoints(&k, vec![model_server("llama", opts).await]);
+    let c = client();
+    let r = c
+        .request(
+            post(&act.url("/v1/chat/completions"))
+                .body(json(r#"{"model":"llama","stream":true,"messages":[]}"#))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let mut body = r.into_body();
+    let mut events = Vec::new();
+    let mut arrivals = Vec::new();
+    let start = std::time::Instant::now();
+    while let Some(f) = body.frame().await {
+        let f = f.unwrap();
+        if let Some(d) = f.data_ref() {
+            arrivals.push(start.elapsed());
+            events.push(String::from_utf8_lossy(d).to_string());
+        }
+    }
+    let all = events.concat();
+    assert_eq!(all.matches("data: ").count(), 6, "{all}");
+    assert!(all.ends_with("data: [DONE]\n\n"));
+    // Not buffered: the events came in several frames spread over the stream's lifetime.
+    assert!(events.len() >= 3, "{events:?}");
+    assert!(arrivals.last().unwrap() > arrivals.first().unwrap());
+}
+
+#[tokio::test]
+async fn cold_start_wakes_and_serves_200_requests_within_pod_limits() {
+    let rec = WakeRecorder::start().await;
+    let waker = Waker::new(&rec.url, Duration::from_secs(3600)).unwrap();
+    let act = Activator::start(Arc::new(waker), ServerOptions::default()).await;
+    // Each pod takes 4 at once and answers 429 beyond: any overload would show as a 429.
+    let k = act.model("ns", "iris", 4, 1000, LONG);
+    let model = act.table.get(&k).unwrap();
+    let c = client();
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let c = c.clone();
+        let url = act.url("/v1/models/iris:predict");
+        tasks.push(tokio::spawn(async move {
+            send(&c, post(&url).body(json(r#"{"instances":[[1]]}"#)).unwrap()).await
+        }));
+    }
+    until("all queued", || model.gate().queued() == 200).await;
+    until("wake sent", || !rec.calls().is_empty()).await;
+    assert_eq!(rec.calls()[0]["deployment"], "iris");
+    let opts = Options {
+        max_concurrency: 4,
+        service_time: Duration::from_millis(5),
+        ..Options::default()
+    };
+    let pods = vec![
+        model_server("iris", opts.clone()).await,
+        model_server("iris", opts.clone()).await,
+        model_server("iris", opts).await,
+    ];
+    act.table.set_endpoints(&k, pods);
+    let mut served_by = std::collections::HashSet::new();
+    for t in tasks {
+        let a = t.await.unwrap();
+        assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+        served_by.insert(a.served_by());
+    }
+    assert_eq!(served_by.len(), 3, "all pods took part");
+    assert_eq!(model.gate().metrics().answered_count(200), 200);
+    assert_eq!(model.gate().metrics().answered_count(429), 0);
+}

@@ -26,6 +26,10 @@ fn main() -> ExitCode {
         ),
         test("kubelet_restarts_crashing_container", crashing_container),
         test("kubelet_passes_env_and_field_refs", env_and_field_refs),
+        test(
+            "apiserver_restart_keeps_state_and_kubelet_recovers",
+            apiserver_restart,
+        ),
         test("cluster_drop_leaves_no_process", no_leak),
     ])
 }
@@ -351,5 +355,39 @@ async fn no_leak(_ctx: Ctx) -> anyhow::Result<()> {
     if std::env::var("ZEROSCALE_KEEP").as_deref() != Ok("1") {
         ensure!(!dir.exists(), "temp dir {} removed", dir.display());
     }
+    Ok(())
+}
+
+/// `stop_apiserver`/`start_apiserver` keep the port and the data, and the kubelet's watches
+/// recover: a pod created after the restart still becomes Ready. Own cluster: it restarts it.
+async fn apiserver_restart(_ctx: Ctx) -> anyhow::Result<()> {
+    let cluster = LocalCluster::start().await?;
+    let client = cluster.client();
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), "default");
+    let cm = serde_json::from_value(json!({"metadata": {"name": "keep"}, "data": {"k": "v"}}))?;
+    cms.create(&PostParams::default(), &cm).await?;
+    let url = cluster.server_url();
+    cluster.stop_apiserver().await;
+    ensure!(cms.get("keep").await.is_err(), "API server is down");
+    cluster.start_apiserver().await?;
+    ensure!(cluster.server_url() == url, "same address after restart");
+    let got = cms.get("keep").await?;
+    ensure!(
+        got.data.and_then(|d| d.get("k").cloned()).as_deref() == Some("v"),
+        "data kept in etcd"
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "after-restart"},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "c", "image": "none", "command": ["sleep", "600"]}]},
+    }))?;
+    pods.create(&PostParams::default(), &pod).await?;
+    eventually(
+        "the pod created after the restart to be Ready",
+        WAIT,
+        || async { Ok(pod_ready(&pods.get("after-restart").await?).then_some(())) },
+    )
+    .await?;
     Ok(())
 }

@@ -66,6 +66,11 @@ impl OwnedChild {
         self.child.id()
     }
 
+    /// The last `n` lines of its log.
+    pub fn log_tail(&self, n: usize) -> String {
+        tail(&self.log, n)
+    }
+
     /// `Some(status)` if it has exited.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()

@@ -1,9 +1,9 @@
 //! `zeroscale-cluster`: starts a LocalCluster with the process kubelet inside a private network
 //! namespace, writes its kubeconfig, prints `ready`, and runs until SIGTERM/SIGINT.
 //!
-//! Note: the cluster lives in its own network namespace; processes that want to reach it (or
-//! its pods) must run inside it, e.g. as pods, or be started by this process's caller with
-//! `nsenter --net=/proc/<pid>/ns/net` (the pid is printed with `ready`).
+//! The cluster lives in a private network namespace: processes that want to reach it (or its
+//! pods) must run inside it, as pods or with `nsenter --net=/proc/<pid>/ns/net <cmd>`, where
+//! `<pid>` is written to `--pid-out` (and printed on stderr).
 
 use std::path::PathBuf;
 
@@ -18,6 +18,9 @@ struct Args {
     /// Where to copy the admin kubeconfig.
     #[arg(long, env = "KUBECONFIG_OUT")]
     kubeconfig_out: Option<PathBuf>,
+    /// Where to write the pid of the process inside the network namespace.
+    #[arg(long)]
+    pid_out: Option<PathBuf>,
     /// Do not start the process kubelet.
     #[arg(long)]
     no_kubelet: bool,
@@ -27,6 +30,7 @@ fn main() -> anyhow::Result<()> {
     zeroscale_testkit::netns::ensure_private_netns();
     let Args {
         kubeconfig_out,
+        pid_out,
         no_kubelet,
     } = Args::parse();
     tracing_subscriber::fmt()
@@ -49,6 +53,10 @@ fn main() -> anyhow::Result<()> {
         .await?;
         if let Some(out) = &kubeconfig_out {
             std::fs::copy(cluster.kubeconfig_path(), out)
+                .with_context(|| format!("writing {}", out.display()))?;
+        }
+        if let Some(out) = &pid_out {
+            std::fs::write(out, format!("{}\n", std::process::id()))
                 .with_context(|| format!("writing {}", out.display()))?;
         }
         eprintln!(

@@ -247,16 +247,33 @@ impl fmt::Display for Decision {
                 secs(i.stable_window),
                 i.target_per_pod
             ),
-            Reason::Panic => write!(
-                f,
-                "panic mode: {m} {:.1} over {} needs {} {} for {} ready (threshold {:.0}%), not scaling down",
-                i.panic_average,
-                secs(i.panic_window),
-                i.panic_wanted,
-                plural(u64::from(i.panic_wanted), "pod", "pods"),
-                i.ready_pods,
-                i.panic_threshold_percentage
-            ),
+            Reason::Panic => {
+                let over = f64::from(i.panic_wanted) / f64::from(i.ready_pods.max(1))
+                    >= i.panic_threshold_percentage / 100.0;
+                if over {
+                    write!(
+                        f,
+                        "panic mode: {m} {:.1} over {} needs {} {} for {} ready (threshold {:.0}%), not scaling down",
+                        i.panic_average,
+                        secs(i.panic_window),
+                        i.panic_wanted,
+                        plural(u64::from(i.panic_wanted), "pod", "pods"),
+                        i.ready_pods,
+                        i.panic_threshold_percentage
+                    )
+                } else {
+                    // Calm again (or an autoscaler restart): panic lasts a stable window more.
+                    write!(
+                        f,
+                        "panic mode: holding {} until the panic window has stayed under {:.0}% of ready capacity for {} ({m} {:.1} over {})",
+                        self.desired,
+                        i.panic_threshold_percentage,
+                        secs(i.stable_window),
+                        i.panic_average,
+                        secs(i.panic_window)
+                    )
+                }
+            }
             Reason::ScaleToZero => match (i.current_scale, i.idle_for) {
                 (0, _) => write!(f, "no traffic, staying at zero"),
                 (_, Some(idle)) => write!(

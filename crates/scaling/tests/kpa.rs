@@ -544,6 +544,11 @@ fn a_restarted_autoscaler_holds_the_ready_pods_for_a_stable_window() {
     sim.load(0, 1, 0.0);
     let d = sim.decide(0, steady(4));
     assert_eq!((d.desired, d.reason), (4, Reason::Panic));
+    assert_eq!(
+        d.to_string(),
+        "panic mode: holding 4 until the panic window has stayed under 200% of ready capacity \
+         for 60s (concurrency 0.0 over 6s)"
+    );
     sim.load(1, 62, 0.0);
     assert_eq!(sim.decide(60, steady(4)).desired, 4);
     let d = sim.decide(61, steady(4));

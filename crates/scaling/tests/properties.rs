@@ -317,3 +317,35 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// Inside one stable window, the order samples arrive in does not matter: out-of-order and
+    /// duplicate samples land in the same buckets and give the same decision as sorted ones.
+    #[test]
+    fn arrival_order_inside_the_window_does_not_matter(
+        (params, samples, order) in (params(), 1usize..40).prop_flat_map(|(params, n)| {
+            let window = params.stable_window.as_secs();
+            let samples = prop::collection::vec((0..window, sample()), n);
+            let order = Just((0..n).collect::<Vec<_>>()).prop_shuffle();
+            (Just(params), samples, order)
+        }),
+        obs in step((0u32..=30).boxed(), (0u32..=30).boxed()).prop_map(|s| s.obs),
+    ) {
+        let t0 = Instant::now() + Duration::from_secs(3600);
+        let end = t0 + params.stable_window - Duration::from_secs(1);
+        let mut sorted = samples.clone();
+        sorted.sort_by_key(|&(s, _)| s);
+        let mut a = Decider::new(params.clone(), t0, true);
+        let mut b = Decider::new(params.clone(), t0, true);
+        for &(s, x) in &sorted {
+            a.record(t0 + Duration::from_secs(s), x);
+        }
+        for &i in &order {
+            let (s, x) = samples[i];
+            b.record(t0 + Duration::from_secs(s), x);
+        }
+        prop_assert_eq!(a.dropped_samples(), 0);
+        prop_assert_eq!(b.dropped_samples(), 0);
+        prop_assert_eq!(a.decide(end, &obs), b.decide(end, &obs));
+    }
+}

@@ -107,8 +107,37 @@ struct Managed {
     /// State of the last scrape round that concerned this Deployment.
     data: DataState,
     last_round: Option<Instant>,
+    /// When the last sample was recorded.
+    last_sample: Option<Instant>,
     /// A scale change was handed out and its result is not known yet.
     pending: bool,
+}
+
+impl Managed {
+    /// Records a sample that is the average over the time since the previous one.
+    ///
+    /// The engine keeps one-second buckets and counts an empty second as zero load. Scrapes
+    /// come about once a second, but with jitter around a bucket boundary two land in one
+    /// second and the next second stays empty, which would read as a dip in load. So the
+    /// sample also goes into every whole second since the previous sample that it covers
+    /// (bounded by the stable window), which is what it measured.
+    fn record(&mut self, at: Instant, sample: Sample) {
+        let step = Duration::from_secs(1);
+        if let Some(prev) = self.last_sample
+            && at > prev
+        {
+            let limit = self.settings.scaling.stable_window.as_secs().max(1);
+            let mut fill = prev + step;
+            let mut n = 0;
+            while fill < at && n < limit {
+                self.decider.record(fill, sample);
+                fill += step;
+                n += 1;
+            }
+        }
+        self.decider.record(at, sample);
+        self.last_sample = Some(self.last_sample.map_or(at, |p| p.max(at)));
+    }
 }
 
 struct Entry {
@@ -261,6 +290,7 @@ impl Index {
                         queued: 0,
                         data: DataState::Missing,
                         last_round: None,
+                        last_sample: None,
                         pending: false,
                     });
                 }
@@ -369,7 +399,7 @@ impl Index {
             m.queued = sample.queued;
             m.last_round = Some(round.at);
             if round.complete {
-                m.decider.record(
+                m.record(
                     round.at,
                     Sample {
                         concurrency: sample.concurrency,
@@ -396,7 +426,7 @@ impl Index {
         m.last_round = Some(at);
         match value {
             Some(v) => {
-                m.decider.record(
+                m.record(
                     at,
                     Sample {
                         concurrency: v,
@@ -456,7 +486,14 @@ impl Index {
                 queued: m.queued,
                 data,
             };
-            let decision = m.decider.decide(now, &obs);
+            // The engine counts a second without a sample as zero load. A tick that falls
+            // between the start of a second and that second's scrape would read the current,
+            // still empty second as a dip; so on fresh data decide as of the newest sample.
+            let decide_at = match m.last_sample {
+                Some(s) if data == DataState::Fresh && s <= now => s,
+                _ => now,
+            };
+            let decision = m.decider.decide(decide_at, &obs);
             if decision.desired != entry.view.spec_replicas && !m.pending {
                 m.pending = true;
                 out.intents.push(ScaleIntent {
@@ -832,6 +869,41 @@ mod tests {
         assert!(index.tick(t0).intents.is_empty());
         index.delete_hpa(&hpa);
         assert_eq!(index.tick(t0).intents.len(), 1);
+    }
+
+    #[test]
+    fn jittery_scrapes_do_not_read_as_dips_in_load() {
+        let t0 = Instant::now();
+        let mut index = synced(t0);
+        index.apply_deployment(dep(&[ON], 5, 5), t0);
+        // 300 concurrent needs 5 pods at 70 per pod. Rounds alternate 0.7s and 1.3s apart, so
+        // some seconds get two rounds and others none.
+        let mut at = t0;
+        for i in 0..20 {
+            at += Duration::from_millis(if i % 2 == 0 { 700 } else { 1300 });
+            index.record_round(&round(at, true, busy(300.0, 300, 0)));
+            let out = index.tick(at);
+            assert!(out.intents.is_empty(), "at round {i}: {:?}", out.intents);
+            assert_eq!(
+                out.reports[0].decision.desired, 5,
+                "{:?}",
+                out.reports[0].decision
+            );
+        }
+    }
+
+    #[test]
+    fn a_tick_just_before_the_scrape_does_not_see_a_dip() {
+        let t0 = Instant::now();
+        let mut index = synced(t0);
+        index.apply_deployment(dep(&[ON], 5, 5), t0);
+        for s in 1..20 {
+            // Scrape 900ms into each second, tick 100ms into the next one.
+            let scraped = t0 + Duration::from_millis(s * 1000 + 900);
+            index.record_round(&round(scraped, true, busy(300.0, 300, 0)));
+            let out = index.tick(scraped + Duration::from_millis(200));
+            assert!(out.intents.is_empty(), "at {s}s: {:?}", out.intents);
+        }
     }
 
     #[test]

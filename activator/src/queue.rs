@@ -173,10 +173,12 @@ impl Gate {
     }
 
     /// Replaces the endpoints, keeping in-flight counts of pods that stay; serves waiters if
-    /// capacity appeared. Returns true when requests wait and no pod is eligible (the caller
-    /// should make sure a wake signal is under way).
+    /// capacity appeared. Returns true when this change took the last eligible pod away while
+    /// requests wait (the caller should start a wake signal; while there was none before, one is
+    /// already under way).
     pub fn set_endpoints(&self, endpoints: &[Endpoint]) -> bool {
         let mut st = self.lock();
+        let had_ready = st.pods.iter().any(|p| p.eligible);
         let mut old = std::mem::take(&mut st.pods);
         let mut pods = Vec::with_capacity(endpoints.len());
         for ep in endpoints {
@@ -212,7 +214,7 @@ impl Gate {
         }
         st.pods = pods;
         self.dispatch(&mut st);
-        !st.queue.is_empty() && !st.pods.iter().any(|p| p.eligible)
+        had_ready && !st.queue.is_empty() && !st.pods.iter().any(|p| p.eligible)
     }
 
     /// True when a pod is ready and not terminating.
@@ -653,16 +655,38 @@ mod tests {
         let p = ready(g.admit(0).unwrap());
         let mut term = ep(1, true);
         term.terminating = true;
-        assert!(!g.set_endpoints(&[term]));
+        assert!(!g.set_endpoints(&[term]), "nobody waits");
         let t = queued(g.admit(0).unwrap());
         assert!(t.needs_wake());
-        // The pod leaves entirely while the request is still on it.
-        assert!(g.set_endpoints(&[]));
+        // The pod leaves entirely while the request is still on it: no eligible pod before
+        // either, so no new wake is asked for.
+        assert!(!g.set_endpoints(&[]));
         assert_eq!(g.in_flight(), vec![(ep(1, true).addr, 1)]);
         drop(p);
         assert_eq!(g.in_flight(), vec![]);
         g.set_endpoints(&[ep(2, true)]);
         assert_eq!(t.wait().await.unwrap().addr(), ep(2, true).addr);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn losing_the_last_ready_pod_with_waiters_asks_for_a_wake() {
+        let g = gate(1, 10, 1000);
+        g.set_endpoints(&[ep(1, true)]);
+        let _busy = ready(g.admit(0).unwrap());
+        let t = queued(g.admit(0).unwrap());
+        assert!(!t.needs_wake(), "a pod is ready, only busy");
+        assert!(
+            !g.set_endpoints(&[ep(1, true), ep(2, false)]),
+            "still a ready pod"
+        );
+        assert!(
+            g.set_endpoints(&[ep(2, false)]),
+            "last ready pod gone, one waiting"
+        );
+        assert!(
+            !g.set_endpoints(&[ep(3, false)]),
+            "already without a ready pod"
+        );
     }
 
     #[tokio::test(start_paused = true)]

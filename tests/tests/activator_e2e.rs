@@ -1,0 +1,290 @@
+//! End-to-end tests of the activator: the real activator and autoscaler binaries as their own
+//! processes against the local control plane, in front of `sample-model` pods run by the process
+//! kubelet.
+//!
+//! The activator is published to the autoscaler as the selector-less Service
+//! `zeroscale-activator` with a manual EndpointSlice (port `metrics` = its admin port), as the
+//! autoscaler finds activators in a cluster. Each test has its own namespace, ConfigMap and
+//! processes, with short windows so scenarios take seconds.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, ensure};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+use zeroscale_e2e::{Ctx, eventually, sample_model_deployment, service_for, test};
+use zeroscale_testkit::LocalCluster;
+use zeroscale_testkit::http_client::{self, HttpResponse};
+use zeroscale_testkit::process::{self, OwnedChild};
+
+fn main() -> std::process::ExitCode {
+    zeroscale_e2e::run(vec![test(
+        "request_at_zero_wakes_the_model_and_it_returns_to_zero",
+        request_at_zero_wakes_the_model_and_it_returns_to_zero,
+    )])
+}
+
+/// A free port on the network namespace's host address (the pods can reach it, and so can the
+/// activator's scraper).
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    let l = std::net::TcpListener::bind((zeroscale_testkit::netns::HOST_IP, 0))?;
+    Ok(l.local_addr()?)
+}
+
+struct Proc {
+    _child: OwnedChild,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(
+        cluster: &LocalCluster,
+        name: &str,
+        bin: &str,
+        args: Vec<String>,
+    ) -> anyhow::Result<Self> {
+        let log = cluster.dir().join(format!("{name}.log"));
+        let mut cmd = process::command(
+            &zeroscale_testkit::workspace_bin(bin),
+            &args,
+            cluster.marker(),
+            &log,
+        )?;
+        cmd.env("RUST_LOG", "info,kube=warn,zeroscale_activator=debug");
+        let child = OwnedChild::spawn(name, cmd, log.clone())?;
+        Ok(Self { _child: child, log })
+    }
+
+    fn tail(&self) -> String {
+        process::tail(&self.log, 40)
+    }
+}
+
+async fn wait_ready(p: &Proc, admin: SocketAddr, what: &str) -> anyhow::Result<()> {
+    eventually(
+        &format!("{what} ready"),
+        Duration::from_secs(60),
+        || async move {
+            Ok(http_client::get(admin, "/readyz")
+                .await
+                .ok()
+                .filter(|r| r.status == 200)
+                .map(|_| ()))
+        },
+    )
+    .await
+    .with_context(|| p.tail())
+}
+
+async fn publish_activator(client: &Client, ns: &str, admin: SocketAddr) -> anyhow::Result<()> {
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": "zeroscale-activator"},
+        "spec": {"ports": [{"name": "metrics", "port": 9090, "targetPort": admin.port()}]},
+    }))?;
+    Api::<Service>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &svc)
+        .await?;
+    let slice: EndpointSlice = serde_json::from_value(json!({
+        "metadata": {
+            "name": "zeroscale-activator-manual",
+            "labels": {"kubernetes.io/service-name": "zeroscale-activator"},
+        },
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [admin.ip().to_string()], "conditions": {"ready": true}}],
+        "ports": [{"name": "metrics", "port": admin.port(), "protocol": "TCP"}],
+    }))?;
+    Api::<EndpointSlice>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &slice)
+        .await?;
+    Ok(())
+}
+
+async fn spec_replicas(client: &Client, ns: &str, name: &str) -> anyhow::Result<i32> {
+    let d = Api::<Deployment>::namespaced(client.clone(), ns)
+        .get(name)
+        .await?;
+    Ok(d.spec.and_then(|s| s.replicas).unwrap_or(1))
+}
+
+async fn predict(addr: SocketAddr) -> anyhow::Result<HttpResponse> {
+    Ok(http_client::request(
+        addr,
+        http::Method::POST,
+        "/v1/models/llama:predict",
+        Some(&json!({"instances": [[1.0, 2.0]]})),
+        Duration::from_secs(90),
+    )
+    .await?)
+}
+
+/// A request at 0 replicas gets its 200 after the pod starts; after idle the model goes back to
+/// 0; then 100 concurrent requests wake it again and all succeed.
+async fn request_at_zero_wakes_the_model_and_it_returns_to_zero(ctx: Ctx) -> anyhow::Result<()> {
+    let cluster = ctx.cluster().await?;
+    let client = ctx.client().await?;
+    let ns = ctx.namespace().await?;
+    let config: BTreeMap<String, String> = [
+        ("tick-interval", "1s"),
+        ("scrape-interval", "1s"),
+        ("scrape-timeout", "800ms"),
+        ("stable-window", "6s"),
+        ("panic-window-percentage", "50"),
+        ("scale-to-zero-grace-period", "4s"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "zeroscale-config"},
+        "data": config,
+    }))?;
+    Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .patch(
+            "zeroscale-config",
+            &PatchParams::apply("e2e").force(),
+            &Patch::Apply(&cm),
+        )
+        .await?;
+    let mut d = sample_model_deployment("llama", 0, &["--model-name=llama"]);
+    d.metadata.annotations = Some(
+        [
+            ("zeroscale.dev/enabled", "true"),
+            ("zeroscale.dev/container-concurrency", "10"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect(),
+    );
+    Api::<Deployment>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &d)
+        .await?;
+    Api::<Service>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &service_for("llama"))
+        .await?;
+
+    let (listen, admin) = (free_addr()?, free_addr()?);
+    let (as_api, as_metrics) = (free_addr()?, free_addr()?);
+    publish_activator(&client, &ns, admin).await?;
+    let kubeconfig = cluster.kubeconfig_path().display().to_string();
+    let activator = Proc::spawn(
+        &cluster,
+        &format!("activator-{ns}"),
+        "activator",
+        vec![
+            format!("--kubeconfig={kubeconfig}"),
+            format!("--namespace={ns}"),
+            format!("--watch-namespaces={ns}"),
+            format!("--listen={listen}"),
+            format!("--admin-listen={admin}"),
+            format!("--autoscaler-url=http://{as_api}"),
+            "--drain-timeout=5s".into(),
+        ],
+    )?;
+    let autoscaler = Proc::spawn(
+        &cluster,
+        &format!("autoscaler-{ns}"),
+        "autoscaler",
+        vec![
+            format!("--kubeconfig={kubeconfig}"),
+            format!("--namespace={ns}"),
+            format!("--namespaces={ns}"),
+            format!("--api-listen={as_api}"),
+            format!("--metrics-listen={as_metrics}"),
+            format!("--activator-service={ns}/zeroscale-activator"),
+            "--lease-name=zeroscale-autoscaler".into(),
+            "--lease-duration=4".into(),
+            "--identity=a".into(),
+        ],
+    )?;
+    wait_ready(&activator, admin, "activator").await?;
+    wait_ready(&autoscaler, as_metrics, "autoscaler").await?;
+    let logs = || {
+        format!(
+            "activator:\n{}\nautoscaler:\n{}",
+            activator.tail(),
+            autoscaler.tail()
+        )
+    };
+    ensure!(
+        spec_replicas(&client, &ns, "llama").await? == 0,
+        "starts at zero"
+    );
+
+    // 1. A request at zero.
+    let t0 = Instant::now();
+    let r = predict(listen).await.with_context(logs)?;
+    ensure!(
+        r.status == 200,
+        "first request: {} {}\n{}",
+        r.status,
+        r.text(),
+        logs()
+    );
+    ensure!(r.json()["model_name"] == "llama", "{}", r.text());
+    let cold = t0.elapsed();
+    ensure!(spec_replicas(&client, &ns, "llama").await? >= 1, "woken");
+
+    // 2. Idle: back to zero (grace 4s after the stable window empties).
+    let (c, n) = (client.clone(), ns.clone());
+    eventually("llama back at 0 replicas", Duration::from_secs(90), || {
+        let (c, n) = (c.clone(), n.clone());
+        async move { Ok((spec_replicas(&c, &n, "llama").await? == 0).then_some(())) }
+    })
+    .await
+    .with_context(logs)?;
+    // The activator saw the endpoints go away.
+    let (c, n) = (client.clone(), ns.clone());
+    eventually("no llama endpoints", Duration::from_secs(60), || {
+        let (c, n) = (c.clone(), n.clone());
+        async move {
+            Ok(zeroscale_e2e::slice_endpoints(&c, &n, "llama")
+                .await?
+                .is_empty()
+                .then_some(()))
+        }
+    })
+    .await?;
+
+    // 3. 100 concurrent requests at zero: one wake, all answered 200.
+    let tasks: Vec<_> = (0..100).map(|_| tokio::spawn(predict(listen))).collect();
+    let mut codes = BTreeMap::new();
+    for t in tasks {
+        let r = t.await?.with_context(logs)?;
+        *codes.entry(r.status.as_u16()).or_insert(0) += 1;
+    }
+    ensure!(
+        codes == BTreeMap::from([(200, 100)]),
+        "answers by status: {codes:?}\n{}",
+        logs()
+    );
+
+    // The activator's metrics account for it all.
+    let m = http_client::get(admin, "/metrics").await?.text();
+    let line = m
+        .lines()
+        .find(|l| {
+            l.starts_with("zeroscale_activator_requests_total{")
+                && l.contains("deployment=\"llama\"")
+                && l.contains("code=\"200\"")
+        })
+        .with_context(|| format!("no requests_total line in\n{m}"))?;
+    ensure!(line.ends_with(" 101"), "{line}");
+    let wakes = m
+        .lines()
+        .find(|l| {
+            l.starts_with("zeroscale_activator_wake_signals_total{")
+                && l.contains("deployment=\"llama\"")
+        })
+        .with_context(|| format!("no wake_signals line in\n{m}"))?;
+    ensure!(!wakes.ends_with(" 0"), "{wakes}");
+    eprintln!("cold start through the activator: {cold:?}");
+    Ok(())
+}

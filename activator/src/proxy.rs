@@ -59,6 +59,11 @@ impl Proxy {
         })
     }
 
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// The routing table.
     pub fn table(&self) -> &Arc<Table> {
         &self.table

@@ -76,6 +76,7 @@ pub async fn serve_proxy(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let metrics = proxy.metrics().clone();
         let proxy = proxy.clone();
         let svc = service_fn(move |req: Request<Incoming>| {
             let proxy = proxy.clone();
@@ -87,7 +88,18 @@ pub async fn serve_proxy(
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+                tracing::debug!(error = %e, %remote, "connection ended with an error");
+                // hyper answered these itself (400, 431) or closed the connection (slow client):
+                // count them, as the service never saw the request.
+                if let Some(h) = e.downcast_ref::<hyper::Error>() {
+                    if h.is_parse_too_large() {
+                        metrics.rejected("header_too_large");
+                    } else if h.is_parse() {
+                        metrics.rejected("malformed_http");
+                    } else if h.is_timeout() {
+                        metrics.rejected("header_timeout");
+                    }
+                }
             }
         });
     }

@@ -679,3 +679,39 @@ async fn drain_timeout_answers_waiting_requests_with_503() {
         "reported as not drained in time"
     );
 }
+
+#[tokio::test]
+async fn malformed_and_oversized_heads_get_4xx_and_are_counted() {
+    let act = Activator::start(
+        Arc::new(NoWake),
+        ServerOptions {
+            max_header_bytes: 16 * 1024,
+            header_read_timeout: Duration::from_millis(300),
+            ..ServerOptions::default()
+        },
+    )
+    .await;
+    let exchange = |req: Vec<u8>| async move {
+        let mut s = tokio::net::TcpStream::connect(act.addr).await.unwrap();
+        s.write_all(&req).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).to_string()
+    };
+    let head = exchange(b"GARBAGE\r\n\r\n".to_vec()).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    let mut big = b"GET / HTTP/1.1\r\nhost: x\r\nx-big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 64 * 1024));
+    big.extend(b"\r\n\r\n");
+    let head = exchange(big).await;
+    assert!(head.starts_with("HTTP/1.1 431"), "{head}");
+    // A slow client that never finishes its head is cut off.
+    let head = exchange(b"GET / HTTP/1.1\r\nhost: x\r\n".to_vec()).await;
+    assert!(!head.starts_with("HTTP/1.1 200"), "{head}");
+    until("counted", || {
+        act.metrics.rejected_count("malformed_http") == 1
+            && act.metrics.rejected_count("header_too_large") == 1
+            && act.metrics.rejected_count("header_timeout") == 1
+    })
+    .await;
+}

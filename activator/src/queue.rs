@@ -476,6 +476,20 @@ impl Ticket {
     }
 }
 
+#[cfg(test)]
+impl Ticket {
+    /// The permit, if this ticket was served already (tests drive the queue synchronously).
+    fn try_take(&mut self) -> Option<Permit> {
+        let a = self.rx.try_recv().ok()?;
+        self.done = true;
+        Some(Permit {
+            gate: self.gate.clone(),
+            addr: a.addr,
+            authority: a.authority,
+        })
+    }
+}
+
 impl Drop for Ticket {
     fn drop(&mut self) {
         if self.done {
@@ -710,5 +724,123 @@ mod tests {
         g.close();
         assert_eq!(t.wait().await.unwrap_err(), QueueError::Closed);
         assert!(matches!(g.admit(0), Err(QueueError::Closed)));
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            Admit(u64),
+            DropPermit(usize),
+            DropTicket(usize),
+            /// Ready flags of pods 1..=3 (absent when None).
+            Endpoints([Option<bool>; 3]),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => (0u64..40).prop_map(Op::Admit),
+                3 => any::<usize>().prop_map(Op::DropPermit),
+                1 => any::<usize>().prop_map(Op::DropTicket),
+                1 => proptest::array::uniform3(proptest::option::of(any::<bool>())).prop_map(Op::Endpoints),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+
+            /// Whatever happens: pods never exceed their limit, waiters are served strictly in
+            /// order, nobody waits while an eligible pod has room, counts match what callers
+            /// hold, and everything is given back at the end.
+            #[test]
+            fn gate_invariants(cc in 0u32..3, depth in 1usize..6, ops in proptest::collection::vec(op(), 1..60)) {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+                rt.block_on(async move {
+                    let g = gate(cc, depth, 100);
+                    let mut held: Vec<Permit> = Vec::new();
+                    let mut waiting: Vec<(u64, Ticket, u64)> = Vec::new();
+                    let mut seq = 0u64;
+                    let mut served_upto: Option<u64> = None;
+                    let mut eligible: Vec<SocketAddr> = Vec::new();
+                    for op in ops {
+                        match op {
+                            Op::Admit(b) => match g.admit(b) {
+                                Ok(Admit::Ready(p)) => {
+                                    prop_assert!(waiting.is_empty(), "served ahead of waiters");
+                                    held.push(p);
+                                }
+                                Ok(Admit::Queued(t)) => {
+                                    let bytes: u64 = waiting.iter().map(|w| w.2).sum();
+                                    prop_assert!(waiting.len() < depth && bytes + b <= 100, "queued beyond the limits");
+                                    waiting.push((seq, t, b));
+                                    seq += 1;
+                                }
+                                Err(QueueError::Full { .. }) => {
+                                    let bytes: u64 = waiting.iter().map(|w| w.2).sum();
+                                    prop_assert!(waiting.len() >= depth || bytes + b > 100, "refused below the limits");
+                                }
+                                Err(e) => prop_assert!(false, "unexpected {e}"),
+                            },
+                            Op::DropPermit(i) => {
+                                if !held.is_empty() {
+                                    held.swap_remove(i % held.len());
+                                }
+                            }
+                            Op::DropTicket(i) => {
+                                if !waiting.is_empty() {
+                                    waiting.remove(i % waiting.len());
+                                }
+                            }
+                            Op::Endpoints(flags) => {
+                                let eps: Vec<Endpoint> = flags
+                                    .iter()
+                                    .enumerate()
+                                    .filter_map(|(i, f)| f.map(|r| ep(i as u16 + 1, r)))
+                                    .collect();
+                                eligible = eps.iter().filter(|e| e.ready).map(|e| e.addr).collect();
+                                g.set_endpoints(&eps);
+                            }
+                        }
+                        // Collect served tickets, checking FIFO order.
+                        let mut still = Vec::new();
+                        for (s, mut t, b) in waiting.drain(..) {
+                            match t.try_take() {
+                                Some(p) => {
+                                    prop_assert!(still.is_empty(), "ticket {s} served before an earlier one");
+                                    prop_assert!(served_upto.is_none_or(|u| s > u));
+                                    served_upto = Some(s);
+                                    held.push(p);
+                                }
+                                None => still.push((s, t, b)),
+                            }
+                        }
+                        waiting = still;
+                        prop_assert_eq!(g.queued(), waiting.len());
+                        // Counts match what is held, and limits hold on eligible pods.
+                        for (addr, n) in g.in_flight() {
+                            let mine = held.iter().filter(|p| p.addr() == addr).count() as u32;
+                            prop_assert_eq!(n, mine, "pod {} count", addr);
+                            if cc > 0 && eligible.contains(&addr) {
+                                prop_assert!(n <= cc, "pod {} over its limit: {}", addr, n);
+                            }
+                        }
+                        // Work conserving: nobody waits while an eligible pod has room.
+                        if !waiting.is_empty() {
+                            let room = g.in_flight().iter().any(|(a, n)| eligible.contains(a) && (cc == 0 || *n < cc));
+                            prop_assert!(!room, "requests wait while a pod has room");
+                        }
+                    }
+                    drop(waiting);
+                    drop(held);
+                    prop_assert_eq!(g.queued(), 0);
+                    prop_assert!(g.in_flight().iter().all(|(_, n)| *n == 0));
+                    prop_assert_eq!(g.metrics().in_flight.get(), 0);
+                    prop_assert_eq!(g.metrics().queued.get(), 0);
+                    Ok(())
+                })?;
+            }
+        }
     }
 }

@@ -267,6 +267,16 @@ async fn crashing_container(ctx: Ctx) -> anyhow::Result<()> {
         Ok(cs)
     })
     .await?;
+    let state = status.state.clone().context("state")?;
+    let set = [
+        state.running.is_some(),
+        state.waiting.is_some(),
+        state.terminated.is_some(),
+    ];
+    ensure!(
+        set.iter().filter(|b| **b).count() == 1,
+        "exactly one state is set: {state:?}"
+    );
     let term = status
         .last_state
         .and_then(|s| s.terminated)

@@ -16,6 +16,9 @@
 //!   logs); it is removed on drop unless `ZEROSCALE_KEEP=1`.
 //! - Every process is started in its own process group under `setpriv --pdeathsig KILL` and
 //!   carries [`crate::process::MARKER_ENV`]; drop stops them all and waits.
+//!   Caveat: the death signal fires when the *thread* that spawned a process exits, so start the
+//!   cluster from a thread that lives as long as the cluster (the main thread under `block_on`,
+//!   a `#[tokio::test]` thread, a runtime worker), not from a short-lived helper thread.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;

@@ -23,7 +23,7 @@
 //!   would make scale-from-zero slow); after that it honours periodSeconds. Without a probe the
 //!   pod is Ready as soon as its process has started.
 //! - A process that exits is restarted after a backoff (200 ms doubling to 5 s) and counted in
-//!   `restartCount`.
+//!   `restartCount` (`restartPolicy` is treated as `Always`).
 //! - Deletion (deletionTimestamp set): SIGTERM to the process group, up to the pod's deletion
 //!   grace period (else terminationGracePeriodSeconds, else 30 s), then SIGKILL; then the pod
 //!   object is deleted with grace period 0.
@@ -317,9 +317,28 @@ async fn manage_pods(shared: Arc<Shared>) {
     let api: Api<Pod> = Api::all(shared.client.clone());
     let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", shared.cfg.node_name));
     let mut events = watcher::watcher(api, cfg).default_backoff().boxed();
+    // Pods listed by the current (re)list; workers whose pod is not among them were deleted
+    // while the watch was down (e.g. the API server restarted) and are stopped.
+    let mut listed: Option<std::collections::HashSet<String>> = None;
     while let Some(ev) = events.next().await {
         match ev {
-            Ok(Event::Apply(pod) | Event::InitApply(pod)) => on_pod(&shared, pod),
+            Ok(Event::Init) => listed = Some(std::collections::HashSet::new()),
+            Ok(Event::InitApply(pod)) => {
+                if let Some(l) = listed.as_mut() {
+                    l.insert(pod.uid().unwrap_or_default());
+                }
+                on_pod(&shared, pod);
+            }
+            Ok(Event::InitDone) => {
+                if let Some(l) = listed.take() {
+                    for (uid, w) in lock(&shared.workers).iter() {
+                        if !l.contains(uid) {
+                            w.terminate.send_replace(Some(Duration::from_secs(1)));
+                        }
+                    }
+                }
+            }
+            Ok(Event::Apply(pod)) => on_pod(&shared, pod),
             Ok(Event::Delete(pod)) => {
                 let uid = pod.uid().unwrap_or_default();
                 if let Some(w) = lock(&shared.workers).get(&uid) {
@@ -327,7 +346,6 @@ async fn manage_pods(shared: Arc<Shared>) {
                     w.terminate.send_replace(Some(Duration::from_secs(1)));
                 }
             }
-            Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "pod watch"),
         }
     }
@@ -607,12 +625,17 @@ impl Status {
     fn to_patch(&self) -> Value {
         let r = if self.ready { "True" } else { "False" };
         let now = now_rfc3339();
+        // Strategic merge would otherwise keep the previous state's key next to the new one.
         let state = match (&self.running_since, &self.waiting) {
-            (Some(t), _) => json!({"running": {"startedAt": t}}),
-            (None, Some((reason, message))) => {
-                json!({"waiting": {"reason": reason, "message": message}})
+            (Some(t), _) => {
+                json!({"running": {"startedAt": t}, "waiting": null, "terminated": null})
             }
-            (None, None) => json!({"waiting": {"reason": "ContainerCreating"}}),
+            (None, Some((reason, message))) => {
+                json!({"waiting": {"reason": reason, "message": message}, "running": null, "terminated": null})
+            }
+            (None, None) => {
+                json!({"waiting": {"reason": "ContainerCreating"}, "running": null, "terminated": null})
+            }
         };
         json!({"status": {
             "phase": "Running",

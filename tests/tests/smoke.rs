@@ -24,6 +24,7 @@ fn main() -> ExitCode {
             "kubelet_failing_readiness_keeps_pod_out_of_service",
             failing_readiness,
         ),
+        test("kubelet_registers_a_ready_node", ready_node),
         test("kubelet_restarts_crashing_container", crashing_container),
         test("kubelet_passes_env_and_field_refs", env_and_field_refs),
         test(
@@ -399,5 +400,32 @@ async fn apiserver_restart(_ctx: Ctx) -> anyhow::Result<()> {
         || async { Ok(pod_ready(&pods.get("after-restart").await?).then_some(())) },
     )
     .await?;
+    Ok(())
+}
+
+/// The kubelet's Node is registered, Ready, with the namespace's host address.
+async fn ready_node(ctx: Ctx) -> anyhow::Result<()> {
+    let cluster = ctx.cluster().await?;
+    let node = Api::<k8s_openapi::api::core::v1::Node>::all(cluster.client())
+        .get(cluster.node_name())
+        .await?;
+    let status = node.status.context("node status")?;
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    ensure!(ready, "node Ready");
+    let ips: Vec<String> = status
+        .addresses
+        .iter()
+        .flatten()
+        .filter(|a| a.type_ == "InternalIP")
+        .map(|a| a.address.clone())
+        .collect();
+    ensure!(
+        ips == [zeroscale_testkit::netns::HOST_IP],
+        "InternalIP: {ips:?}"
+    );
     Ok(())
 }

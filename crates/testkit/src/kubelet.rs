@@ -833,6 +833,56 @@ mod tests {
         assert_eq!(expand("cost $5 $(A", &env), "cost $5 $(A");
     }
 
+    fn prober(addr: SocketAddr, path: &str, success: i32, failure: i32) -> Prober {
+        Prober {
+            addr,
+            path: path.into(),
+            initial_delay: Duration::ZERO,
+            period: Duration::from_secs(1),
+            timeout: Duration::from_secs(2),
+            success_threshold: success,
+            failure_threshold: failure,
+            successes: 0,
+            failures: 0,
+            ever_succeeded: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn probe_thresholds_gate_readiness_transitions() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(crate::sample_model::serve(listener, Default::default()));
+
+        // Not ready -> ready takes successThreshold consecutive successes.
+        let mut p = prober(addr, "/healthz", 2, 3);
+        assert_eq!(
+            p.next_interval(),
+            FAST_PROBE,
+            "fast until the first success"
+        );
+        assert!(!p.probe(false).await);
+        assert_eq!(
+            p.next_interval(),
+            Duration::from_secs(1),
+            "then periodSeconds"
+        );
+        assert!(p.probe(false).await);
+
+        // Ready -> not ready takes failureThreshold consecutive failures (404 is a failure).
+        let mut p = prober(addr, "/missing", 1, 3);
+        assert!(p.probe(true).await);
+        assert!(p.probe(true).await);
+        assert!(!p.probe(true).await);
+        assert!(!p.ever_succeeded);
+
+        // Nothing listening is a failure too.
+        server.abort();
+        let _ = server.await;
+        let mut p = prober(addr, "/healthz", 1, 1);
+        assert!(!p.probe(true).await);
+    }
+
     #[test]
     fn ip_allocation_skips_reserved_and_reuses_freed() {
         let mut a = IpAlloc::default();

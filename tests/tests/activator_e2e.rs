@@ -25,10 +25,16 @@ use zeroscale_testkit::http_client::{self, HttpResponse};
 use zeroscale_testkit::process::{self, OwnedChild};
 
 fn main() -> std::process::ExitCode {
-    zeroscale_e2e::run(vec![test(
-        "request_at_zero_wakes_the_model_and_it_returns_to_zero",
-        request_at_zero_wakes_the_model_and_it_returns_to_zero,
-    )])
+    zeroscale_e2e::run(vec![
+        test(
+            "request_at_zero_wakes_the_model_and_it_returns_to_zero",
+            request_at_zero_wakes_the_model_and_it_returns_to_zero,
+        ),
+        test(
+            "name_conflict_warns_and_oldest_wins",
+            name_conflict_warns_and_oldest_wins,
+        ),
+    ])
 }
 
 /// A free port on the network namespace's host address (the pods can reach it, and so can the
@@ -113,11 +119,11 @@ async fn spec_replicas(client: &Client, ns: &str, name: &str) -> anyhow::Result<
     Ok(d.spec.and_then(|s| s.replicas).unwrap_or(1))
 }
 
-async fn predict(addr: SocketAddr) -> anyhow::Result<HttpResponse> {
+async fn predict(addr: SocketAddr, model: &str) -> anyhow::Result<HttpResponse> {
     Ok(http_client::request(
         addr,
         http::Method::POST,
-        "/v1/models/llama:predict",
+        &format!("/v1/models/{model}:predict"),
         Some(&json!({"instances": [[1.0, 2.0]]})),
         Duration::from_secs(90),
     )
@@ -220,7 +226,7 @@ async fn request_at_zero_wakes_the_model_and_it_returns_to_zero(ctx: Ctx) -> any
 
     // 1. A request at zero.
     let t0 = Instant::now();
-    let r = predict(listen).await.with_context(logs)?;
+    let r = predict(listen, "llama").await.with_context(logs)?;
     ensure!(
         r.status == 200,
         "first request: {} {}\n{}",
@@ -254,7 +260,9 @@ async fn request_at_zero_wakes_the_model_and_it_returns_to_zero(ctx: Ctx) -> any
     .await?;
 
     // 3. 100 concurrent requests at zero: one wake, all answered 200.
-    let tasks: Vec<_> = (0..100).map(|_| tokio::spawn(predict(listen))).collect();
+    let tasks: Vec<_> = (0..100)
+        .map(|_| tokio::spawn(async move { predict(listen, "llama").await }))
+        .collect();
     let mut codes = BTreeMap::new();
     for t in tasks {
         let r = t.await?.with_context(logs)?;
@@ -286,5 +294,103 @@ async fn request_at_zero_wakes_the_model_and_it_returns_to_zero(ctx: Ctx) -> any
         .with_context(|| format!("no wake_signals line in\n{m}"))?;
     ensure!(!wakes.ends_with(" 0"), "{wakes}");
     eprintln!("cold start through the activator: {cold:?}");
+    Ok(())
+}
+
+/// Two Deployments claim one model name: the older one gets the traffic and the newer one a
+/// Warning Event; when the older one goes away, the newer one takes over.
+async fn name_conflict_warns_and_oldest_wins(ctx: Ctx) -> anyhow::Result<()> {
+    let cluster = ctx.cluster().await?;
+    let client = ctx.client().await?;
+    let ns = ctx.namespace().await?;
+    let deps = Api::<Deployment>::namespaced(client.clone(), &ns);
+    let svcs = Api::<Service>::namespaced(client.clone(), &ns);
+    for name in ["first", "second"] {
+        let mut d = sample_model_deployment(name, 1, &["--model-name=shared"]);
+        d.metadata.annotations = Some(
+            [
+                ("zeroscale.dev/enabled", "true"),
+                ("zeroscale.dev/model-name", "shared"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        );
+        deps.create(&PostParams::default(), &d).await?;
+        svcs.create(&PostParams::default(), &service_for(name))
+            .await?;
+        // creationTimestamp has one-second resolution: make the order unambiguous.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let (listen, admin) = (free_addr()?, free_addr()?);
+    let activator = Proc::spawn(
+        &cluster,
+        &format!("activator-{ns}"),
+        "activator",
+        vec![
+            format!("--kubeconfig={}", cluster.kubeconfig_path().display()),
+            format!("--namespace={ns}"),
+            format!("--watch-namespaces={ns}"),
+            format!("--listen={listen}"),
+            format!("--admin-listen={admin}"),
+        ],
+    )?;
+    wait_ready(&activator, admin, "activator").await?;
+
+    let served_by = || async move {
+        let r = predict(listen, "shared").await?;
+        anyhow::Ok((
+            r.status.as_u16(),
+            r.header("x-pod-name").unwrap_or("").to_owned(),
+        ))
+    };
+    let pod = eventually(
+        "a 200 for the shared name",
+        Duration::from_secs(60),
+        || async move {
+            let (status, pod) = served_by().await?;
+            Ok((status == 200).then_some(pod))
+        },
+    )
+    .await
+    .with_context(|| activator.tail())?;
+    ensure!(
+        pod.starts_with("first-"),
+        "served by {pod}, expected the older Deployment"
+    );
+
+    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), &ns);
+    let msg = eventually(
+        "ModelNameConflict on second",
+        Duration::from_secs(30),
+        || {
+            let events = events.clone();
+            async move {
+                let list = events
+                    .list(&kube::api::ListParams::default().fields("involvedObject.name=second"))
+                    .await?;
+                Ok(list.items.into_iter().find_map(|e| {
+                    (e.type_.as_deref() == Some("Warning")
+                        && e.reason.as_deref() == Some("ModelNameConflict"))
+                    .then(|| e.message.unwrap_or_default())
+                }))
+            }
+        },
+    )
+    .await
+    .with_context(|| activator.tail())?;
+    ensure!(msg.contains("first"), "{msg}");
+
+    deps.delete("first", &Default::default()).await?;
+    eventually(
+        "second takes over",
+        Duration::from_secs(60),
+        || async move {
+            let (status, pod) = served_by().await?;
+            Ok((status == 200 && pod.starts_with("second-")).then_some(()))
+        },
+    )
+    .await
+    .with_context(|| activator.tail())?;
     Ok(())
 }

@@ -101,7 +101,9 @@ impl Proxy {
     }
 
     /// Finds the model; returns the request with its body ready to send and the bytes it
-    /// accounts for in the queue.
+    /// accounts for in the queue: the buffered body when routing by body, else 0 (a streamed
+    /// body is not read while the request waits: it stays with the client, held back by TCP
+    /// flow control, so only the queue's count bounds it).
     async fn route(
         &self,
         req: Request<Incoming>,
@@ -113,7 +115,7 @@ impl Proxy {
             .and_then(|h| h.to_str().ok())
             .or_else(|| req.uri().authority().map(|a| a.as_str()));
         if let Some(m) = host.and_then(|h| self.table.by_host(h)) {
-            return Ok((m, req.map(|b| ReqBody::Stream(Rewind::new(b))), declared));
+            return Ok((m, req.map(|b| ReqBody::Stream(Rewind::new(b))), 0));
         }
         match route::classify_path(req.uri().path()) {
             PathRoute::Named(name) => {
@@ -121,7 +123,7 @@ impl Proxy {
                     .table
                     .by_name(name)
                     .ok_or_else(|| ProxyError::UnknownModel(name.to_string()))?;
-                Ok((m, req.map(|b| ReqBody::Stream(Rewind::new(b))), declared))
+                Ok((m, req.map(|b| ReqBody::Stream(Rewind::new(b))), 0))
             }
             PathRoute::Body => {
                 let limit = self.max_routing_body_bytes.load(Ordering::Relaxed);

@@ -715,3 +715,31 @@ async fn malformed_and_oversized_heads_get_4xx_and_are_counted() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_large_streamed_upload_may_wait_at_zero() {
+    // The queue's byte bound covers what the activator holds; a streamed body stays with the
+    // client while it waits, so a body larger than the bound still queues.
+    let act = plain().await;
+    let k = act.model("ns", "m", 1, 10, LONG);
+    let model = act.table.get(&k).unwrap();
+    let c = client();
+    let url = act.url("/v1/models/m:predict");
+    let body = Bytes::from(vec![b'x'; 2 << 20]); // queue_bytes is 1 MiB in these tests
+    let t = tokio::spawn(async move {
+        send(
+            &c,
+            get(&url)
+                .method(Method::POST)
+                .body(Full::new(body))
+                .unwrap(),
+        )
+        .await
+    });
+    until("queued", || model.gate().queued() == 1).await;
+    let b = Backend::start("pod").await;
+    act.table.set_endpoints(&k, vec![b.endpoint()]);
+    let a = t.await.unwrap();
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.json()["body"].as_str().unwrap().len(), 2 << 20);
+}

@@ -33,7 +33,7 @@ struct Args {
     #[arg(long, env = "AUTOSCALER_URL")]
     autoscaler_url: Option<String>,
     /// The add-on's namespace, where the zeroscale-config ConfigMap lives.
-    #[arg(long, env = "POD_NAMESPACE", default_value = "zeroscale")]
+    #[arg(long, env = "POD_NAMESPACE", default_value = "zeroscale-system")]
     namespace: String,
     /// Namespaces to route models from, comma-separated; empty means all.
     #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',')]

@@ -49,7 +49,7 @@ pub struct BadUrl {
 }
 
 impl Waker {
-    /// A waker for the autoscaler at `base` (e.g. `http://zeroscale-autoscaler.zeroscale:8080`).
+    /// A waker for the autoscaler at `base` (e.g. `http://zeroscale-autoscaler.zeroscale-system.svc:8080`).
     pub fn new(base: &str, resend_interval: Duration) -> Result<Self, BadUrl> {
         let full = format!("{}/v1/wake", base.trim_end_matches('/'));
         let url: Uri = full.parse().map_err(|source| BadUrl {

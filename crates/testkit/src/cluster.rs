@@ -119,9 +119,13 @@ impl Drop for Parts {
         if let Some(mut k) = self.kubelet.take() {
             k.shutdown();
         }
-        drop(self.kcm.take());
-        drop(self.apiserver.take());
-        drop(self.etcd.take());
+        // SIGKILL: all state lives in etcd's data dir, which goes too, so a graceful stop (about
+        // a second for the API server) would buy nothing. `stop_apiserver` stays graceful.
+        for c in [&mut self.kcm, &mut self.apiserver, &mut self.etcd] {
+            if let Some(mut c) = c.take() {
+                c.kill();
+            }
+        }
         if self.keep {
             eprintln!(
                 "zeroscale-testkit: ZEROSCALE_KEEP=1, keeping {}",

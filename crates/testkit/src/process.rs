@@ -76,6 +76,12 @@ impl OwnedChild {
         self.child.try_wait().ok().flatten()
     }
 
+    /// SIGKILL to its group at once; waits for it (blocking).
+    pub fn kill(&mut self) {
+        signal_group(self.pid(), Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM to its group, up to `grace` to exit, then SIGKILL; waits for it (blocking).
     pub fn stop(&mut self, grace: Duration) {
         if self.exited().is_some() {

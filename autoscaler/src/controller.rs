@@ -30,7 +30,7 @@ use zeroscale_config::GlobalConfig;
 
 use crate::DeploymentKey;
 use crate::apply::Applier;
-use crate::index::{DeploymentView, Index, Notice, Source};
+use crate::index::{DeploymentView, Index, Notice, PodTarget, Source};
 use crate::metrics::Metrics;
 use crate::scrape::{self, Deriver, EndpointScrape, Round};
 use crate::server::{self, AdminState, DeploymentCache, WakeState};
@@ -69,6 +69,7 @@ enum Input {
     ConfigMap(Box<Event<ConfigMap>>),
     Hpa(Option<String>, Box<Event<HorizontalPodAutoscaler>>),
     Round(Round),
+    PodMetric(DeploymentKey, Instant, Option<f64>),
     Applied(DeploymentKey, u32, bool),
 }
 
@@ -193,6 +194,110 @@ async fn scrape_loop(
         }
         if tx.send(Input::Round(round)).await.is_err() {
             return;
+        }
+        tokio::time::sleep_until(started + interval).await;
+    }
+}
+
+/// Ready pod addresses of a Service, from its EndpointSlices (listed from the API: pod-sourced
+/// Deployments are expected to be few).
+async fn ready_addresses(
+    client: &Client,
+    namespace: &str,
+    service: &str,
+) -> Result<Vec<String>, kube::Error> {
+    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
+    let lp =
+        kube::api::ListParams::default().labels(&format!("kubernetes.io/service-name={service}"));
+    let mut out = Vec::new();
+    for slice in api.list(&lp).await?.items {
+        for ep in slice.endpoints.into_iter().flatten() {
+            if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                continue;
+            }
+            out.extend(ep.addresses);
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// One scrape of a pod-sourced Deployment: the gauge summed over its ready pods, or None when
+/// any of them (or the EndpointSlice list) failed.
+async fn scrape_pods(
+    client: &Client,
+    http: &scrape::HttpClient,
+    target: &PodTarget,
+    timeout: Duration,
+) -> Option<f64> {
+    let addresses = match ready_addresses(client, &target.key.namespace, &target.service).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::debug!(deployment = %target.key, error = %e, "listing pod endpoints failed");
+            return None;
+        }
+    };
+    let fetches = addresses.iter().map(|addr| {
+        let host = match addr.parse::<IpAddr>() {
+            Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
+            _ => addr.clone(),
+        };
+        let url = format!("http://{host}:{}{}", target.port, target.path);
+        async move {
+            let text = scrape::fetch(http, &url, timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+            scrape::parse_gauge_sum(&text, &target.metric)
+                .ok_or_else(|| format!("{url} has no {}", target.metric))
+        }
+    });
+    let mut sum = 0.0;
+    for result in futures::future::join_all(fetches).await {
+        match result {
+            Ok(v) => sum += v,
+            Err(reason) => {
+                tracing::debug!(deployment = %target.key, reason, "pod scrape failed");
+                return None;
+            }
+        }
+    }
+    Some(sum)
+}
+
+async fn pod_scrape_loop(
+    client: Client,
+    targets: Arc<RwLock<Vec<PodTarget>>>,
+    global: Arc<RwLock<GlobalConfig>>,
+    metrics: Arc<Metrics>,
+    tx: mpsc::Sender<Input>,
+) {
+    let http = scrape::http_client();
+    loop {
+        let (interval, timeout) = {
+            let g = global.read().unwrap_or_else(|e| e.into_inner());
+            (g.scrape_interval, g.scrape_timeout)
+        };
+        let started = tokio::time::Instant::now();
+        let current = targets.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let results = futures::future::join_all(
+            current
+                .iter()
+                .map(|t| scrape_pods(&client, &http, t, timeout)),
+        )
+        .await;
+        let at = Instant::now();
+        for (target, value) in current.into_iter().zip(results) {
+            if value.is_none() {
+                metrics.scrape_error("pod");
+            }
+            if tx
+                .send(Input::PodMetric(target.key, at, value))
+                .await
+                .is_err()
+            {
+                return;
+            }
         }
         tokio::time::sleep_until(started + interval).await;
     }
@@ -341,6 +446,14 @@ pub async fn run(
             }
         }
     }));
+    let pod_targets = Arc::new(RwLock::new(Vec::new()));
+    tasks.push(tokio::spawn(pod_scrape_loop(
+        client.clone(),
+        pod_targets.clone(),
+        global.clone(),
+        metrics.clone(),
+        tx.clone(),
+    )));
     tasks.push(tokio::spawn(scrape_loop(
         slice_reader,
         settings.activator_metrics_port.clone(),
@@ -385,6 +498,7 @@ pub async fn run(
         leader: leader_rx,
         tx: tx.clone(),
         buffered_configmap: None,
+        pod_targets,
     };
     drop(tx);
     tokio::select! {
@@ -412,6 +526,8 @@ struct ControlLoop {
     tx: mpsc::Sender<Input>,
     /// The ConfigMap as listed during a re-list, applied at its end.
     buffered_configmap: Option<Option<BTreeMap<String, String>>>,
+    /// Pod-sourced Deployments, for the pod scrape loop (refreshed every tick).
+    pod_targets: Arc<RwLock<Vec<PodTarget>>>,
 }
 
 impl ControlLoop {
@@ -522,6 +638,7 @@ impl ControlLoop {
                 Event::Delete(_) => self.configmap(None),
             },
             Input::Round(round) => self.index.record_round(&round),
+            Input::PodMetric(key, at, value) => self.index.record_pod_metric(&key, at, value),
             Input::Applied(key, to, ok) => self.index.scale_done(&key, to, ok),
         }
     }
@@ -542,6 +659,10 @@ impl ControlLoop {
     fn tick(&mut self) {
         let span = tracing::debug_span!("tick", managed = tracing::field::Empty);
         let _g = span.enter();
+        let targets = self.index.pod_targets();
+        if *self.pod_targets.read().unwrap_or_else(|e| e.into_inner()) != targets {
+            *self.pod_targets.write().unwrap_or_else(|e| e.into_inner()) = targets;
+        }
         let out = self.index.tick(Instant::now());
         if out.skipped_unsynced {
             self.metrics.ticks_skipped_unsynced.inc();

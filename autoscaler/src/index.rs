@@ -62,6 +62,22 @@ pub enum Notice {
     },
 }
 
+/// Where to scrape a pod-sourced Deployment: the ready endpoints of `service`'s
+/// EndpointSlices, `http://<ip>:<port><path>`, gauge `metric` summed over pods.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodTarget {
+    /// The Deployment.
+    pub key: DeploymentKey,
+    /// Service whose EndpointSlices list the pods.
+    pub service: String,
+    /// Gauge name.
+    pub metric: String,
+    /// Pod port.
+    pub port: u16,
+    /// HTTP path.
+    pub path: String,
+}
+
 /// A scale change that should be applied.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScaleIntent {
@@ -371,16 +387,28 @@ impl Index {
         notices
     }
 
-    /// Deployments whose concurrency comes from their own pods, with their source.
-    pub fn pod_sources(&self) -> Vec<(DeploymentKey, MetricSource)> {
-        self.deployments
+    /// Deployments whose concurrency comes from their own pods (`metric-source: pod`), with
+    /// where to scrape. The Service defaults to one named like the Deployment.
+    pub fn pod_targets(&self) -> Vec<PodTarget> {
+        let mut targets: Vec<PodTarget> = self
+            .deployments
             .iter()
             .filter_map(|(k, e)| {
                 let m = e.managed.as_ref()?;
-                matches!(m.settings.metric_source, MetricSource::Pod { .. })
-                    .then(|| (k.clone(), m.settings.metric_source.clone()))
+                let MetricSource::Pod { metric, port, path } = &m.settings.metric_source else {
+                    return None;
+                };
+                Some(PodTarget {
+                    key: k.clone(),
+                    service: m.settings.service.clone().unwrap_or_else(|| k.name.clone()),
+                    metric: metric.clone(),
+                    port: *port,
+                    path: path.clone(),
+                })
             })
-            .collect()
+            .collect();
+        targets.sort_by(|a, b| a.key.cmp(&b.key));
+        targets
     }
 
     /// One round of activator scrapes. A complete round is a sample for every activator-fed
@@ -414,7 +442,7 @@ impl Index {
     }
 
     /// One scrape of a pod-sourced Deployment's pods: the summed gauge, or None if any ready
-    /// pod failed to answer.
+    /// pod failed to answer (stale: no scale-down, never to zero).
     pub fn record_pod_metric(&mut self, key: &DeploymentKey, at: Instant, value: Option<f64>) {
         let Some(m) = self
             .deployments
@@ -904,6 +932,53 @@ mod tests {
             let out = index.tick(scraped + Duration::from_millis(200));
             assert!(out.intents.is_empty(), "at {s}s: {:?}", out.intents);
         }
+    }
+
+    #[test]
+    fn pod_sourced_deployments_use_their_pod_gauge() {
+        let t0 = Instant::now();
+        let mut index = synced(t0);
+        let pod = [
+            ON,
+            ("zeroscale.dev/metric-source", "pod"),
+            ("zeroscale.dev/pod-metric-name", "vllm:num_requests_running"),
+            ("zeroscale.dev/pod-metric-port", "8000"),
+        ];
+        index.apply_deployment(dep(&pod, 1, 1), t0);
+        assert_eq!(
+            index.pod_targets(),
+            vec![PodTarget {
+                key: key(),
+                service: "llama".into(),
+                metric: "vllm:num_requests_running".into(),
+                port: 8000,
+                path: "/metrics".into(),
+            }]
+        );
+        // Activator rounds do not count for it, even complete idle ones.
+        for s in 1..30 {
+            let now = t0 + Duration::from_secs(s);
+            index.record_round(&round(now, true, None));
+            index.record_pod_metric(&key(), now, Some(2.0));
+            assert!(index.tick(now).intents.is_empty());
+        }
+        // Failing pod scrapes: stale, never to zero.
+        for s in 30..60 {
+            let now = t0 + Duration::from_secs(s);
+            index.record_pod_metric(&key(), now, None);
+            assert!(index.tick(now).intents.is_empty());
+        }
+        // Idle pods: zero after the grace period.
+        let mut to_zero = None;
+        for s in 60..80 {
+            let now = t0 + Duration::from_secs(s);
+            index.record_pod_metric(&key(), now, Some(0.0));
+            if let Some(i) = index.tick(now).intents.pop() {
+                to_zero = Some((s, i.to));
+                break;
+            }
+        }
+        assert!(matches!(to_zero, Some((s, 0)) if s >= 64), "{to_zero:?}");
     }
 
     #[test]

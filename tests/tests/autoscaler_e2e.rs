@@ -56,6 +56,10 @@ fn main() -> std::process::ExitCode {
             standby_takes_over_when_leader_dies,
         ),
         test(
+            "pod_metric_source_stale_and_fresh",
+            pod_metric_source_stale_and_fresh,
+        ),
+        test(
             "apiserver_restart_no_spurious_scale_down",
             apiserver_restart_no_spurious_scale_down,
         ),
@@ -952,5 +956,65 @@ async fn apiserver_restart_no_spurious_scale_down(_ctx: Ctx) -> anyhow::Result<(
     .await
     .with_context(|| a.tail())?;
     drop(a);
+    Ok(())
+}
+
+/// The pod metric source: a Deployment whose concurrency is its pods' own gauge. Scrapes that
+/// fail (nothing listens on the named port) are stale: it never goes to zero. Good scrapes of
+/// an idle pod: it goes to zero after the grace period.
+async fn pod_metric_source_stale_and_fresh(ctx: Ctx) -> anyhow::Result<()> {
+    let (client, ns, _fake) = setup(&ctx, &fast_config(&[])).await?;
+    for (name, port) in [("good", "8080"), ("bad", "9999")] {
+        let annotations = [
+            ON,
+            ("zeroscale.dev/metric-source", "pod"),
+            (
+                "zeroscale.dev/pod-metric-name",
+                "sample_model_requests_in_flight",
+            ),
+            ("zeroscale.dev/pod-metric-port", port),
+        ];
+        create_model(&client, &ns, name, 1, &annotations).await?;
+        Api::<Service>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &zeroscale_e2e::service_for(name))
+            .await?;
+    }
+    // Both pods ready first, so the scrapes have endpoints to reach.
+    let (c, n) = (client.clone(), ns.clone());
+    eventually("both pods ready", Duration::from_secs(60), || {
+        let (c, n) = (c.clone(), n.clone());
+        async move {
+            let good = pods_of(&c, &n, "good")
+                .await?
+                .iter()
+                .filter(|p| pod_ready(p))
+                .count();
+            let bad = pods_of(&c, &n, "bad")
+                .await?
+                .iter()
+                .filter(|p| pod_ready(p))
+                .count();
+            Ok((good == 1 && bad == 1).then_some(()))
+        }
+    })
+    .await?;
+    let a = Autoscaler::start(&ctx, &ns, "a").await?;
+    wait_replicas(&client, &ns, "good", 0, Duration::from_secs(30), &a).await?;
+    hold_replicas(
+        &client,
+        &ns,
+        "bad",
+        1,
+        Duration::from_secs(3),
+        "pod scrapes failing",
+    )
+    .await?;
+    let text = a.metrics_text().await?;
+    ensure!(
+        text.lines().any(|l| l
+            .starts_with("zeroscale_autoscaler_scrape_errors_total{source=\"pod\"}")
+            && !l.ends_with(" 0")),
+        "pod scrape errors not counted:\n{text}"
+    );
     Ok(())
 }

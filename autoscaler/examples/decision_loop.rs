@@ -113,6 +113,7 @@ fn main() {
     let mut writes = 0usize;
     let mut ticks = 0usize;
     let mut writes_last_minute = 0usize;
+    let mut steady_writes_last_minute = 0usize;
     for s in 1..=seconds {
         let now = t0 + Duration::from_secs(s);
         // One activator round: every busy Deployment appears with its average concurrency.
@@ -150,7 +151,12 @@ fn main() {
                 metrics.observe_report(report);
             }
             let intents = out.intents.len();
+            let last_minute = s > seconds.saturating_sub(60);
             for intent in out.intents {
+                let i: usize = intent.key.name.trim_start_matches("model-").parse().unwrap_or(2);
+                if last_minute && i % 3 != 2 {
+                    steady_writes_last_minute += 1;
+                }
                 // As if every patch succeeded and the pods became ready at once: the watch
                 // event that follows, fed back into the index.
                 index.scale_done(&intent.key, intent.to, true);
@@ -171,7 +177,7 @@ fn main() {
             tick_cpu.push(cpu_time().saturating_sub(cpu));
             writes += intents;
             ticks += 1;
-            if s > seconds.saturating_sub(60) {
+            if last_minute {
                 writes_last_minute += intents;
             }
         }
@@ -193,7 +199,7 @@ fn main() {
         percentile(&round_wall, 0.99)
     );
     println!(
-        "scale writes asked: {writes} in {ticks} ticks ({:.3} per Deployment per tick); in the last minute: {writes_last_minute}",
+        "scale writes asked: {writes} in {ticks} ticks ({:.3} per Deployment per tick); in the last minute: {writes_last_minute}, of which by idle or steady Deployments: {steady_writes_last_minute}",
         writes as f64 / (ticks.max(1) * n) as f64
     );
     println!(

@@ -153,7 +153,12 @@ fn main() {
             let intents = out.intents.len();
             let last_minute = s > seconds.saturating_sub(60);
             for intent in out.intents {
-                let i: usize = intent.key.name.trim_start_matches("model-").parse().unwrap_or(2);
+                let i: usize = intent
+                    .key
+                    .name
+                    .trim_start_matches("model-")
+                    .parse()
+                    .unwrap_or(2);
                 if last_minute && i % 3 != 2 {
                     steady_writes_last_minute += 1;
                 }

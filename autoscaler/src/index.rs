@@ -125,6 +125,8 @@ struct Managed {
     last_round: Option<Instant>,
     /// When the last sample was recorded.
     last_sample: Option<Instant>,
+    /// When the Deployment was seen going from zero to some replicas without our patch.
+    woken_at: Option<Instant>,
     /// A scale change was handed out and its result is not known yet.
     pending: bool,
 }
@@ -273,7 +275,14 @@ impl Index {
             });
         let annotations_changed =
             entry.view.annotations != view.annotations || entry.managed.is_none();
+        // Woken from zero by someone else (a wake served by any replica): the last scrape
+        // predates the requests that caused it, so until a round taken after this moment
+        // arrives, its "idle" is no evidence.
+        let woken = entry.view.spec_replicas == 0 && view.spec_replicas > 0;
         entry.view = view;
+        if woken && let Some(m) = &mut entry.managed {
+            m.woken_at = Some(now);
+        }
         if !opted_in {
             entry.managed = None;
             return notices;
@@ -307,6 +316,7 @@ impl Index {
                         data: DataState::Missing,
                         last_round: None,
                         last_sample: None,
+                        woken_at: None,
                         pending: false,
                     });
                 }
@@ -505,6 +515,7 @@ impl Index {
             let data = match m.last_round {
                 None => DataState::Missing,
                 Some(at) if now.saturating_duration_since(at) > stale_after => DataState::Stale,
+                Some(at) if m.woken_at.is_some_and(|w| at <= w) => DataState::Stale,
                 Some(_) => m.data,
             };
             let obs = Observation {
@@ -979,6 +990,28 @@ mod tests {
             }
         }
         assert!(matches!(to_zero, Some((s, 0)) if s >= 64), "{to_zero:?}");
+    }
+
+    #[test]
+    fn a_wake_by_another_replica_is_not_undone_before_fresh_data() {
+        let t0 = Instant::now();
+        let mut index = synced(t0);
+        // Found at start-up (not newly opted in: no initial-scale).
+        index.begin_relist(Source::Deployments(None));
+        index.apply_deployment(dep(&[ON], 0, 0), t0);
+        index.end_relist(&Source::Deployments(None));
+        // Idle at zero for a long time.
+        assert!(run(&mut index, t0, 30, true, None).is_empty());
+        // A wake (served by any replica) scales it to 1; the watch shows it before the next
+        // scrape, whose last word was "idle".
+        let woke = t0 + Duration::from_millis(30_300);
+        index.apply_deployment(dep(&[ON], 1, 0), woke);
+        let out = index.tick(woke + Duration::from_millis(100));
+        assert!(out.intents.is_empty(), "undid the wake: {:?}", out.intents);
+        // The next round shows the waiting requests: it stays up.
+        let at = woke + Duration::from_millis(700);
+        index.record_round(&round(at, true, busy(1.0, 0, 1)));
+        assert!(index.tick(at).intents.is_empty());
     }
 
     #[test]

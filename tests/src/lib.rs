@@ -46,6 +46,8 @@
 //! - Logs: set `RUST_LOG` for the harness; `ZEROSCALE_KEEP=1` keeps the cluster dir (component
 //!   logs in `logs/`, pod logs in `pods/<namespace>_<pod>.log`).
 
+pub mod demo;
+
 use std::future::Future;
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The one-command demo: a real local control plane (etcd, kube-apiserver, kube-controller-manager
+# built from source the first time), zeroscale installed from manifests/ and run under its own
+# ServiceAccounts, the example model at 0 replicas, and a scenario shown live: cold start, burst
+# (scale-up, panic mode), idle (back to zero), second cold start; then a summary table.
+# Exits non-zero if any request was not answered 200. Ctrl-C stops everything it started.
+#
+# Builds with the debug profile, as scripts/test.sh does, so a machine that ran the tests has
+# everything cached and the demo takes about two minutes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+die() { echo "demo.sh: error: $*" >&2; exit 1; }
+command -v cargo >/dev/null 2>&1 || die "Rust is not installed (cargo not on PATH): see https://rustup.rs"
+for tool in ip unshare setpriv; do
+  command -v "$tool" >/dev/null 2>&1 || die "$tool is missing: apt-get install iproute2 util-linux"
+done
+
+echo "==> control plane binaries (built from source on first use, then cached)" >&2
+ZEROSCALE_K8S_BIN=$(./scripts/build-control-plane.sh </dev/null | tail -n 1)
+export ZEROSCALE_K8S_BIN
+
+echo "==> cargo build --workspace --bins" >&2
+cargo build --workspace --bins
+
+target_dir=${CARGO_TARGET_DIR:-target}
+exec "$target_dir/debug/zeroscale-demo" "$@"

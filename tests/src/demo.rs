@@ -1,0 +1,629 @@
+//! The one-command demo (`./scripts/demo.sh`, binary `zeroscale-demo`): a real local control
+//! plane, the add-on installed from `manifests/` and run under its ServiceAccounts, the example
+//! model (`manifests/examples/model.yaml`) at 0 replicas, and a scenario played through the
+//! activator while a live line per second shows what happens:
+//!
+//! 1. **cold start**: one request at 0 replicas; it waits in the activator until a pod has
+//!    loaded the model;
+//! 2. **burst**: many concurrent clients for a while: scale-up, panic mode;
+//! 3. **idle**: no traffic until the Deployment is back at 0;
+//! 4. **second cold start**: one request at 0 again.
+//!
+//! Then a summary table. Every request must be answered 200: [`Summary::lost`] lists the others
+//! and the binary exits non-zero if there are any. Traffic is bounded in count and time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Event;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, Client};
+use serde_json::json;
+use zeroscale_testkit::LocalCluster;
+use zeroscale_testkit::addon::{self, AddonOptions};
+use zeroscale_testkit::http_client;
+
+/// The example model's namespace and name (as in `manifests/examples/model.yaml`).
+pub const MODEL_NAMESPACE: &str = "models";
+/// The example model's Deployment and routed model name.
+pub const MODEL: &str = "sentiment";
+
+/// Knobs of the scenario. The defaults finish in about two minutes once binaries are built.
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    /// Concurrent clients during the burst, each sending one request after the other.
+    pub burst_clients: usize,
+    /// How long the burst lasts.
+    pub burst: Duration,
+    /// At most this many requests in the burst (a bound on load, not a target).
+    pub burst_max_requests: u64,
+    /// The model's scale-to-zero grace period (the example says 60s; shorter for a demo).
+    pub grace_period: &'static str,
+    /// The stable window (the default 60s is realistic but slow to watch).
+    pub stable_window: &'static str,
+    /// Limit on the idle phase: the model must be back at 0 by then.
+    pub idle_limit: Duration,
+    /// Per-request client timeout.
+    pub request_timeout: Duration,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        Self {
+            burst_clients: 16,
+            burst: Duration::from_secs(20),
+            burst_max_requests: 20_000,
+            grace_period: "10s",
+            stable_window: "12s",
+            idle_limit: Duration::from_secs(120),
+            request_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+/// What the scenario measured.
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// Requests sent.
+    pub sent: u64,
+    /// Requests answered 200.
+    pub ok: u64,
+    /// Requests not answered 200, by status code or error kind.
+    pub failures: BTreeMap<String, u64>,
+    /// A few of them in detail: phase, time, what happened.
+    pub lost: Vec<String>,
+    /// Latency of each cold start (request at 0 replicas) with its label.
+    pub cold_starts: Vec<(String, Duration)>,
+    /// Burst latencies (p50, p99, max).
+    pub burst_latency: Option<(Duration, Duration, Duration)>,
+    /// Requests answered per second during the burst (mean).
+    pub burst_rps: f64,
+    /// `(seconds since the scenario started, replicas)` at every change of `spec.replicas`.
+    pub timeline: Vec<(u64, i32)>,
+    /// Whether the autoscaler reported panic mode at some point.
+    pub panic_seen: bool,
+    /// Highest `spec.replicas` seen.
+    pub max_replicas: i32,
+    /// Scale Events on the Deployment, in order.
+    pub events: Vec<String>,
+    /// Wall time of the whole run, setup included.
+    pub total: Duration,
+}
+
+impl Summary {
+    /// The table printed at the end.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let errors = if self.failures.is_empty() {
+            "none".to_owned()
+        } else {
+            self.failures
+                .iter()
+                .map(|(k, v)| format!("{v} x {k}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let colds = self
+            .cold_starts
+            .iter()
+            .map(|(l, d)| format!("{:.1}s ({l})", d.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let timeline = self
+            .timeline
+            .iter()
+            .map(|(t, r)| format!("t={t}s {r}"))
+            .collect::<Vec<_>>()
+            .join(" -> ");
+        let _ = writeln!(s, "summary");
+        let _ = writeln!(s, "  requests sent        {}", self.sent);
+        let _ = writeln!(s, "  answered 200         {}", self.ok);
+        let _ = writeln!(s, "  errors               {errors}");
+        let _ = writeln!(
+            s,
+            "  cold starts          {}: {colds}",
+            self.cold_starts.len()
+        );
+        if let Some((p50, p99, max)) = self.burst_latency {
+            let _ = writeln!(
+                s,
+                "  burst latency        p50 {} ms, p99 {} ms, max {} ms ({:.0} req/s)",
+                p50.as_millis(),
+                p99.as_millis(),
+                max.as_millis(),
+                self.burst_rps
+            );
+        }
+        let _ = writeln!(
+            s,
+            "  max replicas         {} (panic mode seen: {})",
+            self.max_replicas,
+            if self.panic_seen { "yes" } else { "no" }
+        );
+        let _ = writeln!(s, "  replica timeline     {timeline}");
+        let _ = writeln!(s, "  scale events         {}", self.events.len());
+        let _ = writeln!(s, "  total time           {:.0}s", self.total.as_secs_f64());
+        for l in &self.lost {
+            let _ = writeln!(s, "  LOST: {l}");
+        }
+        s
+    }
+}
+
+/// Shared counters of the traffic generators.
+#[derive(Default)]
+struct Traffic {
+    sent: AtomicU64,
+    ok: AtomicU64,
+    done: AtomicU64,
+    failures: Mutex<BTreeMap<String, u64>>,
+    lost: Mutex<Vec<String>>,
+    burst_latencies: Mutex<Vec<Duration>>,
+}
+
+impl Traffic {
+    fn record(&self, phase: &str, t: Duration, result: Result<u16, String>, latency: Duration) {
+        self.done.fetch_add(1, Ordering::Relaxed);
+        let kind = match result {
+            Ok(200) => {
+                self.ok.fetch_add(1, Ordering::Relaxed);
+                if phase == "burst" {
+                    lock(&self.burst_latencies).push(latency);
+                }
+                return;
+            }
+            Ok(code) => format!("HTTP {code}"),
+            Err(e) => e,
+        };
+        *lock(&self.failures).entry(kind.clone()).or_default() += 1;
+        let mut lost = lock(&self.lost);
+        if lost.len() < 10 {
+            lost.push(format!(
+                "{phase} request at t={:.1}s: {kind} after {} ms",
+                t.as_secs_f64(),
+                latency.as_millis()
+            ));
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One prediction through the activator; `Ok(status)` or a short error description.
+async fn predict(addr: SocketAddr, timeout: Duration) -> Result<u16, String> {
+    match http_client::request(
+        addr,
+        http::Method::POST,
+        &format!("/v1/models/{MODEL}:predict"),
+        Some(&json!({"instances": [[0.2, 0.8]]})),
+        timeout,
+    )
+    .await
+    {
+        Ok(r) => Ok(r.status.as_u16()),
+        Err(http_client::HttpError::Timeout { .. }) => Err("client timeout".into()),
+        Err(http_client::HttpError::Connect { .. }) => Err("connection refused".into()),
+        Err(e) => Err(format!("transport error ({e})")),
+    }
+}
+
+/// The value of `metric{..., deployment="sentiment", ...}` in a Prometheus text exposition.
+fn series(text: &str, metric: &str) -> Option<f64> {
+    let label = format!("deployment=\"{MODEL}\"");
+    let ns = format!("namespace=\"{MODEL_NAMESPACE}\"");
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(metric).is_some_and(|r| r.starts_with('{'))
+                && l.contains(&label)
+                && l.contains(&ns)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .reduce(|a, b| a + b)
+}
+
+async fn metrics(addr: SocketAddr) -> String {
+    match http_client::get(addr, "/metrics").await {
+        Ok(r) if r.status == 200 => r.text(),
+        _ => String::new(),
+    }
+}
+
+/// What the monitor saw, for the summary.
+#[derive(Default)]
+struct Seen {
+    timeline: Vec<(u64, i32)>,
+    panic: bool,
+    max_replicas: i32,
+    events: Vec<String>,
+}
+
+/// Prints one line per second and every new scale Event until `stop` is set.
+struct Monitor {
+    client: Client,
+    activator: SocketAddr,
+    autoscaler: SocketAddr,
+    started: Instant,
+    phase: Arc<Mutex<&'static str>>,
+    traffic: Arc<Traffic>,
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl Monitor {
+    async fn run(self) {
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), MODEL_NAMESPACE);
+        let events: Api<Event> = Api::namespaced(self.client.clone(), MODEL_NAMESPACE);
+        let mut known_events = BTreeSet::new();
+        let mut last_replicas = None;
+        let mut last_done = self.traffic.done.load(Ordering::Relaxed);
+        let mut last_tick = Instant::now();
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        println!(
+            "{:>5}  {:<17} {:>8} {:>6}  {:>9} {:>6} {:>5}  {:<5}",
+            "t", "phase", "replicas", "ready", "in-flight", "queued", "rps", "panic"
+        );
+        loop {
+            ticker.tick().await;
+            let t = self.started.elapsed().as_secs();
+            let (desired, ready) = match deployments.get(MODEL).await {
+                Ok(d) => (
+                    d.spec.and_then(|s| s.replicas).unwrap_or(0),
+                    d.status.and_then(|s| s.ready_replicas).unwrap_or(0),
+                ),
+                Err(_) => (-1, -1),
+            };
+            let act = metrics(self.activator).await;
+            let auto = metrics(self.autoscaler).await;
+            let in_flight = series(&act, "zeroscale_activator_requests_in_flight").unwrap_or(0.0);
+            let queued = series(&act, "zeroscale_activator_requests_queued").unwrap_or(0.0);
+            let panic = series(&auto, "zeroscale_autoscaler_panic_mode").unwrap_or(0.0) > 0.0;
+            let done = self.traffic.done.load(Ordering::Relaxed);
+            let rps = (done - last_done) as f64 / last_tick.elapsed().as_secs_f64();
+            last_done = done;
+            last_tick = Instant::now();
+            {
+                let mut seen = lock(&self.seen);
+                seen.panic |= panic;
+                if desired >= 0 && last_replicas != Some(desired) {
+                    seen.timeline.push((t, desired));
+                    seen.max_replicas = seen.max_replicas.max(desired);
+                    last_replicas = Some(desired);
+                }
+            }
+            let phase = *lock(&self.phase);
+            println!(
+                "{:>4}s  {:<17} {:>8} {:>6}  {:>9} {:>6} {:>5.0}  {:<5}",
+                t,
+                phase,
+                desired,
+                ready,
+                in_flight,
+                queued,
+                rps,
+                if panic { "PANIC" } else { "-" }
+            );
+            let list = events
+                .list(&ListParams::default().fields(&format!("involvedObject.name={MODEL}")))
+                .await;
+            if let Ok(list) = list {
+                let mut fresh: Vec<_> = list
+                    .items
+                    .into_iter()
+                    .filter(|e| e.reason.as_deref() == Some("Scaled"))
+                    .filter(|e| known_events.insert(e.metadata.name.clone().unwrap_or_default()))
+                    .collect();
+                fresh.sort_by_key(|e| {
+                    e.event_time
+                        .as_ref()
+                        .map(|m| m.0)
+                        .or_else(|| e.first_timestamp.as_ref().map(|m| m.0))
+                });
+                for e in fresh {
+                    let message = e.message.unwrap_or_default();
+                    println!("{:>5}  event  {message}", "");
+                    lock(&self.seen).events.push(message);
+                }
+            }
+        }
+    }
+}
+
+/// Runs the whole demo on an already started cluster: installs and starts the add-on, deploys
+/// the example model, plays the scenario. The caller owns the cluster (and stops it).
+pub async fn run(cluster: &LocalCluster, opts: &DemoOptions) -> anyhow::Result<Summary> {
+    let began = Instant::now();
+    let client = cluster.client();
+    let manifests = addon::manifests_dir();
+
+    println!("==> deploying the example model (manifests/examples/model.yaml) at 0 replicas");
+    let example = manifests.join("examples/model.yaml");
+    addon::apply_file(&client, &example)
+        .await
+        .context("applying the example model")?;
+    // The example waits 60s before going back to zero; a demo should not.
+    let patch = json!({"metadata": {"annotations": {
+        "zeroscale.dev/scale-to-zero-grace-period": opts.grace_period,
+    }}});
+    Api::<Deployment>::namespaced(client.clone(), MODEL_NAMESPACE)
+        .patch(MODEL, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    let d = Api::<Deployment>::namespaced(client.clone(), MODEL_NAMESPACE)
+        .get(MODEL)
+        .await?;
+    let args = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|p| p.containers.first())
+        .and_then(|c| c.args.clone())
+        .unwrap_or_default();
+    println!(
+        "    {MODEL_NAMESPACE}/{MODEL}: sample-model {} (grace period shortened to {})",
+        args.join(" "),
+        opts.grace_period
+    );
+
+    println!("==> installing the add-on from manifests/ and running it under its ServiceAccounts");
+    let mut config = BTreeMap::new();
+    for (k, v) in [
+        ("tick-interval", "1s"),
+        ("scrape-interval", "1s"),
+        ("stable-window", opts.stable_window),
+        ("activator-wake-resend-interval", "2s"),
+    ] {
+        config.insert(k.to_owned(), v.to_owned());
+    }
+    println!(
+        "    zeroscale-config overrides for a quick demo: {}",
+        config
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let addon_opts = AddonOptions {
+        config,
+        rust_log: Some("info,kube=warn".into()),
+        ..Default::default()
+    };
+    let mut running = addon::start_addon(cluster, &addon_opts).await?;
+    println!(
+        "    activator {} (metrics {}), autoscaler {} (metrics {}); logs in {}",
+        running.activator_addr,
+        running.activator_metrics_addr,
+        running.autoscaler_api_addr,
+        running.autoscaler_metrics_addr,
+        cluster.dir().join("logs").display()
+    );
+
+    let traffic = Arc::new(Traffic::default());
+    let phase = Arc::new(Mutex::new("cold start"));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let started = Instant::now();
+    println!("==> scenario (all traffic through the activator)\n");
+    let monitor = tokio::spawn(
+        Monitor {
+            client: client.clone(),
+            activator: running.activator_metrics_addr,
+            autoscaler: running.autoscaler_metrics_addr,
+            started,
+            phase: phase.clone(),
+            traffic: traffic.clone(),
+            seen: seen.clone(),
+        }
+        .run(),
+    );
+    let result = scenario(
+        &client,
+        running.activator_addr,
+        opts,
+        &traffic,
+        &phase,
+        started,
+    )
+    .await;
+    // One more line so the last change and Events show.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    monitor.abort();
+    let cold_starts = match result {
+        Ok(c) => c,
+        Err(e) => {
+            let exited = running.exited().unwrap_or_default();
+            return Err(e.context(format!("{exited}\n{}", running.logs(30))));
+        }
+    };
+    drop(running);
+
+    let seen = std::mem::take(&mut *lock(&seen));
+    let mut lat = std::mem::take(&mut *lock(&traffic.burst_latencies));
+    lat.sort();
+    let pick = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize];
+    let burst_latency = (!lat.is_empty()).then(|| (pick(0.5), pick(0.99), pick(1.0)));
+    Ok(Summary {
+        sent: traffic.sent.load(Ordering::Relaxed),
+        ok: traffic.ok.load(Ordering::Relaxed),
+        failures: std::mem::take(&mut *lock(&traffic.failures)),
+        lost: std::mem::take(&mut *lock(&traffic.lost)),
+        cold_starts,
+        burst_rps: lat.len() as f64 / opts.burst.as_secs_f64(),
+        burst_latency,
+        timeline: seen.timeline,
+        panic_seen: seen.panic,
+        max_replicas: seen.max_replicas,
+        events: seen.events,
+        total: began.elapsed(),
+    })
+}
+
+async fn spec_and_pods(client: &Client) -> anyhow::Result<(i32, i32)> {
+    let d = Api::<Deployment>::namespaced(client.clone(), MODEL_NAMESPACE)
+        .get(MODEL)
+        .await?;
+    Ok((
+        d.spec.and_then(|s| s.replicas).unwrap_or(0),
+        d.status.and_then(|s| s.replicas).unwrap_or(0),
+    ))
+}
+
+/// One request at zero replicas; its latency is the cold start.
+async fn cold_start(
+    activator: SocketAddr,
+    opts: &DemoOptions,
+    traffic: &Traffic,
+    started: Instant,
+    phase: &str,
+) -> Duration {
+    traffic.sent.fetch_add(1, Ordering::Relaxed);
+    let t = started.elapsed();
+    let t0 = Instant::now();
+    let r = predict(activator, opts.request_timeout).await;
+    let latency = t0.elapsed();
+    traffic.record(phase, t, r, latency);
+    latency
+}
+
+async fn scenario(
+    client: &Client,
+    activator: SocketAddr,
+    opts: &DemoOptions,
+    traffic: &Arc<Traffic>,
+    phase: &Arc<Mutex<&'static str>>,
+    started: Instant,
+) -> anyhow::Result<Vec<(String, Duration)>> {
+    let mut colds = Vec::new();
+    if spec_and_pods(client).await?.0 != 0 {
+        bail!("{MODEL_NAMESPACE}/{MODEL} is not at 0 replicas at the start");
+    }
+
+    // 1. First request: the activator holds it, wakes the autoscaler, forwards it once ready.
+    let first = cold_start(activator, opts, traffic, started, "cold start").await;
+    println!(
+        "{:>5}  first request answered after {:.1}s (cold start: wake, pod start, model load)",
+        "",
+        first.as_secs_f64()
+    );
+    colds.push(("first request".to_owned(), first));
+
+    // 2. Burst: closed-loop clients, bounded in time and count.
+    *lock(phase) = "burst";
+    println!(
+        "{:>5}  burst: {} concurrent clients for {}s",
+        "",
+        opts.burst_clients,
+        opts.burst.as_secs()
+    );
+    let burst_end = Instant::now() + opts.burst;
+    let mut clients = Vec::new();
+    for _ in 0..opts.burst_clients {
+        let traffic = traffic.clone();
+        let (timeout, max) = (opts.request_timeout, opts.burst_max_requests);
+        clients.push(tokio::spawn(async move {
+            while Instant::now() < burst_end {
+                if traffic.sent.fetch_add(1, Ordering::Relaxed) >= max {
+                    traffic.sent.fetch_sub(1, Ordering::Relaxed);
+                    break;
+                }
+                let t = started.elapsed();
+                let t0 = Instant::now();
+                let r = predict(activator, timeout).await;
+                traffic.record("burst", t, r, t0.elapsed());
+            }
+        }));
+    }
+    for c in clients {
+        c.await?;
+    }
+
+    // 3. Idle: the autoscaler scales down, then to zero after the grace period.
+    *lock(phase) = "idle";
+    println!("{:>5}  idle: no traffic until the model is back at 0", "");
+    let deadline = Instant::now() + opts.idle_limit;
+    loop {
+        let (spec, pods) = spec_and_pods(client).await?;
+        if spec == 0 && pods == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "not back at 0 replicas within {:?} of idle (spec {spec}, pods {pods})",
+                opts.idle_limit
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Let the activator see the endpoints go, so the next request really finds no pod.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // 4. Second cold start.
+    *lock(phase) = "second cold start";
+    let second = cold_start(activator, opts, traffic, started, "second cold start").await;
+    println!(
+        "{:>5}  request at zero answered after {:.1}s",
+        "",
+        second.as_secs_f64()
+    );
+    colds.push(("after scale to zero".to_owned(), second));
+    *lock(phase) = "done";
+    Ok(colds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_sums_the_model_lines_only() {
+        let text = "\
+# TYPE zeroscale_activator_requests_in_flight gauge
+zeroscale_activator_requests_in_flight{namespace=\"models\",deployment=\"sentiment\",model=\"sentiment\"} 3
+zeroscale_activator_requests_in_flight{namespace=\"other\",deployment=\"sentiment\",model=\"sentiment\"} 7
+zeroscale_activator_requests_in_flight_total{namespace=\"models\",deployment=\"sentiment\"} 9
+";
+        assert_eq!(
+            series(text, "zeroscale_activator_requests_in_flight"),
+            Some(3.0)
+        );
+        assert_eq!(series(text, "zeroscale_activator_requests_queued"), None);
+    }
+
+    #[test]
+    fn a_lost_request_is_counted_and_named() {
+        let t = Traffic::default();
+        t.record(
+            "burst",
+            Duration::from_secs(3),
+            Ok(200),
+            Duration::from_millis(5),
+        );
+        t.record(
+            "burst",
+            Duration::from_secs(4),
+            Ok(504),
+            Duration::from_millis(9),
+        );
+        t.record(
+            "idle",
+            Duration::from_secs(5),
+            Err("client timeout".into()),
+            Duration::from_secs(90),
+        );
+        assert_eq!(t.ok.load(Ordering::Relaxed), 1);
+        assert_eq!(t.done.load(Ordering::Relaxed), 3);
+        let f = lock(&t.failures).clone();
+        assert_eq!(f.get("HTTP 504"), Some(&1));
+        assert_eq!(f.get("client timeout"), Some(&1));
+        let lost = lock(&t.lost).clone();
+        assert!(
+            lost[0].contains("HTTP 504") && lost[0].contains("t=4.0s"),
+            "{lost:?}"
+        );
+    }
+}

@@ -1,0 +1,116 @@
+//! The activator library behind a static routing table, as its component tests build it: the
+//! `activator` binary needs a Kubernetes API server, and the data path is what is measured.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::Context;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use zeroscale_activator::server::{self, Admin, ServerOptions};
+use zeroscale_activator::table::NoWake;
+use zeroscale_activator::{Endpoint, Limits, Metrics, ModelKey, ModelSpec, Proxy, Table};
+use zeroscale_config::ActivatorConfig;
+
+/// Options of the `activator` role.
+#[derive(Debug, clap::Args)]
+pub struct Opts {
+    /// Proxy listen address.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Admin (/metrics) listen address.
+    #[arg(long)]
+    admin: SocketAddr,
+    /// The endpoint of model `sample` (none: the model is at zero).
+    #[arg(long)]
+    backend: Option<SocketAddr>,
+    /// Queue depth of every model (default: the global default).
+    #[arg(long)]
+    queue_depth: Option<usize>,
+}
+
+/// The models of the static table: `sample` (the backend) and `idle` (no endpoints ever).
+pub fn add_model(table: &Table, name: &str, limits: Limits) -> ModelKey {
+    let key = ModelKey {
+        namespace: "bench".into(),
+        deployment: name.into(),
+    };
+    table.upsert_model(ModelSpec {
+        key: key.clone(),
+        model_name: name.into(),
+        hostnames: vec![],
+        created: Some(0),
+        limits,
+    });
+    key
+}
+
+/// The production defaults (queue depth 10,000, 64 MiB of bodies, 5 minutes), unlimited
+/// per-pod concurrency.
+pub fn default_limits(queue_depth: Option<usize>) -> Limits {
+    let d = ActivatorConfig::default();
+    Limits {
+        container_concurrency: 0,
+        queue_depth: queue_depth.unwrap_or(d.queue_depth),
+        queue_bytes: d.queue_bytes,
+        queue_deadline: d.queue_deadline,
+    }
+}
+
+/// A ready endpoint.
+pub fn endpoint(addr: SocketAddr) -> Endpoint {
+    Endpoint {
+        addr,
+        ready: true,
+        terminating: false,
+        pod_name: None,
+    }
+}
+
+/// A table and proxy wired like the binary wires them (metrics registered, no wake sink).
+pub fn build() -> (Arc<Table>, Arc<Proxy>, Registry) {
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let table = Arc::new(Table::new(metrics.clone(), Arc::new(NoWake)));
+    let proxy = Proxy::new(
+        table.clone(),
+        metrics,
+        ActivatorConfig::default().max_routing_body_bytes,
+    );
+    (table, proxy, registry)
+}
+
+pub async fn run(o: Opts) -> anyhow::Result<()> {
+    let (table, proxy, registry) = build();
+    let limits = default_limits(o.queue_depth);
+    let sample = add_model(&table, "sample", limits.clone());
+    if let Some(b) = o.backend {
+        table.set_endpoints(&sample, vec![endpoint(b)]);
+    }
+    add_model(&table, "idle", limits);
+    let listener = TcpListener::bind(o.listen)
+        .await
+        .with_context(|| format!("binding {}", o.listen))?;
+    let admin = TcpListener::bind(o.admin)
+        .await
+        .with_context(|| format!("binding {}", o.admin))?;
+    tokio::spawn(server::serve_admin(
+        admin,
+        Admin {
+            registry: Arc::new(registry),
+            ready: Arc::new(AtomicBool::new(true)),
+        },
+        std::future::pending::<()>(),
+    ));
+    let opts = ServerOptions {
+        drain_timeout: Duration::from_secs(1),
+        ..ServerOptions::default()
+    };
+    server::serve_proxy(listener, proxy, opts, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await;
+    Ok(())
+}

@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# Activator benchmarks, side by side in one run (results and reading: BENCHMARKS.md, "Activator").
+#
+#  1. small keep-alive requests: direct to the backend, through the activator, through nginx;
+#     closed loop with wrk (throughput, latency) and open loop at a fixed rate (latency);
+#  2. memory: 10,000 requests queued on a model with no endpoints, then a 30,000-client flood
+#     against a queue of 10,000;
+#  3. endpoint Ready -> first queued request forwarded.
+#
+# Needs: wrk and nginx (Debian: apt-get install -y wrk nginx-light), taskset, root or a hard fd
+# limit >= 12000. Everything listens on 127.0.0.1 and stops by itself.
+#
+# Pinning (2 cores): the load generator (wrk or `activator-bench load`) on LOAD_CPU; the backend
+# and the proxy under test (activator or nginx) on SERVER_CPU; the activator gets WORKERS tokio
+# worker threads and nginx WORKERS worker processes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+: "${CARGO_TARGET_DIR:=target}"
+export CARGO_TARGET_DIR
+WORKERS=${WORKERS:-1}
+LOAD_CPU=${LOAD_CPU:-0}
+SERVER_CPU=${SERVER_CPU:-1}
+DUR=${DUR:-10}            # seconds per measured run
+CONNS=${CONNS:-64}        # wrk connections
+RATE=${RATE:-2000}        # open-loop requests per second
+ROUNDS=${ROUNDS:-2}       # the three targets alternate, ROUNDS times (spreads machine noise)
+READY_ROUNDS=${READY_ROUNDS:-200}
+PARTS=${PARTS:-"proxy memory ready"}
+
+BACKEND=127.0.0.1:28081
+ACT=127.0.0.1:28080
+ACT_ADMIN=127.0.0.1:29090
+NGINX=127.0.0.1:28082
+
+cargo build --release -p zeroscale-benches --bin activator-bench
+BIN=$CARGO_TARGET_DIR/release/activator-bench
+command -v wrk >/dev/null || { echo "wrk missing (apt-get install -y wrk)" >&2; exit 1; }
+command -v nginx >/dev/null || { echo "nginx missing (apt-get install -y nginx-light)" >&2; exit 1; }
+
+WORK=$(mktemp -d /tmp/bench-proxy.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+wait_port() { # addr
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "nothing listens on $1" >&2
+  return 1
+}
+stop() { # pid
+  kill "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+load() { echo "# load average: $(cut -d' ' -f1-3 /proc/loadavg)"; }
+
+echo "# $(date -u +%FT%TZ) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)"
+echo "# WORKERS=$WORKERS LOAD_CPU=$LOAD_CPU SERVER_CPU=$SERVER_CPU DUR=$DUR CONNS=$CONNS RATE=$RATE"
+echo "# $(nginx -v 2>&1), $(wrk -v 2>&1 | head -1)"
+load
+
+if [[ " $PARTS " == *" proxy "* ]]; then
+  cat >"$WORK/post.lua" <<'EOF'
+wrk.method = "POST"
+wrk.body = '{"instances":[[1.0,2.0,3.0,4.0]]}'
+wrk.headers["Content-Type"] = "application/json"
+EOF
+  mkdir -p "$WORK/nginx"
+  cat >"$WORK/nginx/nginx.conf" <<EOF
+daemon off;
+worker_processes $WORKERS;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx/body;
+  proxy_temp_path $WORK/nginx/proxy;
+  upstream backend {
+    server $BACKEND;
+    keepalive 256;
+  }
+  server {
+    listen $NGINX;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      # what the activator adds too
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+    }
+  }
+}
+EOF
+  taskset -c "$SERVER_CPU" "$BIN" --threads 1 backend --listen $BACKEND &
+  PIDS+=($!); BPID=$!
+  taskset -c "$SERVER_CPU" "$BIN" --threads "$WORKERS" activator \
+    --listen $ACT --admin $ACT_ADMIN --backend $BACKEND &
+  PIDS+=($!); APID=$!
+  taskset -c "$SERVER_CPU" nginx -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf" &
+  PIDS+=($!); NPID=$!
+  wait_port $BACKEND; wait_port $ACT; wait_port $NGINX
+  declare -A URL=([direct]=http://$BACKEND [activator]=http://$ACT [nginx]=http://$NGINX)
+  for t in direct activator nginx; do # each answers 200
+    code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'content-type: application/json' \
+      -d '{"instances":[[1.0]]}' "${URL[$t]}/v1/models/sample:predict")
+    [[ $code == 200 ]] || { echo "$t answered $code" >&2; exit 1; }
+  done
+
+  for r in $(seq 1 "$ROUNDS"); do
+    for t in direct activator nginx; do
+      taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d2s -s "$WORK/post.lua" "${URL[$t]}/v1/models/sample:predict" >/dev/null
+      out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DUR}s" --latency -s "$WORK/post.lua" \
+        "${URL[$t]}/v1/models/sample:predict")
+      rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+      p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+      p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+      errs=$(grep -E 'Non-2xx|Socket errors' <<<"$out" | tr '\n' ' ' || true)
+      echo "wrk round=$r label=$t conns=$CONNS rps=$rps p50=$p50 p99=$p99 $errs"
+    done
+    load
+    for t in direct activator nginx; do
+      taskset -c "$LOAD_CPU" "$BIN" --threads 0 load --label "$t" --url "${URL[$t]}" \
+        --rate "$RATE" --secs "$DUR" --warmup-secs 2 | sed "s/^load /load round=$r /"
+    done
+    load
+  done
+  echo "# activator RSS after the proxy runs: $(grep VmHWM /proc/$APID/status | tr -s ' ')"
+  echo "# nginx worker RSS: $(for p in $(pgrep -P $NPID); do grep VmHWM /proc/$p/status | tr -s ' '; done)"
+  stop $NPID; stop $APID; stop $BPID
+fi
+
+if [[ " $PARTS " == *" memory "* ]]; then
+  # 10,000 queued requests hold 10,000 sockets in the activator and in the client; rejected
+  # clients close after their 503, so the 30,000-client flood needs no more than that.
+  ulimit -n "$(ulimit -Hn)"
+  (( $(ulimit -n) >= 12000 )) || { echo "fd limit $(ulimit -n) < 12000" >&2; exit 1; }
+  # The floor: a bare hyper server (same listener type) holding 10,000 requests.
+  taskset -c "$SERVER_CPU" "$BIN" --threads "$WORKERS" hold --listen $ACT &
+  PIDS+=($!); HPID=$!
+  wait_port $ACT
+  sleep 0.5
+  taskset -c "$LOAD_CPU" "$BIN" --threads 1 flood --target $ACT --pid $HPID --clients 10000 \
+    --sources 4 | sed 's/^flood /flood server=bare-hyper /'
+  stop $HPID
+  for clients in 10000 30000; do
+    taskset -c "$SERVER_CPU" "$BIN" --threads "$WORKERS" activator \
+      --listen $ACT --admin $ACT_ADMIN --queue-depth 10000 &
+    PIDS+=($!); APID=$!
+    wait_port $ACT
+    sleep 0.5
+    taskset -c "$LOAD_CPU" "$BIN" --threads 1 flood --target $ACT --admin $ACT_ADMIN \
+      --pid $APID --clients "$clients" --sources 4 | sed 's/^flood /flood server=activator /'
+    stop $APID
+    load
+  done
+fi
+
+if [[ " $PARTS " == *" ready "* ]]; then
+  "$BIN" --threads 2 ready --rounds "$READY_ROUNDS"
+  load
+fi

@@ -25,9 +25,19 @@ use k8s_openapi::api::core::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use zeroscale_testkit::LocalCluster;
 use zeroscale_testkit::addon::{self, AddonOptions};
 use zeroscale_testkit::http_client;
+
+/// `println!` unless quiet (the e2e test runs the scenario without the live view).
+macro_rules! say {
+    ($quiet:expr, $($t:tt)*) => {
+        if !$quiet {
+            println!($($t)*);
+        }
+    };
+}
 
 /// The example model's namespace and name (as in `manifests/examples/model.yaml`).
 pub const MODEL_NAMESPACE: &str = "models";
@@ -51,6 +61,8 @@ pub struct DemoOptions {
     pub idle_limit: Duration,
     /// Per-request client timeout.
     pub request_timeout: Duration,
+    /// No live view or progress lines (the summary is still returned).
+    pub quiet: bool,
 }
 
 impl Default for DemoOptions {
@@ -63,6 +75,7 @@ impl Default for DemoOptions {
             stable_window: "12s",
             idle_limit: Duration::from_secs(120),
             request_timeout: Duration::from_secs(90),
+            quiet: false,
         }
     }
 }
@@ -197,22 +210,84 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// One prediction through the activator; `Ok(status)` or a short error description.
-async fn predict(addr: SocketAddr, timeout: Duration) -> Result<u16, String> {
-    match http_client::request(
-        addr,
-        http::Method::POST,
-        &format!("/v1/models/{MODEL}:predict"),
-        Some(&json!({"instances": [[0.2, 0.8]]})),
-        timeout,
-    )
-    .await
-    {
-        Ok(r) => Ok(r.status.as_u16()),
-        Err(http_client::HttpError::Timeout { .. }) => Err("client timeout".into()),
-        Err(http_client::HttpError::Connect { .. }) => Err("connection refused".into()),
-        Err(e) => Err(format!("transport error ({e})")),
+/// Background tasks that end with their owner, also when the demo is interrupted (dropped).
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
     }
+}
+
+/// One prediction through the activator, routed by `Host: {model}.{namespace}` (and the
+/// KServe path): `Ok(status)` or a short description of what went wrong.
+async fn predict(addr: SocketAddr, timeout: Duration) -> Result<u16, String> {
+    let host = format!("{MODEL}.{MODEL_NAMESPACE}");
+    match tokio::time::timeout(timeout, post_predict(addr, &host, MODEL)).await {
+        Ok(Ok((status, _))) => Ok(status),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Err("connection refused".into())
+        }
+        Ok(Err(e)) => Err(format!("transport error ({e})")),
+        Err(_) => Err("client timeout".into()),
+    }
+}
+
+/// `POST /v1/models/{model}:predict` with `Host: host` and a small JSON body, on a fresh
+/// HTTP/1.1 connection closed after the answer: `(status, body)`.
+pub async fn post_predict(
+    addr: SocketAddr,
+    host: &str,
+    model: &str,
+) -> std::io::Result<(u16, String)> {
+    let body = json!({"instances": [[0.2, 0.8]]}).to_string();
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let head = format!(
+        "POST /v1/models/{model}:predict HTTP/1.1\r\nHost: {host}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    let text = String::from_utf8_lossy(&raw);
+    let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| bad(format!("malformed answer: {text:?}")))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad(format!("no status in {head:?}")))?;
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok((status, body))
+}
+
+/// Joins the chunks of a chunked body (enough for small JSON answers).
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
 }
 
 /// The value of `metric{..., deployment="sentiment", ...}` in a Prometheus text exposition.
@@ -254,6 +329,7 @@ struct Monitor {
     phase: Arc<Mutex<&'static str>>,
     traffic: Arc<Traffic>,
     seen: Arc<Mutex<Seen>>,
+    quiet: bool,
 }
 
 impl Monitor {
@@ -266,9 +342,17 @@ impl Monitor {
         let mut last_tick = Instant::now();
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        println!(
+        say!(
+            self.quiet,
             "{:>5}  {:<17} {:>8} {:>6}  {:>9} {:>6} {:>5}  {:<5}",
-            "t", "phase", "replicas", "ready", "in-flight", "queued", "rps", "panic"
+            "t",
+            "phase",
+            "replicas",
+            "ready",
+            "in-flight",
+            "queued",
+            "rps",
+            "panic"
         );
         loop {
             ticker.tick().await;
@@ -299,7 +383,8 @@ impl Monitor {
                 }
             }
             let phase = *lock(&self.phase);
-            println!(
+            say!(
+                self.quiet,
                 "{:>4}s  {:<17} {:>8} {:>6}  {:>9} {:>6} {:>5.0}  {:<5}",
                 t,
                 phase,
@@ -328,7 +413,7 @@ impl Monitor {
                 });
                 for e in fresh {
                     let message = e.message.unwrap_or_default();
-                    println!("{:>5}  event  {message}", "");
+                    say!(self.quiet, "{:>5}  event  {message}", "");
                     lock(&self.seen).events.push(message);
                 }
             }
@@ -343,7 +428,10 @@ pub async fn run(cluster: &LocalCluster, opts: &DemoOptions) -> anyhow::Result<S
     let client = cluster.client();
     let manifests = addon::manifests_dir();
 
-    println!("==> deploying the example model (manifests/examples/model.yaml) at 0 replicas");
+    say!(
+        opts.quiet,
+        "==> deploying the example model (manifests/examples/model.yaml) at 0 replicas"
+    );
     let example = manifests.join("examples/model.yaml");
     addon::apply_file(&client, &example)
         .await
@@ -365,13 +453,17 @@ pub async fn run(cluster: &LocalCluster, opts: &DemoOptions) -> anyhow::Result<S
         .and_then(|p| p.containers.first())
         .and_then(|c| c.args.clone())
         .unwrap_or_default();
-    println!(
+    say!(
+        opts.quiet,
         "    {MODEL_NAMESPACE}/{MODEL}: sample-model {} (grace period shortened to {})",
         args.join(" "),
         opts.grace_period
     );
 
-    println!("==> installing the add-on from manifests/ and running it under its ServiceAccounts");
+    say!(
+        opts.quiet,
+        "==> installing the add-on from manifests/ and running it under its ServiceAccounts"
+    );
     let mut config = BTreeMap::new();
     for (k, v) in [
         ("tick-interval", "1s"),
@@ -381,7 +473,8 @@ pub async fn run(cluster: &LocalCluster, opts: &DemoOptions) -> anyhow::Result<S
     ] {
         config.insert(k.to_owned(), v.to_owned());
     }
-    println!(
+    say!(
+        opts.quiet,
         "    zeroscale-config overrides for a quick demo: {}",
         config
             .iter()
@@ -395,7 +488,8 @@ pub async fn run(cluster: &LocalCluster, opts: &DemoOptions) -> anyhow::Result<S
         ..Default::default()
     };
     let mut running = addon::start_addon(cluster, &addon_opts).await?;
-    println!(
+    say!(
+        opts.quiet,
         "    activator {} (metrics {}), autoscaler {} (metrics {}); logs in {}",
         running.activator_addr,
         running.activator_metrics_addr,
@@ -408,8 +502,11 @@ pub async fn run(cluster: &LocalCluster, opts: &DemoOptions) -> anyhow::Result<S
     let phase = Arc::new(Mutex::new("cold start"));
     let seen = Arc::new(Mutex::new(Seen::default()));
     let started = Instant::now();
-    println!("==> scenario (all traffic through the activator)\n");
-    let monitor = tokio::spawn(
+    say!(
+        opts.quiet,
+        "==> scenario (all traffic through the activator)\n"
+    );
+    let monitor = Tasks(vec![tokio::spawn(
         Monitor {
             client: client.clone(),
             activator: running.activator_metrics_addr,
@@ -418,9 +515,10 @@ pub async fn run(cluster: &LocalCluster, opts: &DemoOptions) -> anyhow::Result<S
             phase: phase.clone(),
             traffic: traffic.clone(),
             seen: seen.clone(),
+            quiet: opts.quiet,
         }
         .run(),
-    );
+    )]);
     let result = scenario(
         &client,
         running.activator_addr,
@@ -432,7 +530,7 @@ pub async fn run(cluster: &LocalCluster, opts: &DemoOptions) -> anyhow::Result<S
     .await;
     // One more line so the last change and Events show.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    monitor.abort();
+    drop(monitor);
     let cold_starts = match result {
         Ok(c) => c,
         Err(e) => {
@@ -505,7 +603,8 @@ async fn scenario(
 
     // 1. First request: the activator holds it, wakes the autoscaler, forwards it once ready.
     let first = cold_start(activator, opts, traffic, started, "cold start").await;
-    println!(
+    say!(
+        opts.quiet,
         "{:>5}  first request answered after {:.1}s (cold start: wake, pod start, model load)",
         "",
         first.as_secs_f64()
@@ -514,18 +613,19 @@ async fn scenario(
 
     // 2. Burst: closed-loop clients, bounded in time and count.
     *lock(phase) = "burst";
-    println!(
+    say!(
+        opts.quiet,
         "{:>5}  burst: {} concurrent clients for {}s",
         "",
         opts.burst_clients,
         opts.burst.as_secs()
     );
     let burst_end = Instant::now() + opts.burst;
-    let mut clients = Vec::new();
+    let mut clients = Tasks(Vec::new());
     for _ in 0..opts.burst_clients {
         let traffic = traffic.clone();
         let (timeout, max) = (opts.request_timeout, opts.burst_max_requests);
-        clients.push(tokio::spawn(async move {
+        clients.0.push(tokio::spawn(async move {
             while Instant::now() < burst_end {
                 if traffic.sent.fetch_add(1, Ordering::Relaxed) >= max {
                     traffic.sent.fetch_sub(1, Ordering::Relaxed);
@@ -538,13 +638,18 @@ async fn scenario(
             }
         }));
     }
-    for c in clients {
+    for c in &mut clients.0 {
         c.await?;
     }
+    drop(clients);
 
     // 3. Idle: the autoscaler scales down, then to zero after the grace period.
     *lock(phase) = "idle";
-    println!("{:>5}  idle: no traffic until the model is back at 0", "");
+    say!(
+        opts.quiet,
+        "{:>5}  idle: no traffic until the model is back at 0",
+        ""
+    );
     let deadline = Instant::now() + opts.idle_limit;
     loop {
         let (spec, pods) = spec_and_pods(client).await?;
@@ -565,7 +670,8 @@ async fn scenario(
     // 4. Second cold start.
     *lock(phase) = "second cold start";
     let second = cold_start(activator, opts, traffic, started, "second cold start").await;
-    println!(
+    say!(
+        opts.quiet,
         "{:>5}  request at zero answered after {:.1}s",
         "",
         second.as_secs_f64()
@@ -592,6 +698,11 @@ zeroscale_activator_requests_in_flight_total{namespace=\"models\",deployment=\"s
             Some(3.0)
         );
         assert_eq!(series(text, "zeroscale_activator_requests_queued"), None);
+    }
+
+    #[test]
+    fn a_chunked_body_is_joined() {
+        assert_eq!(dechunk("4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n"), "{\"a\":1}");
     }
 
     #[test]

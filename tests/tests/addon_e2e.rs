@@ -4,7 +4,6 @@
 //! those ServiceAccounts (`zeroscale_testkit::addon::start_addon`).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
@@ -15,9 +14,7 @@ use k8s_openapi::api::authorization::v1::{
 use k8s_openapi::api::core::v1::{Event, Pod, Service};
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client, ResourceExt as _};
-use serde_json::json;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use zeroscale_e2e::{Ctx, eventually, test};
+use zeroscale_e2e::{Ctx, demo, eventually, test};
 use zeroscale_testkit::addon::{
     self, ACTIVATOR, ADDON_NAMESPACE, AUTOSCALER, AddonOptions, Applied, manifests_dir,
 };
@@ -39,6 +36,10 @@ fn main() -> std::process::ExitCode {
         test(
             "every_scale_change_leaves_its_own_event",
             every_scale_change_leaves_its_own_event,
+        ),
+        test(
+            "demo_scenario_answers_every_request",
+            demo_scenario_answers_every_request,
         ),
     ])
 }
@@ -359,56 +360,6 @@ async fn scale_events(client: &Client, ns: &str, name: &str) -> anyhow::Result<V
         .collect())
 }
 
-/// One KServe prediction through the activator, routed by `Host` (`{model}.{namespace}`):
-/// `(status, body)`. Plain HTTP/1.1 on one connection, closed after the answer.
-async fn predict(addr: SocketAddr, host: &str) -> anyhow::Result<(u16, String)> {
-    let body = json!({"instances": [[1.0, 2.0]]}).to_string();
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let head = format!(
-        "POST /v1/models/sentiment:predict HTTP/1.1\r\nHost: {host}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("malformed answer: {text:?}"))?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("no status in {head:?}"))?;
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Ok((status, body))
-}
-
-/// Joins the chunks of a chunked body (enough for the small JSON answers here).
-fn dechunk(mut rest: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || after.len() < n {
-            break;
-        }
-        out.push_str(&after[..n]);
-        rest = after[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
 /// What one wake-and-idle run observed.
 struct Run {
     /// Messages of the `Scaled` Events on the Deployment at the end.
@@ -467,11 +418,15 @@ async fn wake_and_idle(ctx: &Ctx) -> anyhow::Result<Run> {
     let t0 = Instant::now();
     let (status, body) = tokio::time::timeout(
         Duration::from_secs(90),
-        predict(running.activator_addr, &format!("sentiment.{ns}")),
+        demo::post_predict(
+            running.activator_addr,
+            &format!("sentiment.{ns}"),
+            "sentiment",
+        ),
     )
     .await
     .context("no answer within 90 s")
-    .and_then(|r| r)
+    .and_then(|r| Ok(r?))
     .with_context(|| logs(&running))?;
     let cold = t0.elapsed();
     ensure!(
@@ -555,6 +510,33 @@ async fn every_scale_change_leaves_its_own_event(ctx: Ctx) -> anyhow::Result<()>
          Events with the same type, reason, action and object into one series for 6 minutes \
          and keeps the first note, so each scale change needs a distinct action or reason.)",
         run.events
+    );
+    Ok(())
+}
+
+/// (5) The demo's scenario (`scripts/demo.sh`), shortened: two cold starts, a burst that scales
+/// up, back to zero in between, and every request answered 200.
+async fn demo_scenario_answers_every_request(ctx: Ctx) -> anyhow::Result<()> {
+    let cluster = ctx.cluster().await?;
+    let opts = demo::DemoOptions {
+        burst_clients: 8,
+        burst: Duration::from_secs(6),
+        quiet: true,
+        ..Default::default()
+    };
+    let summary = demo::run(&cluster, &opts).await?;
+    let table = summary.table();
+    ensure!(
+        summary.sent > 10 && summary.ok == summary.sent && summary.failures.is_empty(),
+        "requests lost:\n{table}"
+    );
+    ensure!(summary.cold_starts.len() == 2, "{table}");
+    ensure!(summary.max_replicas >= 2, "the burst scaled up:\n{table}");
+    let replicas: Vec<i32> = summary.timeline.iter().map(|(_, r)| *r).collect();
+    let zero_again = replicas.iter().skip(1).position(|&r| r == 0);
+    ensure!(
+        replicas.first() == Some(&0) && zero_again.is_some() && replicas.last() == Some(&1),
+        "0 -> N -> 0 -> 1:\n{table}"
     );
     Ok(())
 }

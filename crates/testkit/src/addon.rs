@@ -972,6 +972,37 @@ mod tests {
         );
     }
 
+    /// RBAC names objects that the code and the Deployments name elsewhere: keep them in step.
+    #[test]
+    fn rbac_resource_names_match_the_lease_flag_and_the_configmap_name() {
+        use k8s_openapi::api::rbac::v1::Role;
+        let rbac = manifests().join("base/rbac.yaml");
+        let names = |role: &str, resource: &str| -> Vec<String> {
+            let r: Role = file_object(&rbac, "Role", role).unwrap().unwrap();
+            r.rules
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|rule| rule.resources.iter().flatten().any(|x| x == resource))
+                .flat_map(|rule| rule.resource_names.unwrap_or_default())
+                .collect()
+        };
+        let d: Deployment = manifest_object(&manifests(), "Deployment", AUTOSCALER).unwrap();
+        let c = local_component(&d, Ipv4Addr::new(10, 245, 0, 3), None).unwrap();
+        let lease = c
+            .args
+            .iter()
+            .find_map(|a| a.strip_prefix("--lease-name="))
+            .expect("--lease-name in autoscaler.yaml");
+        assert_eq!(names(AUTOSCALER, "leases"), vec![lease.to_owned()]);
+        for role in [AUTOSCALER, ACTIVATOR] {
+            assert_eq!(
+                names(role, "configmaps"),
+                vec![zeroscale_config::CONFIGMAP_NAME.to_owned()],
+                "{role}"
+            );
+        }
+    }
+
     #[test]
     fn an_unsupported_field_reference_is_an_error_naming_it() {
         let mut d: Deployment = manifest_object(&manifests(), "Deployment", AUTOSCALER).unwrap();

@@ -143,14 +143,28 @@ if [[ " $PARTS " == *" memory "* ]]; then
   # clients close after their 503, so the 30,000-client flood needs no more than that.
   ulimit -n "$(ulimit -Hn)"
   (( $(ulimit -n) >= 12000 )) || { echo "fd limit $(ulimit -n) < 12000" >&2; exit 1; }
-  # The floor: a bare hyper server (same listener type) holding 10,000 requests.
-  taskset -c "$SERVER_CPU" "$BIN" --threads "$WORKERS" hold --listen $ACT &
-  PIDS+=($!); HPID=$!
+  # The floor: a bare hyper server (same listener type) holding 10,000 requests, one HTTP/1.1
+  # connection each, then as h2c streams over 50 connections.
+  for h2 in "" "--h2-conns 50"; do
+    taskset -c "$SERVER_CPU" "$BIN" --threads "$WORKERS" hold --listen $ACT &
+    PIDS+=($!); HPID=$!
+    wait_port $ACT
+    sleep 0.5
+    # shellcheck disable=SC2086 # $h2 is empty or two words
+    taskset -c "$LOAD_CPU" "$BIN" --threads 1 flood --target $ACT --pid $HPID --clients 10000 \
+      --sources 4 $h2 | sed 's/^flood /flood server=bare-hyper /'
+    stop $HPID
+  done
+  # The activator: 10,000 queued over h2c streams.
+  taskset -c "$SERVER_CPU" "$BIN" --threads "$WORKERS" activator \
+    --listen $ACT --admin $ACT_ADMIN --queue-depth 10000 &
+  PIDS+=($!); APID=$!
   wait_port $ACT
   sleep 0.5
-  taskset -c "$LOAD_CPU" "$BIN" --threads 1 flood --target $ACT --pid $HPID --clients 10000 \
-    --sources 4 | sed 's/^flood /flood server=bare-hyper /'
-  stop $HPID
+  taskset -c "$LOAD_CPU" "$BIN" --threads 1 flood --target $ACT --admin $ACT_ADMIN \
+    --pid $APID --clients 10000 --sources 4 --h2-conns 50 | sed 's/^flood /flood server=activator /'
+  stop $APID
+  # The activator: 10,000 then 30,000 clients on HTTP/1.1, one connection each, queue 10,000.
   for clients in 10000 30000; do
     taskset -c "$SERVER_CPU" "$BIN" --threads "$WORKERS" activator \
       --listen $ACT --admin $ACT_ADMIN --queue-depth 10000 &

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 use tokio::sync::{Semaphore, watch};
@@ -45,6 +45,10 @@ pub struct Opts {
     /// Connections being set up at once (the listen backlog is finite).
     #[arg(long, default_value_t = 512)]
     connect_concurrency: usize,
+    /// Send the requests as h2c streams over this many connections instead of one HTTP/1.1
+    /// connection each (hyper's server allows 200 concurrent streams per connection).
+    #[arg(long)]
+    h2_conns: Option<usize>,
     /// Give up waiting for every client to be queued or answered after this many seconds.
     #[arg(long, default_value_t = 120)]
     settle_secs: u64,
@@ -143,6 +147,64 @@ async fn client(
     }
 }
 
+/// One h2c connection carrying `streams` requests, each held until answered or released.
+async fn h2_client(
+    target: SocketAddr,
+    source: IpAddr,
+    streams: usize,
+    written: Arc<AtomicUsize>,
+    answered: Arc<AtomicUsize>,
+    release: watch::Receiver<bool>,
+) -> Vec<Outcome> {
+    let conn = async {
+        let sock = TcpSocket::new_v4()?;
+        sock.bind(SocketAddr::new(source, 0))?;
+        let s = sock.connect(target).await?;
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake::<_, Full<Bytes>>(TokioIo::new(s))
+            .await
+            .map_err(std::io::Error::other)?;
+        Ok::<_, std::io::Error>((sender, conn))
+    }
+    .await;
+    let Ok((sender, conn)) = conn else {
+        return (0..streams).map(|_| Outcome::Failed).collect();
+    };
+    let driver = tokio::spawn(conn);
+    let mut set = JoinSet::new();
+    for _ in 0..streams {
+        let mut sender = sender.clone();
+        let (written, answered, mut release) = (written.clone(), answered.clone(), release.clone());
+        set.spawn(async move {
+            let req = http::Request::post(format!("http://{target}/v1/models/idle:predict"))
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from_static(
+                    &REQUEST[REQUEST.len() - 33..],
+                )))
+                .expect("a valid request");
+            if sender.ready().await.is_err() {
+                return Outcome::Failed;
+            }
+            let t0 = Instant::now();
+            let resp = sender.send_request(req);
+            written.fetch_add(1, Ordering::SeqCst);
+            tokio::select! {
+                r = resp => match r {
+                    Ok(r) => {
+                        answered.fetch_add(1, Ordering::SeqCst);
+                        Outcome::Answered(r.status().as_u16(), t0.elapsed())
+                    }
+                    Err(_) => Outcome::Failed,
+                },
+                _ = release.wait_for(|r| *r) => Outcome::Held,
+            }
+        });
+    }
+    let out = set.join_all().await;
+    driver.abort();
+    out
+}
+
 pub async fn run(o: Opts) -> anyhow::Result<()> {
     let (rss0, _) = rss_kib(o.pid)?;
     let connects = Arc::new(Semaphore::new(o.connect_concurrency));
@@ -151,7 +213,21 @@ pub async fn run(o: Opts) -> anyhow::Result<()> {
     let (release_tx, release_rx) = watch::channel(false);
     let t0 = Instant::now();
     let mut set = JoinSet::new();
-    for i in 0..o.clients {
+    let mut h2 = JoinSet::new();
+    let h2_conns = o.h2_conns.unwrap_or(0);
+    for c in 0..h2_conns {
+        let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (c % o.sources as usize) as u8));
+        let streams = o.clients / h2_conns + usize::from(c < o.clients % h2_conns);
+        h2.spawn(h2_client(
+            o.target,
+            source,
+            streams,
+            written.clone(),
+            answered.clone(),
+            release_rx.clone(),
+        ));
+    }
+    for i in 0..if h2_conns > 0 { 0 } else { o.clients } {
         let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i % o.sources as usize) as u8));
         set.spawn(client(
             o.target,
@@ -202,6 +278,9 @@ pub async fn run(o: Opts) -> anyhow::Result<()> {
     while let Some(r) = set.join_next().await {
         outcomes.push(r?);
     }
+    while let Some(r) = h2.join_next().await {
+        outcomes.extend(r?);
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (rss_after, _) = rss_kib(o.pid)?;
 
@@ -221,7 +300,7 @@ pub async fn run(o: Opts) -> anyhow::Result<()> {
         }
     }
     println!(
-        "flood clients={} settled_s={:.2} queued={} held={} failed={} answers={:?} \
+        "flood clients={} h2_conns={h2_conns} settled_s={:.2} queued={} held={} failed={} answers={:?} \
          rss_before_kib={} rss_kib={} hwm_kib={} rss_after_release_kib={} {}",
         o.clients,
         settle.as_secs_f64(),

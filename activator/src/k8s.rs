@@ -476,16 +476,23 @@ pub async fn run(client: Client, cfg: WatchConfig, targets: Targets) {
             }) else {
                 continue;
             };
+            let note = format!(
+                "{:?} is also claimed by {}, which was created first (or sorts first by \
+                 namespace/name); requests for it go there. Set zeroscale.dev/model-name to \
+                 a unique name.",
+                c.name, c.winner
+            );
+            // kube-runtime's Recorder folds Events with the same (type, reason, action, object)
+            // into one series that keeps the first note: a digest of the note in the action
+            // keeps a different conflict from hiding behind an earlier one.
+            let digest = note.bytes().fold(0x811c_9dc5_u32, |h, b| {
+                (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+            });
             let ev = Event {
                 type_: EventType::Warning,
                 reason: "ModelNameConflict".into(),
-                note: Some(format!(
-                    "{:?} is also claimed by {}, which was created first (or sorts first by \
-                     namespace/name); requests for it go there. Set zeroscale.dev/model-name to \
-                     a unique name.",
-                    c.name, c.winner
-                )),
-                action: "Route".into(),
+                note: Some(note),
+                action: format!("Route-{digest:08x}"),
                 secondary: None,
             };
             if let Err(e) = recorder.publish(&ev, &dep.object_ref(&())).await {

@@ -328,3 +328,33 @@ pub async fn slice_endpoints(
     out.sort();
     Ok(out)
 }
+
+/// Publishes an activator's metrics address the way the autoscaler discovers activators: a
+/// selector-less `zeroscale-activator` Service in `ns` with a hand-made EndpointSlice (real
+/// Kubernetes objects; the autoscaler is started with `--activator-service <ns>/zeroscale-activator`).
+pub async fn publish_activator_metrics(
+    client: &Client,
+    ns: &str,
+    metrics: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": "zeroscale-activator"},
+        "spec": {"ports": [{"name": "metrics", "port": 9090, "targetPort": metrics.port()}]},
+    }))?;
+    Api::<Service>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &svc)
+        .await?;
+    let slice: EndpointSlice = serde_json::from_value(json!({
+        "metadata": {
+            "name": "zeroscale-activator-manual",
+            "labels": {"kubernetes.io/service-name": "zeroscale-activator"},
+        },
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [metrics.ip().to_string()], "conditions": {"ready": true}}],
+        "ports": [{"name": "metrics", "port": metrics.port(), "protocol": "TCP"}],
+    }))?;
+    Api::<EndpointSlice>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &slice)
+        .await?;
+    Ok(())
+}

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
@@ -89,29 +88,6 @@ async fn wait_ready(p: &Proc, admin: SocketAddr, what: &str) -> anyhow::Result<(
     .with_context(|| p.tail())
 }
 
-async fn publish_activator(client: &Client, ns: &str, admin: SocketAddr) -> anyhow::Result<()> {
-    let svc: Service = serde_json::from_value(json!({
-        "metadata": {"name": "zeroscale-activator"},
-        "spec": {"ports": [{"name": "metrics", "port": 9090, "targetPort": admin.port()}]},
-    }))?;
-    Api::<Service>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &svc)
-        .await?;
-    let slice: EndpointSlice = serde_json::from_value(json!({
-        "metadata": {
-            "name": "zeroscale-activator-manual",
-            "labels": {"kubernetes.io/service-name": "zeroscale-activator"},
-        },
-        "addressType": "IPv4",
-        "endpoints": [{"addresses": [admin.ip().to_string()], "conditions": {"ready": true}}],
-        "ports": [{"name": "metrics", "port": admin.port(), "protocol": "TCP"}],
-    }))?;
-    Api::<EndpointSlice>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &slice)
-        .await?;
-    Ok(())
-}
-
 async fn spec_replicas(client: &Client, ns: &str, name: &str) -> anyhow::Result<i32> {
     let d = Api::<Deployment>::namespaced(client.clone(), ns)
         .get(name)
@@ -178,7 +154,7 @@ async fn request_at_zero_wakes_the_model_and_it_returns_to_zero(ctx: Ctx) -> any
 
     let (listen, admin) = (free_addr()?, free_addr()?);
     let (as_api, as_metrics) = (free_addr()?, free_addr()?);
-    publish_activator(&client, &ns, admin).await?;
+    zeroscale_e2e::publish_activator_metrics(&client, &ns, admin).await?;
     let kubeconfig = cluster.kubeconfig_path().display().to_string();
     let activator = Proc::spawn(
         &cluster,

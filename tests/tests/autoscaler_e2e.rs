@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
@@ -167,26 +166,7 @@ impl FakeActivator {
 
     /// The selector-less Service and its manual EndpointSlice pointing at this server.
     async fn publish(&self, client: &Client, ns: &str) -> anyhow::Result<()> {
-        let svc: Service = serde_json::from_value(json!({
-            "metadata": {"name": "zeroscale-activator"},
-            "spec": {"ports": [{"name": "metrics", "port": 9090, "targetPort": self.addr.port()}]},
-        }))?;
-        Api::<Service>::namespaced(client.clone(), ns)
-            .create(&PostParams::default(), &svc)
-            .await?;
-        let slice: EndpointSlice = serde_json::from_value(json!({
-            "metadata": {
-                "name": "zeroscale-activator-manual",
-                "labels": {"kubernetes.io/service-name": "zeroscale-activator"},
-            },
-            "addressType": "IPv4",
-            "endpoints": [{"addresses": [self.addr.ip().to_string()], "conditions": {"ready": true}}],
-            "ports": [{"name": "metrics", "port": self.addr.port(), "protocol": "TCP"}],
-        }))?;
-        Api::<EndpointSlice>::namespaced(client.clone(), ns)
-            .create(&PostParams::default(), &slice)
-            .await?;
-        Ok(())
+        zeroscale_e2e::publish_activator_metrics(client, ns, self.addr).await
     }
 }
 

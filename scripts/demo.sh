@@ -9,27 +9,14 @@
 # everything cached and the demo takes about two minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 die() { echo "demo.sh: error: $*" >&2; exit 1; }
 command -v cargo >/dev/null 2>&1 || die "Rust is not installed (cargo not on PATH): see https://rustup.rs"
 # The local cluster lives in a private network namespace: ip (iproute2), unshare and setpriv
 # (util-linux). Installed with apt-get when missing, as scripts/test.sh does.
-missing=()
-command -v ip >/dev/null 2>&1 || missing+=(iproute2)
-{ command -v unshare >/dev/null 2>&1 && command -v setpriv >/dev/null 2>&1; } || missing+=(util-linux)
-if ((${#missing[@]})); then
-  if [[ $(id -u) == 0 ]]; then
-    sudo=()
-  elif command -v sudo >/dev/null 2>&1; then
-    sudo=(sudo -n)
-  else
-    die "missing ${missing[*]} and not root: install them (apt-get install ${missing[*]})"
-  fi
-  echo "==> installing ${missing[*]}" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  "${sudo[@]}" apt-get update -q </dev/null
-  "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null
-fi
+ensure_netns_tools
 
 echo "==> control plane binaries (built from source on first use, then cached)" >&2
 ZEROSCALE_K8S_BIN=$(./scripts/build-control-plane.sh </dev/null | tail -n 1)

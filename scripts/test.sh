@@ -9,28 +9,15 @@
 # clippy, build and tests to those packages (CI always runs the whole workspace).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 section() { printf '\n==== %s ====\n' "$*"; }
 die() { echo "test.sh: error: $*" >&2; exit 1; }
 started=$(date +%s)
 
 section "tools"
-missing=()
-command -v ip >/dev/null 2>&1 || missing+=(iproute2)
-{ command -v unshare >/dev/null 2>&1 && command -v setpriv >/dev/null 2>&1; } || missing+=(util-linux)
-if ((${#missing[@]})); then
-  if [[ $(id -u) == 0 ]]; then
-    sudo=()
-  elif command -v sudo >/dev/null 2>&1; then
-    sudo=(sudo -n)
-  else
-    die "missing ${missing[*]} and not root: install them (apt-get install ${missing[*]})"
-  fi
-  echo "installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  "${sudo[@]}" apt-get update -q </dev/null
-  "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null
-fi
+ensure_netns_tools
 command -v cargo >/dev/null 2>&1 || die "Rust is not installed (cargo not on PATH): see https://rustup.rs"
 for comp in rustfmt clippy; do
   sub=${comp/rustfmt/fmt}

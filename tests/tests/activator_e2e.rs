@@ -112,17 +112,7 @@ async fn request_at_zero_wakes_the_model_and_it_returns_to_zero(ctx: Ctx) -> any
     let cluster = ctx.cluster().await?;
     let client = ctx.client().await?;
     let ns = ctx.namespace().await?;
-    let config: BTreeMap<String, String> = [
-        ("tick-interval", "1s"),
-        ("scrape-interval", "1s"),
-        ("scrape-timeout", "800ms"),
-        ("stable-window", "6s"),
-        ("panic-window-percentage", "50"),
-        ("scale-to-zero-grace-period", "4s"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
+    let config = zeroscale_testkit::addon::fast_config();
     let cm: ConfigMap = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": "zeroscale-config"},

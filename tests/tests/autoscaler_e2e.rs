@@ -312,19 +312,10 @@ impl Autoscaler {
 // ---------------------------------------------------------------------------------------------
 // Helpers.
 
-/// Fast policy for tests: 1s tick and scrape, 6s stable window (3s panic window).
+/// The test kit's fast policy (1s tick and scrape, 6s stable window, 3s panic window, 4s grace)
+/// with `extra` keys on top.
 fn fast_config(extra: &[(&str, &str)]) -> BTreeMap<String, String> {
-    let mut m: BTreeMap<String, String> = [
-        ("tick-interval", "1s"),
-        ("scrape-interval", "1s"),
-        ("scrape-timeout", "800ms"),
-        ("stable-window", "6s"),
-        ("panic-window-percentage", "50"),
-        ("scale-to-zero-grace-period", "4s"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
+    let mut m = zeroscale_testkit::addon::fast_config();
     for (k, v) in extra {
         m.insert((*k).to_owned(), (*v).to_owned());
     }

@@ -4,7 +4,7 @@
 //! handles once ([`ModelMetrics`]) so the per-request path does no label lookups except for the
 //! status-code counter.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
@@ -274,6 +274,7 @@ impl Metrics {
             wake_signals: self.wake_signals.get_or_create(&labels).clone(),
             wake_failures: self.wake_failures.get_or_create(&labels).clone(),
             abandoned: self.abandoned.get_or_create(&labels).clone(),
+            codes: Arc::new(std::array::from_fn(|_| OnceLock::new())),
             root: self.clone(),
             labels,
         }
@@ -309,24 +310,37 @@ pub struct ModelMetrics {
     pub wake_failures: Counter,
     /// Queued requests whose client went away.
     pub abandoned: Counter,
+    /// Counters of [`CACHED_CODES`], resolved on first use (no zero series for unseen codes).
+    codes: Arc<[OnceLock<Counter>; CACHED_CODES.len()]>,
     root: Arc<Metrics>,
 }
+
+/// Status codes whose request counters each model resolves once, so answering a request
+/// neither builds a label set (three `String` clones) nor takes the read lock of the family that
+/// every model shares. Other codes take that slower path.
+const CACHED_CODES: [u16; 12] = [200, 201, 204, 400, 404, 408, 413, 429, 500, 502, 503, 504];
 
 impl ModelMetrics {
     /// Counts one answered request.
     pub fn answered(&self, code: u16) {
-        self.root
-            .requests
-            .get_or_create(&self.code_labels(code))
-            .inc();
+        match CACHED_CODES.iter().position(|&c| c == code) {
+            Some(i) => self.codes[i]
+                .get_or_init(|| self.family_counter(code))
+                .inc(),
+            None => self.family_counter(code).inc(),
+        };
     }
 
     /// Requests answered with `code` so far.
     pub fn answered_count(&self, code: u16) -> u64 {
+        self.family_counter(code).get()
+    }
+
+    fn family_counter(&self, code: u16) -> Counter {
         self.root
             .requests
             .get_or_create(&self.code_labels(code))
-            .get()
+            .clone()
     }
 
     fn code_labels(&self, code: u16) -> CodeLabels {
@@ -408,6 +422,47 @@ mod tests {
         assert_eq!(
             c.total_at(t0 + Duration::from_secs(6)),
             Duration::from_secs(1)
+        );
+    }
+
+    #[test]
+    fn answered_codes_reach_the_exported_series_cached_or_not() {
+        let mut reg = Registry::default();
+        let m = Metrics::register(&mut reg);
+        let mm = m.model(ModelLabels {
+            namespace: "ns".into(),
+            deployment: "d".into(),
+            model: "m".into(),
+        });
+        let clone = mm.clone();
+        for _ in 0..3 {
+            mm.answered(200);
+        }
+        clone.answered(200);
+        clone.answered(418); // not in CACHED_CODES
+        mm.answered(418);
+        assert_eq!((mm.answered_count(200), clone.answered_count(418)), (4, 2));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
+        let line = |code: &str| {
+            out.lines()
+                .find(|l| l.starts_with("zeroscale_activator_requests_total{") && l.contains(code))
+                .unwrap_or_else(|| panic!("no series for {code}:\n{out}"))
+                .to_owned()
+        };
+        assert!(
+            line("code=\"200\"").ends_with(" 4"),
+            "{}",
+            line("code=\"200\"")
+        );
+        assert!(
+            line("code=\"418\"").ends_with(" 2"),
+            "{}",
+            line("code=\"418\"")
+        );
+        assert!(
+            !out.contains("code=\"503\""),
+            "an unseen code must not be exported:\n{out}"
         );
     }
 

@@ -520,23 +520,11 @@ async fn wait_apiserver(
     parts: &mut Parts,
     timeout: Duration,
 ) -> Result<(), ClusterError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if readyz(client, port).await {
-            return Ok(());
-        }
-        if let Some(e) = exited_component(parts) {
-            return Err(e);
-        }
-        if Instant::now() > deadline {
-            return Err(start_error(
-                &parts.dir,
-                "kube-apiserver",
-                format!("/readyz not ok within {timeout:?}"),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = format!("/readyz not ok within {timeout:?}");
+    wait_for(parts, timeout, "kube-apiserver", what, || {
+        readyz(client, port)
+    })
+    .await
 }
 
 async fn wait_default_service_account(
@@ -545,20 +533,36 @@ async fn wait_default_service_account(
     timeout: Duration,
 ) -> Result<(), ClusterError> {
     let api: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+    let what = format!("ServiceAccount default/default not created within {timeout:?}");
+    wait_for(parts, timeout, "kube-controller-manager", what, || async {
+        matches!(api.get_opt("default").await, Ok(Some(_)))
+    })
+    .await
+}
+
+/// Polls `done` every 50 ms until it is true; fails early when a component process exited
+/// (naming it, with its log tail) and at `timeout` with `what`, blamed on `component`.
+async fn wait_for<F, Fut>(
+    parts: &mut Parts,
+    timeout: Duration,
+    component: &str,
+    what: String,
+    mut done: F,
+) -> Result<(), ClusterError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
     let deadline = Instant::now() + timeout;
     loop {
-        if let Ok(Some(_)) = api.get_opt("default").await {
+        if done().await {
             return Ok(());
         }
         if let Some(e) = exited_component(parts) {
             return Err(e);
         }
         if Instant::now() > deadline {
-            return Err(start_error(
-                &parts.dir,
-                "kube-controller-manager",
-                format!("ServiceAccount default/default not created within {timeout:?}"),
-            ));
+            return Err(start_error(&parts.dir, component, what));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -1,9 +1,15 @@
 //! Kubernetes glue: watches opted-in Deployments, their Services and EndpointSlices, and the
 //! `zeroscale-config` ConfigMap, and feeds the [`Table`].
 //!
-//! Working out what should be routed ([`desired`], a pure function of the watched objects,
-//! unit-tested without a cluster) is separate from applying it ([`run`]): every watch event
-//! pokes one sync task, which recomputes from the reflector stores and applies only what changed.
+//! Working out what should be routed is separate from applying it. [`Index`] holds the watched
+//! objects, indexed by namespace and Service, and is fed watch events ([`Change`]); each event
+//! marks what it can affect dirty (a Deployment: its model; a Service: its namespace's models;
+//! an EndpointSlice: the models routed through its Service; a re-list: what it added, changed
+//! or removed; a ConfigMap change: every model), and [`Index::sync`] recomputes only the dirty
+//! models and applies what changed ([`Applier`]). So one pod becoming Ready costs the models of
+//! one Service, not every watched object. Both are synchronous and unit-tested without a
+//! cluster; [`run`] only moves watch events into the index. [`desired`] computes every model
+//! from scratch with the same per-model code, for tests and comparisons.
 //!
 //! Which Service: the `zeroscale.dev/service` annotation, else the Service in the Deployment's
 //! namespace whose (non-empty) selector matches the pod template's labels (the first by name if
@@ -11,7 +17,7 @@
 //! a number matching no Service port is used as the pod port directly), else the Service's first
 //! port. Endpoints come from the EndpointSlices labelled `kubernetes.io/service-name`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,10 +27,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use tokio::sync::Notify;
+use tokio::sync::mpsc;
 use zeroscale_config::{ConfigError, DeploymentSettings, GlobalConfig, is_opted_in};
 
 use crate::proxy::Proxy;
@@ -53,54 +58,97 @@ pub struct Desired {
     pub errors: Vec<(ModelKey, Vec<ConfigError>)>,
 }
 
-/// Works out the routing table from the watched objects.
+/// Works out the whole routing table from the watched objects, from scratch (the sync itself
+/// is incremental, see [`Index`]; this runs the same per-model code over every Deployment).
 pub fn desired(
     deployments: &[Arc<Deployment>],
     services: &[Arc<Service>],
     slices: &[Arc<EndpointSlice>],
     global: &GlobalConfig,
 ) -> Desired {
-    // Index by namespace once: O(objects) per recompute instead of O(models x objects).
-    let mut svc_by_ns: HashMap<&str, Vec<&Service>> = HashMap::new();
+    let mut index = Index::new(global.clone());
     for s in services {
-        svc_by_ns
-            .entry(s.metadata.namespace.as_deref().unwrap_or(""))
-            .or_default()
-            .push(s);
+        let changed = index.services.put(s.clone());
+        index.services_changed(changed);
     }
-    for v in svc_by_ns.values_mut() {
-        v.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    }
-    let mut slices_by_svc: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
     for s in slices {
-        if let Some(svc) = s
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-        {
-            slices_by_svc
-                .entry((s.metadata.namespace.as_deref().unwrap_or(""), svc.as_str()))
-                .or_default()
-                .push(s);
-        }
+        let changed = index.slices.put(s.clone());
+        index.slices_changed(changed);
     }
-
     let mut out = Desired::default();
     for d in deployments {
+        let Some(r) = index.services_and_slices().model(d, global) else {
+            continue;
+        };
+        if !r.errors.is_empty() {
+            out.errors.push((r.model.spec.key.clone(), r.errors));
+        }
+        out.models.push(r.model);
+    }
+    out
+}
+
+/// One model worked out, with what it was worked out from.
+struct Resolved {
+    model: DesiredModel,
+    errors: Vec<ConfigError>,
+    /// The Service whose EndpointSlices give the endpoints, if one was found.
+    service: Option<String>,
+}
+
+/// The Services and EndpointSlices of every namespace, as one model's computation reads them.
+struct ServicesAndSlices<'a> {
+    services: &'a Objects<Service>,
+    slices: &'a Objects<EndpointSlice>,
+    slices_by_service: &'a HashMap<(String, String), BTreeSet<String>>,
+    selectors: &'a Selectors,
+}
+
+impl ServicesAndSlices<'_> {
+    /// The model of one Deployment, if it is opted in. Pure: reads only its arguments.
+    fn model(&self, d: &Deployment, global: &GlobalConfig) -> Option<Resolved> {
         let annotations = d.annotations();
         if !is_opted_in(annotations) {
-            continue;
+            return None;
         }
         let ns = d.metadata.namespace.clone().unwrap_or_default();
         let key = ModelKey {
-            namespace: ns.clone(),
+            namespace: ns,
             deployment: d.name_any(),
         };
         let (settings, errors) = DeploymentSettings::resolve(global, annotations);
-        if !errors.is_empty() {
-            out.errors.push((key.clone(), errors));
-        }
+        let svcs = self.services.namespace(&key.namespace);
+        let svc = match &settings.service {
+            Some(name) => svcs.and_then(|s| s.get(name)),
+            // The first by name of those that select the pods: only Services whose
+            // selector's first pair is on the pod template can.
+            None => pod_labels(d).and_then(|labels| {
+                self.selectors
+                    .candidates(&key.namespace, labels)
+                    .filter_map(|name| svcs?.get(name))
+                    .filter(|s| selects(s, d))
+                    .min_by(|a, b| a.metadata.name.cmp(&b.metadata.name))
+            }),
+        };
+        let (endpoints, service) = match svc {
+            Some(svc) => {
+                let name = svc.name_any();
+                let k = (key.namespace.clone(), name);
+                let slices: Vec<&EndpointSlice> = self
+                    .slices_by_service
+                    .get(&k)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|n| self.slices.get(&key.namespace, n))
+                    .map(|s| &**s)
+                    .collect();
+                (
+                    endpoints_of(svc, &slices, settings.port.as_deref()),
+                    Some(k.1),
+                )
+            }
+            None => (Vec::new(), None),
+        };
         let spec = ModelSpec {
             model_name: settings
                 .model_name
@@ -120,27 +168,19 @@ pub fn desired(
             },
             key,
         };
-        let svcs = svc_by_ns.get(ns.as_str()).map(Vec::as_slice).unwrap_or(&[]);
-        let svc = match &settings.service {
-            Some(name) => svcs
-                .iter()
-                .find(|s| s.metadata.name.as_deref() == Some(name.as_str())),
-            None => svcs.iter().find(|s| selects(s, d)),
-        };
-        let endpoints = match svc {
-            Some(svc) => {
-                let svc_name = svc.metadata.name.as_deref().unwrap_or("");
-                let ss = slices_by_svc
-                    .get(&(ns.as_str(), svc_name))
-                    .map(Vec::as_slice)
-                    .unwrap_or(&[]);
-                endpoints_of(svc, ss, settings.port.as_deref())
-            }
-            None => Vec::new(),
-        };
-        out.models.push(DesiredModel { spec, endpoints });
+        Some(Resolved {
+            model: DesiredModel { spec, endpoints },
+            errors,
+            service,
+        })
     }
-    out
+}
+
+fn pod_labels(d: &Deployment) -> Option<&BTreeMap<String, String>> {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.as_ref())
 }
 
 /// The Service's selector is non-empty and every pair of it is on the pod template.
@@ -151,13 +191,67 @@ fn selects(svc: &Service, d: &Deployment) -> bool {
     if sel.is_empty() {
         return false;
     }
-    let labels = d
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.metadata.as_ref())
-        .and_then(|m| m.labels.as_ref());
-    let Some(labels) = labels else { return false };
+    let Some(labels) = pod_labels(d) else {
+        return false;
+    };
     sel.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// Services by namespace and the first (key, value) pair of their selector, so finding the
+/// Services that select a pod template looks at its few labels instead of every Service of
+/// its namespace. A Service selects only if all its pairs are on the template, the first too.
+#[derive(Debug, Default)]
+struct Selectors(HashMap<String, HashMap<String, HashMap<String, BTreeSet<String>>>>);
+
+fn first_pair(svc: &Service) -> Option<(&String, &String)> {
+    svc.spec.as_ref()?.selector.as_ref()?.iter().next()
+}
+
+impl Selectors {
+    fn insert(&mut self, svc: &Service) {
+        if let Some((k, v)) = first_pair(svc) {
+            let (ns, name) = ns_name(svc);
+            let by_value = self.0.entry(ns).or_default().entry(k.clone()).or_default();
+            by_value.entry(v.clone()).or_default().insert(name);
+        }
+    }
+
+    fn remove(&mut self, svc: &Service) {
+        let Some((k, v)) = first_pair(svc) else {
+            return;
+        };
+        let (ns, name) = ns_name(svc);
+        let Some(by_key) = self.0.get_mut(&ns) else {
+            return;
+        };
+        if let Some(by_value) = by_key.get_mut(k) {
+            if let Some(names) = by_value.get_mut(v) {
+                names.remove(&name);
+                if names.is_empty() {
+                    by_value.remove(v);
+                }
+            }
+            if by_value.is_empty() {
+                by_key.remove(k);
+            }
+        }
+        if by_key.is_empty() {
+            self.0.remove(&ns);
+        }
+    }
+
+    /// Names of the Services of `ns` that may select pods labelled `labels`.
+    fn candidates<'a>(
+        &'a self,
+        ns: &str,
+        labels: &'a BTreeMap<String, String>,
+    ) -> impl Iterator<Item = &'a String> {
+        let by_key = self.0.get(ns);
+        labels
+            .iter()
+            .filter_map(move |(k, v)| by_key?.get(k)?.get(v))
+            .flatten()
+    }
 }
 
 /// Which EndpointSlice port to use.
@@ -255,7 +349,8 @@ pub struct ConflictReport {
 }
 
 impl Applier {
-    /// Applies `d`; returns conflicts not reported before.
+    /// Applies the whole of `d`: models not in it leave the table. Returns conflicts not
+    /// reported before.
     pub fn apply(&mut self, table: &Table, d: Desired) -> Vec<ConflictReport> {
         let mut seen = HashSet::new();
         let mut reports = Vec::new();
@@ -265,28 +360,8 @@ impl Applier {
             }
         }
         for m in d.models {
-            let key = m.spec.key.clone();
-            seen.insert(key.clone());
-            if self.specs.get(&key) != Some(&m.spec) {
-                for c in table.upsert_model(m.spec.clone()) {
-                    for loser in c.losers {
-                        if self.reported.insert((c.name.clone(), loser.clone())) {
-                            reports.push(ConflictReport {
-                                loser,
-                                winner: c.winner.clone(),
-                                name: c.name.clone(),
-                            });
-                        }
-                    }
-                }
-                self.specs.insert(key.clone(), m.spec);
-                // A renamed model is re-created: push its endpoints again.
-                self.endpoints.remove(&key);
-            }
-            if self.endpoints.get(&key) != Some(&m.endpoints) {
-                table.set_endpoints(&key, m.endpoints.clone());
-                self.endpoints.insert(key, m.endpoints);
-            }
+            seen.insert(m.spec.key.clone());
+            self.upsert(table, m, &mut reports);
         }
         let gone: Vec<ModelKey> = self
             .specs
@@ -295,13 +370,498 @@ impl Applier {
             .cloned()
             .collect();
         for k in gone {
-            tracing::info!(deployment = %k, "model no longer routed");
-            table.remove_model(&k);
-            self.specs.remove(&k);
-            self.endpoints.remove(&k);
-            self.reported.retain(|(_, l)| l != &k);
+            self.remove(table, &k);
         }
         reports
+    }
+
+    /// Routes one model as `m` says, touching the table only where it differs from what was
+    /// applied last. Pushes conflicts not reported before; returns whether the table changed.
+    ///
+    /// Name conflicts span namespaces; the table arbitrates them over every model it holds
+    /// ([`Table::upsert_model`]), so applying one model alone picks the same winner as
+    /// applying all of them.
+    pub fn upsert(
+        &mut self,
+        table: &Table,
+        m: DesiredModel,
+        reports: &mut Vec<ConflictReport>,
+    ) -> bool {
+        let key = m.spec.key.clone();
+        let mut changed = false;
+        if self.specs.get(&key) != Some(&m.spec) {
+            for c in table.upsert_model(m.spec.clone()) {
+                for loser in c.losers {
+                    if self.reported.insert((c.name.clone(), loser.clone())) {
+                        reports.push(ConflictReport {
+                            loser,
+                            winner: c.winner.clone(),
+                            name: c.name.clone(),
+                        });
+                    }
+                }
+            }
+            self.specs.insert(key.clone(), m.spec);
+            // A renamed model is re-created: push its endpoints again.
+            self.endpoints.remove(&key);
+            changed = true;
+        }
+        if self.endpoints.get(&key) != Some(&m.endpoints) {
+            table.set_endpoints(&key, m.endpoints.clone());
+            self.endpoints.insert(key, m.endpoints);
+            changed = true;
+        }
+        changed
+    }
+
+    /// Stops routing a model; returns whether it was routed.
+    pub fn remove(&mut self, table: &Table, key: &ModelKey) -> bool {
+        if self.specs.remove(key).is_none() {
+            return false;
+        }
+        tracing::info!(deployment = %key, "model no longer routed");
+        table.remove_model(key);
+        self.endpoints.remove(key);
+        self.reported.retain(|(_, l)| l != key);
+        true
+    }
+
+    /// Every model applied.
+    fn keys(&self) -> impl Iterator<Item = &ModelKey> {
+        self.specs.keys()
+    }
+}
+
+/// Which watch stream an event comes from: the namespace its API watches, or `None` for all
+/// namespaces. A re-list replaces the objects of its stream's scope only.
+pub type Scope = Option<String>;
+
+/// The kinds of object the activator watches.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Kind {
+    /// `apps/v1` Deployments.
+    Deployment,
+    /// `v1` Services.
+    Service,
+    /// `discovery.k8s.io/v1` EndpointSlices.
+    EndpointSlice,
+    /// The `zeroscale-config` ConfigMap.
+    ConfigMap,
+}
+
+/// One watch event, with its stream's scope. Boxed: the objects differ much in size, and
+/// the channel to the sync task holds many.
+#[derive(Debug)]
+pub enum Change {
+    /// A Deployment event.
+    Deployment(Scope, Box<watcher::Event<Deployment>>),
+    /// A Service event.
+    Service(Scope, Box<watcher::Event<Service>>),
+    /// An EndpointSlice event.
+    EndpointSlice(Scope, Box<watcher::Event<EndpointSlice>>),
+    /// A ConfigMap event.
+    ConfigMap(Scope, Box<watcher::Event<ConfigMap>>),
+}
+
+/// An object before and after one change (`None`: absent).
+type Replaced<K> = (Option<Arc<K>>, Option<Arc<K>>);
+
+/// Objects of one kind by namespace and name, and the re-list in progress per stream.
+#[derive(Debug)]
+struct Objects<K> {
+    by_ns: HashMap<String, BTreeMap<String, Arc<K>>>,
+    relist: HashMap<Scope, Vec<K>>,
+}
+
+impl<K> Default for Objects<K> {
+    fn default() -> Self {
+        Self {
+            by_ns: HashMap::new(),
+            relist: HashMap::new(),
+        }
+    }
+}
+
+fn ns_name<K: Resource>(o: &K) -> (String, String) {
+    let m = o.meta();
+    (
+        m.namespace.clone().unwrap_or_default(),
+        m.name.clone().unwrap_or_default(),
+    )
+}
+
+impl<K: Resource> Objects<K> {
+    fn get(&self, ns: &str, name: &str) -> Option<&Arc<K>> {
+        self.by_ns.get(ns)?.get(name)
+    }
+
+    /// One namespace's objects, by name.
+    fn namespace(&self, ns: &str) -> Option<&BTreeMap<String, Arc<K>>> {
+        self.by_ns.get(ns)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Arc<K>> {
+        self.by_ns.values().flat_map(BTreeMap::values)
+    }
+
+    /// Applies one watch event; returns what changed.
+    fn handle(&mut self, scope: &Scope, ev: watcher::Event<K>) -> Vec<Replaced<K>> {
+        match ev {
+            watcher::Event::Apply(o) => self.put(Arc::new(o)).into_iter().collect(),
+            watcher::Event::Delete(o) => {
+                let (ns, name) = ns_name(&o);
+                self.delete(&ns, &name).into_iter().collect()
+            }
+            watcher::Event::Init => {
+                self.relist.insert(scope.clone(), Vec::new());
+                Vec::new()
+            }
+            watcher::Event::InitApply(o) => {
+                self.relist.entry(scope.clone()).or_default().push(o);
+                Vec::new()
+            }
+            watcher::Event::InitDone => {
+                // The listed objects replace the scope's: what was not listed is gone.
+                let listed = self.relist.remove(scope).unwrap_or_default();
+                let keep: HashSet<(String, String)> = listed.iter().map(ns_name).collect();
+                let gone: Vec<(String, String)> = self
+                    .by_ns
+                    .iter()
+                    .filter(|(ns, _)| scope.as_ref().is_none_or(|s| s == *ns))
+                    .flat_map(|(ns, m)| m.keys().map(|n| (ns.clone(), n.clone())))
+                    .filter(|k| !keep.contains(k))
+                    .collect();
+                let mut out: Vec<Replaced<K>> = gone
+                    .iter()
+                    .filter_map(|(ns, name)| self.delete(ns, name))
+                    .collect();
+                out.extend(listed.into_iter().filter_map(|o| self.put(Arc::new(o))));
+                out
+            }
+        }
+    }
+
+    /// Stores `o`; `None` if the stored object has the same resourceVersion (no change).
+    fn put(&mut self, o: Arc<K>) -> Option<Replaced<K>> {
+        let (ns, name) = ns_name(&*o);
+        let m = self.by_ns.entry(ns).or_default();
+        if let Some(old) = m.get(&name)
+            && old.meta().resource_version.is_some()
+            && old.meta().resource_version == o.meta().resource_version
+        {
+            return None;
+        }
+        let old = m.insert(name, o.clone());
+        Some((old, Some(o)))
+    }
+
+    fn delete(&mut self, ns: &str, name: &str) -> Option<Replaced<K>> {
+        let m = self.by_ns.get_mut(ns)?;
+        let old = m.remove(name)?;
+        if m.is_empty() {
+            self.by_ns.remove(ns);
+        }
+        Some((Some(old), None))
+    }
+}
+
+/// What changed since the last sync.
+#[derive(Debug, Default)]
+struct Dirty {
+    /// Every model (the global configuration changed).
+    all: bool,
+    /// Every model of these namespaces (a Service changed: selection may change).
+    namespaces: HashSet<String>,
+    /// The models routed through these (namespace, Service) (an EndpointSlice changed).
+    services: HashSet<(String, String)>,
+    /// These models (their Deployment changed).
+    models: HashSet<ModelKey>,
+}
+
+/// What one [`Index::sync`] did.
+#[derive(Debug, Default)]
+pub struct SyncReport {
+    /// How many models were worked out again.
+    pub recomputed: usize,
+    /// Models whose routing changed in the table (settings, endpoints, or removal).
+    pub changed: Vec<ModelKey>,
+    /// New name conflicts, to report on the losers.
+    pub conflicts: Vec<ConflictReport>,
+    /// The ConfigMap changed: settings outside the table may need the new [`Index::global`].
+    pub config_changed: bool,
+}
+
+/// The watched objects, indexed for incremental sync, and what was applied from them.
+///
+/// Feed it every watch event ([`Index::handle`]); [`Index::sync`] then recomputes only the
+/// models those events can affect and applies the differences to the table.
+#[derive(Debug)]
+pub struct Index {
+    global: GlobalConfig,
+    /// resourceVersion of the ConfigMap `global` was read from.
+    config_version: Option<String>,
+    deployments: Objects<Deployment>,
+    services: Objects<Service>,
+    slices: Objects<EndpointSlice>,
+    configmaps: Objects<ConfigMap>,
+    /// (namespace, Service) -> names of the EndpointSlices labelled with it.
+    slices_by_service: HashMap<(String, String), BTreeSet<String>>,
+    selectors: Selectors,
+    /// (namespace, Service) -> Deployments whose endpoints came from it at the last sync.
+    routed_through: HashMap<(String, String), BTreeSet<String>>,
+    /// The reverse of `routed_through`.
+    service_of: HashMap<ModelKey, String>,
+    dirty: Dirty,
+    applier: Applier,
+    /// Streams whose first list has not completed.
+    pending: HashSet<(Kind, Scope)>,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Self::new(GlobalConfig::default())
+    }
+}
+
+impl Index {
+    /// An empty index; `global` holds until a ConfigMap is seen.
+    pub fn new(global: GlobalConfig) -> Self {
+        Self {
+            global,
+            config_version: None,
+            deployments: Objects::default(),
+            services: Objects::default(),
+            slices: Objects::default(),
+            configmaps: Objects::default(),
+            slices_by_service: HashMap::new(),
+            selectors: Selectors::default(),
+            routed_through: HashMap::new(),
+            service_of: HashMap::new(),
+            dirty: Dirty::default(),
+            applier: Applier::default(),
+            pending: HashSet::new(),
+        }
+    }
+
+    /// Registers a watch stream: [`Index::is_ready`] waits for its first complete list.
+    pub fn expect(&mut self, kind: Kind, scope: Scope) {
+        self.pending.insert((kind, scope));
+    }
+
+    /// Every registered stream has listed its objects once: a sync sees the whole picture
+    /// (syncing a partial view would route models without their endpoints, or drop them).
+    pub fn is_ready(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// The global configuration in effect.
+    pub fn global(&self) -> &GlobalConfig {
+        &self.global
+    }
+
+    /// A watched Deployment.
+    pub fn deployment(&self, key: &ModelKey) -> Option<Arc<Deployment>> {
+        self.deployments
+            .get(&key.namespace, &key.deployment)
+            .cloned()
+    }
+
+    /// Takes one watch event in and marks what it can affect dirty.
+    pub fn handle(&mut self, change: Change) {
+        let (kind, scope, done) = match change {
+            Change::Deployment(scope, ev) => {
+                let done = matches!(*ev, watcher::Event::InitDone);
+                for (old, new) in self.deployments.handle(&scope, *ev) {
+                    if let Some(o) = old.or(new) {
+                        let (namespace, deployment) = ns_name(&*o);
+                        self.dirty.models.insert(ModelKey {
+                            namespace,
+                            deployment,
+                        });
+                    }
+                }
+                (Kind::Deployment, scope, done)
+            }
+            Change::Service(scope, ev) => {
+                let done = matches!(*ev, watcher::Event::InitDone);
+                let changed = self.services.handle(&scope, *ev);
+                self.services_changed(changed);
+                (Kind::Service, scope, done)
+            }
+            Change::EndpointSlice(scope, ev) => {
+                let done = matches!(*ev, watcher::Event::InitDone);
+                let changed = self.slices.handle(&scope, *ev);
+                self.slices_changed(changed);
+                (Kind::EndpointSlice, scope, done)
+            }
+            Change::ConfigMap(scope, ev) => {
+                let done = matches!(*ev, watcher::Event::InitDone);
+                // Read at the next sync, by resourceVersion.
+                self.configmaps.handle(&scope, *ev);
+                (Kind::ConfigMap, scope, done)
+            }
+        };
+        if done {
+            self.pending.remove(&(kind, scope));
+        }
+    }
+
+    /// A Service may now select other pods: its namespace's models are dirty.
+    fn services_changed(&mut self, changed: impl IntoIterator<Item = Replaced<Service>>) {
+        for (old, new) in changed {
+            if let Some(o) = &old {
+                self.selectors.remove(o);
+            }
+            if let Some(o) = &new {
+                self.selectors.insert(o);
+            }
+            if let Some(o) = old.or(new) {
+                self.dirty.namespaces.insert(ns_name(&*o).0);
+            }
+        }
+    }
+
+    /// The models routed through the slices' Services are dirty.
+    fn slices_changed(&mut self, changed: impl IntoIterator<Item = Replaced<EndpointSlice>>) {
+        for (old, new) in changed {
+            // The Service label may change: both Services' models are affected.
+            if let Some(o) = old
+                && let Some(svc) = o.labels().get(SERVICE_NAME_LABEL)
+            {
+                let (ns, name) = ns_name(&*o);
+                let k = (ns, svc.clone());
+                if let Some(set) = self.slices_by_service.get_mut(&k) {
+                    set.remove(&name);
+                    if set.is_empty() {
+                        self.slices_by_service.remove(&k);
+                    }
+                }
+                self.dirty.services.insert(k);
+            }
+            if let Some(o) = new
+                && let Some(svc) = o.labels().get(SERVICE_NAME_LABEL)
+            {
+                let (ns, name) = ns_name(&*o);
+                let k = (ns, svc.clone());
+                self.slices_by_service
+                    .entry(k.clone())
+                    .or_default()
+                    .insert(name);
+                self.dirty.services.insert(k);
+            }
+        }
+    }
+
+    fn services_and_slices(&self) -> ServicesAndSlices<'_> {
+        ServicesAndSlices {
+            services: &self.services,
+            slices: &self.slices,
+            slices_by_service: &self.slices_by_service,
+            selectors: &self.selectors,
+        }
+    }
+
+    /// Reads the ConfigMap if it changed; a new global configuration makes every model dirty.
+    fn reload_config(&mut self) -> bool {
+        let cm = self.configmaps.iter().next().cloned();
+        let version = cm
+            .as_ref()
+            .and_then(|c| c.metadata.resource_version.clone());
+        if version == self.config_version {
+            return false;
+        }
+        let data: BTreeMap<String, String> =
+            cm.as_ref().and_then(|c| c.data.clone()).unwrap_or_default();
+        let (next, errors) = GlobalConfig::from_configmap(&data, &self.global);
+        for e in &errors {
+            tracing::warn!(error = %e, "ConfigMap value ignored; the last good value stays");
+        }
+        if next != self.global {
+            self.global = next;
+            self.dirty.all = true;
+        }
+        self.config_version = version;
+        true
+    }
+
+    /// Recomputes the dirty models and applies what changed to `table`.
+    pub fn sync(&mut self, table: &Table) -> SyncReport {
+        let mut report = SyncReport {
+            config_changed: self.reload_config(),
+            ..SyncReport::default()
+        };
+        let dirty = std::mem::take(&mut self.dirty);
+        // Sorted, so conflicts are reported in the same order every time.
+        let mut keys: BTreeSet<ModelKey> = dirty.models.into_iter().collect();
+        let model_key = |d: &Arc<Deployment>| {
+            let (namespace, deployment) = ns_name(&**d);
+            ModelKey {
+                namespace,
+                deployment,
+            }
+        };
+        if dirty.all {
+            keys.extend(self.deployments.iter().map(model_key));
+            keys.extend(self.applier.keys().cloned());
+        } else {
+            for ns in &dirty.namespaces {
+                let deps = self.deployments.namespace(ns).into_iter().flatten();
+                keys.extend(deps.map(|(_, d)| model_key(d)));
+            }
+            for k in &dirty.services {
+                for d in self.routed_through.get(k).into_iter().flatten() {
+                    keys.insert(ModelKey {
+                        namespace: k.0.clone(),
+                        deployment: d.clone(),
+                    });
+                }
+            }
+        }
+        report.recomputed = keys.len();
+        for key in keys {
+            let resolved = self
+                .deployments
+                .get(&key.namespace, &key.deployment)
+                .and_then(|d| self.services_and_slices().model(d, &self.global));
+            let (changed, service) = match resolved {
+                Some(r) => {
+                    for e in &r.errors {
+                        tracing::debug!(deployment = %key, error = %e, "annotation ignored");
+                    }
+                    let changed = self.applier.upsert(table, r.model, &mut report.conflicts);
+                    (changed, r.service)
+                }
+                None => (self.applier.remove(table, &key), None),
+            };
+            self.route_through(&key, service);
+            if changed {
+                report.changed.push(key);
+            }
+        }
+        report
+    }
+
+    /// Records which Service a model's endpoints come from.
+    fn route_through(&mut self, key: &ModelKey, service: Option<String>) {
+        if self.service_of.get(key) == service.as_ref() {
+            return;
+        }
+        if let Some(old) = self.service_of.remove(key) {
+            let k = (key.namespace.clone(), old);
+            if let Some(set) = self.routed_through.get_mut(&k) {
+                set.remove(&key.deployment);
+                if set.is_empty() {
+                    self.routed_through.remove(&k);
+                }
+            }
+        }
+        if let Some(svc) = service {
+            self.routed_through
+                .entry((key.namespace.clone(), svc.clone()))
+                .or_default()
+                .insert(key.deployment.clone());
+            self.service_of.insert(key.clone(), svc);
+        }
     }
 }
 
@@ -329,107 +889,100 @@ pub struct WatchConfig {
     pub instance: Option<String>,
 }
 
-fn apis<K>(client: &Client, namespaces: &[String]) -> Vec<Api<K>>
+/// Starts one watcher; its events go to the sync task, tagged by `wrap`.
+fn watch<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+    scope: Scope,
+    tx: &mpsc::Sender<Change>,
+    wrap: fn(Scope, Box<watcher::Event<K>>) -> Change,
+) where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    <K as Resource>::DynamicType: Default,
+{
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(watcher(api, cfg).default_backoff());
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(ev) => {
+                    if tx.send(wrap(scope.clone(), Box::new(ev))).await.is_err() {
+                        return; // the sync task is gone
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    kind = %K::kind(&Default::default()),
+                    error = %e,
+                    "watch failed; retrying with backoff"
+                ),
+            }
+        }
+    });
+}
+
+fn api<K>(client: &Client, scope: &Scope) -> Api<K>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
     <K as Resource>::DynamicType: Default,
 {
-    if namespaces.is_empty() {
-        vec![Api::all(client.clone())]
-    } else {
-        namespaces
-            .iter()
-            .map(|ns| Api::namespaced(client.clone(), ns))
-            .collect()
+    match scope {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
     }
-}
-
-/// Starts one reflector per API; every event pokes `notify`.
-fn reflect<K>(apis: Vec<Api<K>>, cfg: watcher::Config, notify: &Arc<Notify>) -> Vec<Store<K>>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    <K as Resource>::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
-{
-    apis.into_iter()
-        .map(|api| {
-            let (store, writer) = reflector::store();
-            let stream = watcher(api, cfg.clone()).default_backoff().reflect(writer);
-            let notify = notify.clone();
-            tokio::spawn(async move {
-                let mut stream = std::pin::pin!(stream);
-                while let Some(ev) = stream.next().await {
-                    match ev {
-                        Ok(_) => notify.notify_one(),
-                        Err(e) => tracing::warn!(
-                            kind = %K::kind(&Default::default()),
-                            error = %e,
-                            "watch failed; retrying with backoff"
-                        ),
-                    }
-                }
-            });
-            store
-        })
-        .collect()
-}
-
-fn all<K: Clone + Resource>(stores: &[Store<K>]) -> Vec<Arc<K>>
-where
-    <K as Resource>::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    stores.iter().flat_map(|s| s.state()).collect()
 }
 
 /// Watches and syncs until the process ends.
 pub async fn run(client: Client, cfg: WatchConfig, targets: Targets) {
-    let notify = Arc::new(Notify::new());
-    let deps = reflect(
-        apis::<Deployment>(&client, &cfg.watch_namespaces),
-        watcher::Config::default().any_semantic(),
-        &notify,
-    );
-    let svcs = reflect(
-        apis::<Service>(&client, &cfg.watch_namespaces),
-        watcher::Config::default().any_semantic(),
-        &notify,
-    );
-    let slices = reflect(
-        apis::<EndpointSlice>(&client, &cfg.watch_namespaces),
-        watcher::Config::default()
-            .any_semantic()
-            .labels(SERVICE_NAME_LABEL),
-        &notify,
-    );
-    let cms = reflect(
-        vec![Api::<ConfigMap>::namespaced(client.clone(), &cfg.namespace)],
+    // Bounded: a slow sync pushes back on the watchers instead of buffering without limit.
+    let (tx, mut rx) = mpsc::channel::<Change>(1024);
+    let mut index = Index::default();
+    let scopes: Vec<Scope> = if cfg.watch_namespaces.is_empty() {
+        vec![None]
+    } else {
+        let set: BTreeSet<&String> = cfg.watch_namespaces.iter().collect();
+        set.into_iter().map(|ns| Some(ns.clone())).collect()
+    };
+    for scope in &scopes {
+        index.expect(Kind::Deployment, scope.clone());
+        watch(
+            api::<Deployment>(&client, scope),
+            watcher::Config::default().any_semantic(),
+            scope.clone(),
+            &tx,
+            Change::Deployment,
+        );
+        index.expect(Kind::Service, scope.clone());
+        watch(
+            api::<Service>(&client, scope),
+            watcher::Config::default().any_semantic(),
+            scope.clone(),
+            &tx,
+            Change::Service,
+        );
+        index.expect(Kind::EndpointSlice, scope.clone());
+        watch(
+            api::<EndpointSlice>(&client, scope),
+            watcher::Config::default()
+                .any_semantic()
+                .labels(SERVICE_NAME_LABEL),
+            scope.clone(),
+            &tx,
+            Change::EndpointSlice,
+        );
+    }
+    let cm_scope = Some(cfg.namespace.clone());
+    index.expect(Kind::ConfigMap, cm_scope.clone());
+    watch(
+        api::<ConfigMap>(&client, &cm_scope),
         watcher::Config::default().any_semantic().fields(&format!(
             "metadata.name={}",
             zeroscale_config::CONFIGMAP_NAME
         )),
-        &notify,
+        cm_scope,
+        &tx,
+        Change::ConfigMap,
     );
-    let synced = Arc::new(AtomicBool::new(false));
-    {
-        let (deps, svcs, slices, cms) = (deps.clone(), svcs.clone(), slices.clone(), cms.clone());
-        let synced = synced.clone();
-        let notify = notify.clone();
-        tokio::spawn(async move {
-            for s in &deps {
-                let _ = s.wait_until_ready().await;
-            }
-            for s in &svcs {
-                let _ = s.wait_until_ready().await;
-            }
-            for s in &slices {
-                let _ = s.wait_until_ready().await;
-            }
-            for s in &cms {
-                let _ = s.wait_until_ready().await;
-            }
-            synced.store(true, Ordering::SeqCst);
-            notify.notify_one();
-        });
-    }
+    drop(tx);
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -437,43 +990,33 @@ pub async fn run(client: Client, cfg: WatchConfig, targets: Targets) {
             instance: cfg.instance.clone(),
         },
     );
-    let mut applier = Applier::default();
-    let mut global = GlobalConfig::default();
-    let mut cm_version: Option<String> = None;
-    loop {
-        notify.notified().await;
-        if !synced.load(Ordering::SeqCst) {
-            // Applying a partial view would drop models whose objects have not arrived yet.
+    while let Some(change) = rx.recv().await {
+        index.handle(change);
+        // Everything that arrived meanwhile goes into the same sync.
+        while let Ok(change) = rx.try_recv() {
+            index.handle(change);
+        }
+        if !index.is_ready() {
             continue;
         }
-        let cm = all(&cms).into_iter().next();
-        let version = cm
-            .as_ref()
-            .and_then(|c| c.metadata.resource_version.clone());
-        if version != cm_version {
-            let data: BTreeMap<String, String> =
-                cm.as_ref().and_then(|c| c.data.clone()).unwrap_or_default();
-            let (next, errors) = GlobalConfig::from_configmap(&data, &global);
-            for e in &errors {
-                tracing::warn!(error = %e, "ConfigMap value ignored; the last good value stays");
-            }
+        let report = index.sync(&targets.table);
+        tracing::trace!(
+            recomputed = report.recomputed,
+            changed = report.changed.len(),
+            "synced"
+        );
+        if report.config_changed {
+            let g = index.global();
             targets
                 .proxy
-                .set_max_routing_body_bytes(next.activator.max_routing_body_bytes);
+                .set_max_routing_body_bytes(g.activator.max_routing_body_bytes);
             if let Some(w) = &targets.waker {
-                w.set_resend_interval(next.activator.wake_resend_interval);
+                w.set_resend_interval(g.activator.wake_resend_interval);
             }
-            global = next;
-            cm_version = version;
         }
-        let d = desired(&all(&deps), &all(&svcs), &all(&slices), &global);
-        let deployments = all(&deps);
-        for c in applier.apply(&targets.table, d) {
+        for c in report.conflicts {
             tracing::warn!(deployment = %c.loser, winner = %c.winner, name = %c.name, "model name claimed twice");
-            let Some(dep) = deployments.iter().find(|d| {
-                d.metadata.namespace.as_deref() == Some(c.loser.namespace.as_str())
-                    && d.metadata.name.as_deref() == Some(c.loser.deployment.as_str())
-            }) else {
+            let Some(dep) = index.deployment(&c.loser) else {
                 continue;
             };
             let note = format!(
@@ -495,9 +1038,14 @@ pub async fn run(client: Client, cfg: WatchConfig, targets: Targets) {
                 action: format!("Route-{digest:08x}"),
                 secondary: None,
             };
-            if let Err(e) = recorder.publish(&ev, &dep.object_ref(&())).await {
-                tracing::warn!(error = %e, "publishing an Event failed");
-            }
+            // Off the sync task: routing never waits for the API server.
+            let recorder = recorder.clone();
+            let reference = dep.object_ref(&());
+            tokio::spawn(async move {
+                if let Err(e) = recorder.publish(&ev, &reference).await {
+                    tracing::warn!(error = %e, "publishing an Event failed");
+                }
+            });
         }
         if !targets.ready.swap(true, Ordering::SeqCst) {
             tracing::info!(
@@ -745,5 +1293,430 @@ mod tests {
         a.apply(&table, desired(&deps[1..], &[], &[], &g));
         assert_eq!(table.keys().len(), 1);
         assert_eq!(table.by_name("m").unwrap().key().namespace, "b");
+    }
+
+    fn table() -> Table {
+        Table::new(
+            crate::Metrics::register(&mut Registry::default()),
+            Arc::new(crate::table::NoWake),
+        )
+    }
+
+    fn key(ns: &str, dep: &str) -> ModelKey {
+        ModelKey {
+            namespace: ns.into(),
+            deployment: dep.into(),
+        }
+    }
+
+    fn created(d: Arc<Deployment>, at: i64) -> Arc<Deployment> {
+        let mut d = Arc::unwrap_or_clone(d);
+        d.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(at).unwrap(),
+        ));
+        Arc::new(d)
+    }
+
+    fn put_dep(ix: &mut Index, d: &Arc<Deployment>) {
+        ix.handle(Change::Deployment(
+            None,
+            Box::new(watcher::Event::Apply(Deployment::clone(d))),
+        ));
+    }
+
+    fn put_svc(ix: &mut Index, s: &Arc<Service>) {
+        ix.handle(Change::Service(
+            None,
+            Box::new(watcher::Event::Apply(Service::clone(s))),
+        ));
+    }
+
+    fn put_slice(ix: &mut Index, s: &Arc<EndpointSlice>) {
+        ix.handle(Change::EndpointSlice(
+            None,
+            Box::new(watcher::Event::Apply(EndpointSlice::clone(s))),
+        ));
+    }
+
+    /// Model `m-{ns}` in each namespace, served by Service `svc` with one pod, not ready.
+    fn namespaces(names: &[&str]) -> (Index, Table) {
+        let mut ix = Index::default();
+        for (i, ns) in names.iter().enumerate() {
+            let dep = format!("m-{ns}");
+            put_dep(
+                &mut ix,
+                &deployment(
+                    ns,
+                    &dep,
+                    &[("zeroscale.dev/enabled", "true")],
+                    &[("app", "m")],
+                ),
+            );
+            put_svc(
+                &mut ix,
+                &service(ns, "svc", &[("app", "m")], &[("http", 80)]),
+            );
+            let ip = format!("10.0.{i}.1");
+            put_slice(
+                &mut ix,
+                &slice(ns, "svc", &[("http", 8000)], &[(&ip, Some(false), None)]),
+            );
+        }
+        let t = table();
+        let r = ix.sync(&t);
+        assert_eq!(r.recomputed, names.len());
+        assert_eq!(r.changed.len(), names.len());
+        (ix, t)
+    }
+
+    /// What the table routes: per model, its name's winner, readiness and queue depth.
+    fn snapshot(t: &Table) -> Vec<(ModelKey, String, ModelKey, bool, usize)> {
+        let mut keys = t.keys();
+        keys.sort();
+        keys.into_iter()
+            .map(|k| {
+                let m = t.get(&k).unwrap();
+                let name = m.name();
+                let winner = t.by_name(&name).unwrap().key().clone();
+                let ready = m.gate().has_ready();
+                let depth = m.gate().limits().queue_depth;
+                (k, name, winner, ready, depth)
+            })
+            .collect()
+    }
+
+    /// The incremental result equals a full recompute applied to a fresh table.
+    fn assert_same_as_full(ix: &Index, t: &Table) {
+        let deps: Vec<_> = ix.deployments.iter().cloned().collect();
+        let svcs: Vec<_> = ix.services.iter().cloned().collect();
+        let slices: Vec<_> = ix.slices.iter().cloned().collect();
+        let fresh = table();
+        Applier::default().apply(&fresh, desired(&deps, &svcs, &slices, ix.global()));
+        assert_eq!(snapshot(t), snapshot(&fresh));
+    }
+
+    #[test]
+    fn a_slice_change_touches_only_the_models_of_its_service() {
+        let (mut ix, t) = namespaces(&["a", "b"]);
+        put_slice(
+            &mut ix,
+            &slice(
+                "a",
+                "svc",
+                &[("http", 8000)],
+                &[("10.0.0.1", Some(true), None)],
+            ),
+        );
+        let r = ix.sync(&t);
+        assert_eq!(r.recomputed, 1);
+        assert_eq!(r.changed, vec![key("a", "m-a")]);
+        assert!(t.get(&key("a", "m-a")).unwrap().gate().has_ready());
+        assert!(!t.get(&key("b", "m-b")).unwrap().gate().has_ready());
+        // A slice of a Service no model uses: nothing to recompute.
+        put_slice(
+            &mut ix,
+            &slice(
+                "b",
+                "unused",
+                &[("http", 8000)],
+                &[("10.0.9.1", None, None)],
+            ),
+        );
+        assert_eq!(ix.sync(&t).recomputed, 0);
+        // Nothing new: nothing recomputed.
+        assert_eq!(ix.sync(&t).recomputed, 0);
+        assert_same_as_full(&ix, &t);
+    }
+
+    #[test]
+    fn a_service_change_recomputes_its_namespace_only() {
+        let (mut ix, t) = namespaces(&["a", "b"]);
+        // A Service sorting first by name now selects the pods too: it is chosen.
+        put_svc(
+            &mut ix,
+            &service("a", "a-first", &[("app", "m")], &[("http", 80)]),
+        );
+        put_slice(
+            &mut ix,
+            &slice(
+                "a",
+                "a-first",
+                &[("http", 8000)],
+                &[("10.0.5.1", None, None)],
+            ),
+        );
+        let r = ix.sync(&t);
+        assert_eq!(r.recomputed, 1);
+        assert_eq!(r.changed, vec![key("a", "m-a")]);
+        assert!(t.get(&key("a", "m-a")).unwrap().gate().has_ready());
+        // Its slices now move the model; the old Service's do not.
+        put_slice(
+            &mut ix,
+            &slice(
+                "a",
+                "svc",
+                &[("http", 8000)],
+                &[("10.0.0.1", Some(true), None)],
+            ),
+        );
+        assert_eq!(ix.sync(&t).recomputed, 0);
+        assert_same_as_full(&ix, &t);
+    }
+
+    #[test]
+    fn a_deleted_deployment_leaves_the_table() {
+        let (mut ix, t) = namespaces(&["a", "b"]);
+        let d = deployment("a", "m-a", &[], &[]);
+        ix.handle(Change::Deployment(
+            None,
+            Box::new(watcher::Event::Delete(Deployment::clone(&d))),
+        ));
+        let r = ix.sync(&t);
+        assert_eq!(r.recomputed, 1);
+        assert_eq!(r.changed, vec![key("a", "m-a")]);
+        assert!(t.get(&key("a", "m-a")).is_none());
+        assert!(t.get(&key("b", "m-b")).is_some());
+        // Its Service's slices no longer lead to it.
+        put_slice(
+            &mut ix,
+            &slice(
+                "a",
+                "svc",
+                &[("http", 8000)],
+                &[("10.0.0.1", Some(true), None)],
+            ),
+        );
+        assert_eq!(ix.sync(&t).recomputed, 0);
+        // Opting out is leaving too.
+        put_dep(
+            &mut ix,
+            &deployment("b", "m-b", &[("zeroscale.dev/enabled", "false")], &[]),
+        );
+        assert_eq!(ix.sync(&t).changed, vec![key("b", "m-b")]);
+        assert!(t.keys().is_empty());
+        assert_same_as_full(&ix, &t);
+    }
+
+    #[test]
+    fn a_relist_replaces_its_scope_and_removes_what_was_not_listed() {
+        let mut ix = Index::default();
+        ix.expect(Kind::Deployment, Some("a".into()));
+        ix.expect(Kind::Deployment, Some("b".into()));
+        assert!(!ix.is_ready());
+        let on = [("zeroscale.dev/enabled", "true")];
+        for ns in ["a", "b"] {
+            let scope = Some(ns.to_string());
+            ix.handle(Change::Deployment(
+                scope.clone(),
+                Box::new(watcher::Event::Init),
+            ));
+            for name in ["x", "y"] {
+                let d = deployment(ns, &format!("{name}-{ns}"), &on, &[]);
+                ix.handle(Change::Deployment(
+                    scope.clone(),
+                    Box::new(watcher::Event::InitApply(Deployment::clone(&d))),
+                ));
+            }
+            ix.handle(Change::Deployment(
+                scope,
+                Box::new(watcher::Event::InitDone),
+            ));
+        }
+        assert!(ix.is_ready());
+        let t = table();
+        assert_eq!(ix.sync(&t).changed.len(), 4);
+        // Namespace a is listed again without x: only a's x goes; b's stream is not touched.
+        let scope = Some("a".to_string());
+        ix.handle(Change::Deployment(
+            scope.clone(),
+            Box::new(watcher::Event::Init),
+        ));
+        let d = deployment("a", "y-a", &on, &[]);
+        ix.handle(Change::Deployment(
+            scope.clone(),
+            Box::new(watcher::Event::InitApply(Deployment::clone(&d))),
+        ));
+        // Until the list is complete, nothing is removed.
+        assert_eq!(ix.sync(&t).recomputed, 0);
+        ix.handle(Change::Deployment(
+            scope,
+            Box::new(watcher::Event::InitDone),
+        ));
+        let r = ix.sync(&t);
+        assert_eq!(r.changed, vec![key("a", "x-a")]);
+        let mut keys = t.keys();
+        keys.sort();
+        assert_eq!(
+            keys,
+            vec![key("a", "y-a"), key("b", "x-b"), key("b", "y-b")]
+        );
+    }
+
+    #[test]
+    fn a_configmap_change_recomputes_every_model() {
+        let (mut ix, t) = namespaces(&["a", "b", "c"]);
+        let cm = |version: &str, depth: &str| ConfigMap {
+            metadata: ObjectMeta {
+                namespace: Some("zeroscale-system".into()),
+                name: Some(zeroscale_config::CONFIGMAP_NAME.into()),
+                resource_version: Some(version.into()),
+                ..Default::default()
+            },
+            data: Some(map(&[("activator-queue-depth", depth)])),
+            ..Default::default()
+        };
+        ix.handle(Change::ConfigMap(
+            None,
+            Box::new(watcher::Event::Apply(cm("1", "7"))),
+        ));
+        let r = ix.sync(&t);
+        assert!(r.config_changed);
+        assert_eq!(r.recomputed, 3);
+        assert_eq!(r.changed.len(), 3);
+        assert_eq!(ix.global().activator.queue_depth, 7);
+        for ns in ["a", "b", "c"] {
+            let m = t.get(&key(ns, &format!("m-{ns}"))).unwrap();
+            assert_eq!(m.gate().limits().queue_depth, 7);
+        }
+        // A new version with the same values: read, but nothing to recompute.
+        ix.handle(Change::ConfigMap(
+            None,
+            Box::new(watcher::Event::Apply(cm("2", "7"))),
+        ));
+        let r = ix.sync(&t);
+        assert!(r.config_changed);
+        assert_eq!(r.recomputed, 0);
+        assert_same_as_full(&ix, &t);
+    }
+
+    #[test]
+    fn incremental_sync_keeps_the_oldest_claim_across_namespaces() {
+        let on = [
+            ("zeroscale.dev/enabled", "true"),
+            ("zeroscale.dev/model-name", "m"),
+        ];
+        let mut ix = Index::default();
+        let t = table();
+        // b's claim is older than a's, though a sorts first.
+        let a = created(deployment("a", "d", &on, &[("app", "m")]), 200);
+        let b = created(deployment("b", "d", &on, &[("app", "m")]), 100);
+        for ns in ["a", "b"] {
+            put_svc(
+                &mut ix,
+                &service(ns, "svc", &[("app", "m")], &[("http", 80)]),
+            );
+        }
+        put_dep(&mut ix, &a);
+        assert!(ix.sync(&t).conflicts.is_empty());
+        assert_eq!(t.by_name("m").unwrap().key().namespace, "a");
+        // b arrives alone in a sync of namespace b: it still wins, and a is reported.
+        put_dep(&mut ix, &b);
+        let r = ix.sync(&t);
+        assert_eq!(r.recomputed, 1);
+        assert_eq!(
+            r.conflicts,
+            vec![ConflictReport {
+                loser: key("a", "d"),
+                winner: key("b", "d"),
+                name: "m".into(),
+            }]
+        );
+        assert_eq!(t.by_name("m").unwrap().key().namespace, "b");
+        assert_same_as_full(&ix, &t);
+        // Changes in a alone (endpoints, then settings) leave b the winner, reported once.
+        put_slice(
+            &mut ix,
+            &slice("a", "svc", &[("http", 8000)], &[("10.0.0.1", None, None)]),
+        );
+        assert!(ix.sync(&t).conflicts.is_empty());
+        let mut a2 = Arc::unwrap_or_clone(a.clone());
+        a2.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert("zeroscale.dev/container-concurrency".into(), "3".into());
+        put_dep(&mut ix, &Arc::new(a2));
+        let r = ix.sync(&t);
+        assert_eq!(r.changed, vec![key("a", "d")]);
+        assert!(r.conflicts.is_empty());
+        assert_eq!(t.by_name("m").unwrap().key().namespace, "b");
+        assert_same_as_full(&ix, &t);
+        // The winner goes: a takes over.
+        ix.handle(Change::Deployment(
+            None,
+            Box::new(watcher::Event::Delete(Deployment::clone(&b))),
+        ));
+        ix.sync(&t);
+        assert_eq!(t.by_name("m").unwrap().key().namespace, "a");
+        assert_same_as_full(&ix, &t);
+    }
+
+    #[test]
+    fn the_first_selecting_service_by_name_is_chosen() {
+        let mut ix = Index::default();
+        let t = table();
+        let labels = [("app", "m"), ("tier", "gpu")];
+        put_dep(
+            &mut ix,
+            &deployment("ns", "m", &[("zeroscale.dev/enabled", "true")], &labels),
+        );
+        let svcs = [
+            ("a-wrong", vec![("app", "m"), ("tier", "cpu")], "10.0.0.1"),
+            ("b-both", vec![("app", "m"), ("tier", "gpu")], "10.0.0.2"),
+            ("c-tier", vec![("tier", "gpu")], "10.0.0.3"),
+            ("d-none", vec![], "10.0.0.4"),
+            ("z-app", vec![("app", "m")], "10.0.0.5"),
+        ];
+        for (name, sel, ip) in &svcs {
+            put_svc(&mut ix, &service("ns", name, sel, &[("http", 80)]));
+            put_slice(
+                &mut ix,
+                &slice("ns", name, &[("http", 8000)], &[(ip, None, None)]),
+            );
+        }
+        let routed = |ix: &mut Index, t: &Table| {
+            ix.sync(t);
+            ix.applier.endpoints[&key("ns", "m")][0].addr.to_string()
+        };
+        assert_eq!(routed(&mut ix, &t), "10.0.0.2:8000");
+        assert_same_as_full(&ix, &t);
+        for (gone, next) in [("b-both", "10.0.0.3:8000"), ("c-tier", "10.0.0.5:8000")] {
+            let s = service("ns", gone, &[], &[]);
+            ix.handle(Change::Service(
+                None,
+                Box::new(watcher::Event::Delete(Service::clone(&s))),
+            ));
+            assert_eq!(routed(&mut ix, &t), next);
+        }
+        // The selector changes: the index follows.
+        put_svc(
+            &mut ix,
+            &service("ns", "a-wrong", &[("tier", "gpu")], &[("http", 80)]),
+        );
+        assert_eq!(routed(&mut ix, &t), "10.0.0.1:8000");
+        put_svc(
+            &mut ix,
+            &service("ns", "a-wrong", &[("tier", "cpu")], &[("http", 80)]),
+        );
+        assert_eq!(routed(&mut ix, &t), "10.0.0.5:8000");
+        assert_same_as_full(&ix, &t);
+    }
+
+    #[test]
+    fn an_unchanged_resource_version_is_not_a_change() {
+        let mut ix = Index::default();
+        let t = table();
+        let mut d = Arc::unwrap_or_clone(deployment(
+            "a",
+            "m",
+            &[("zeroscale.dev/enabled", "true")],
+            &[],
+        ));
+        d.metadata.resource_version = Some("5".into());
+        let d = Arc::new(d);
+        put_dep(&mut ix, &d);
+        assert_eq!(ix.sync(&t).recomputed, 1);
+        put_dep(&mut ix, &d);
+        assert_eq!(ix.sync(&t).recomputed, 0);
     }
 }

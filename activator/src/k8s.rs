@@ -1025,12 +1025,9 @@ pub async fn run(client: Client, cfg: WatchConfig, targets: Targets) {
                  a unique name.",
                 c.name, c.winner
             );
-            // kube-runtime's Recorder folds Events with the same (type, reason, action, object)
-            // into one series that keeps the first note: a digest of the note in the action
-            // keeps a different conflict from hiding behind an earlier one.
-            let digest = note.bytes().fold(0x811c_9dc5_u32, |h, b| {
-                (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-            });
+            // A digest of the note in the action keeps a different conflict from hiding behind
+            // an earlier one (see `zeroscale_config::note_digest`).
+            let digest = zeroscale_config::note_digest(&note);
             let ev = Event {
                 type_: EventType::Warning,
                 reason: "ModelNameConflict".into(),

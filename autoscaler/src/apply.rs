@@ -202,7 +202,8 @@ impl Applier {
             }
             note.truncate(cut);
         }
-        let digest = note_digest(&note);
+        // The action carries a digest of the note: see `zeroscale_config::note_digest` for why.
+        let digest = zeroscale_config::note_digest(&note);
         let ev = Event {
             type_,
             reason: reason.to_owned(),
@@ -217,17 +218,6 @@ impl Applier {
             Err(_) => tracing::warn!(reason, "recording an event timed out"),
         }
     }
-}
-
-/// kube-runtime's `Recorder` folds every Event with the same (type, reason, action, object) into
-/// one series for minutes and keeps the *first* note, so "Scaled 1 -> 3" would hide a later
-/// "Scaled 3 -> 0". Only identical notes are the same occurrence: the action carries a digest of
-/// the note (FNV-1a; stable, no allocation), so a repeated identical warning still aggregates and
-/// every new message is its own Event. `kubectl get/describe` do not show the action.
-fn note_digest(note: &str) -> u32 {
-    note.bytes().fold(0x811c_9dc5_u32, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    })
 }
 
 fn join(errors: &[zeroscale_config::ConfigError]) -> String {

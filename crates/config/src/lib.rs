@@ -37,12 +37,14 @@
 use std::time::Duration;
 
 mod deployment;
+mod event;
 mod global;
 mod keys;
 mod parse;
 mod rules;
 
 pub use deployment::{DEFAULT_POD_METRIC_PATH, MAX_CONTAINER_CONCURRENCY, is_opted_in};
+pub use event::note_digest;
 pub use global::MAX_REPLICAS;
 pub use keys::{ANNOTATIONS, CONFIGMAP_KEYS, KeyDoc, markdown_table};
 pub use parse::{

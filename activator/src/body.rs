@@ -1,10 +1,8 @@
-//! Body types of the proxy: a request body that can be taken back when the backend was never
-//! reached (to retry on another pod), and a response body that holds the request's pod slot and
+//! Body types of the proxy: a request body (buffered when routed by body, else the client's
+//! stream), and a response body that holds the request's pod slot, its pooled connection and its
 //! concurrency count until its last byte is sent.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -12,37 +10,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::metrics::Held;
 use crate::queue::Permit;
-
-/// Shared by the request sent to a backend and the proxy, so the body can be reused when the
-/// connection failed before any of it was read.
-#[derive(Clone, Debug)]
-pub struct Rewind {
-    inner: Arc<Mutex<Option<Incoming>>>,
-    polled: Arc<AtomicBool>,
-}
-
-impl Rewind {
-    /// Wraps a client's body.
-    pub fn new(body: Incoming) -> Self {
-        Self {
-            inner: Arc::new(Mutex::new(Some(body))),
-            polled: Arc::new(AtomicBool::new(false)),
-        }
-    }
-
-    /// The body again, for a new attempt, if no byte of it was read.
-    pub fn rewind(&self) -> Option<Rewind> {
-        if self.polled.load(Ordering::Acquire) {
-            return None;
-        }
-        let b = self
-            .inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()?;
-        Some(Rewind::new(b))
-    }
-}
+use crate::upstream::Conn;
 
 /// A request body on its way to a backend.
 #[derive(Debug)]
@@ -50,7 +18,7 @@ pub enum ReqBody {
     /// Buffered (routing by body); `None` once sent.
     Full(Option<Bytes>),
     /// Streamed from the client.
-    Stream(Rewind),
+    Stream(Incoming),
 }
 
 impl Body for ReqBody {
@@ -63,26 +31,14 @@ impl Body for ReqBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             ReqBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ReqBody::Stream(r) => {
-                r.polled.store(true, Ordering::Release);
-                let mut g = r.inner.lock().unwrap_or_else(|e| e.into_inner());
-                match g.as_mut() {
-                    Some(b) => Pin::new(b).poll_frame(cx),
-                    None => Poll::Ready(None),
-                }
-            }
+            ReqBody::Stream(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             ReqBody::Full(b) => b.is_none(),
-            ReqBody::Stream(r) => r
-                .inner
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_ref()
-                .is_none_or(|b| b.is_end_stream()),
+            ReqBody::Stream(b) => b.is_end_stream(),
         }
     }
 
@@ -90,12 +46,7 @@ impl Body for ReqBody {
         match self {
             ReqBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ReqBody::Full(None) => SizeHint::with_exact(0),
-            ReqBody::Stream(r) => r
-                .inner
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_ref()
-                .map_or(SizeHint::with_exact(0), |b| b.size_hint()),
+            ReqBody::Stream(b) => b.size_hint(),
         }
     }
 }
@@ -103,6 +54,9 @@ impl Body for ReqBody {
 /// What a forwarded request holds until its answer is complete.
 #[derive(Debug)]
 pub struct Guard {
+    /// The connection to the pod, back to its pool first (fields drop in order), so the next
+    /// request the permit's release lets through finds it.
+    pub conn: Option<Conn>,
     /// The slot on the pod.
     pub permit: Permit,
     /// The request's share of the concurrency integral.

@@ -2,7 +2,7 @@
 //!
 //! Routes each request to its model's ready pods ([`route`], [`table`]), holds requests while a
 //! model has no capacity ([`queue`]) and tells the autoscaler at once ([`wake`]), balances among
-//! pods ([`balance`]), streams bodies both ways ([`proxy`], [`body`]) and counts concurrency
+//! pods ([`balance`]) over pooled connections ([`upstream`]), streams bodies both ways ([`proxy`], [`body`]) and counts concurrency
 //! ([`metrics`]). Errors become HTTP answers in one place ([`error::rescue`]). [`k8s`] feeds the
 //! table from Deployments, Services and EndpointSlices; the rest knows nothing of Kubernetes.
 
@@ -11,11 +11,13 @@ pub mod body;
 pub mod error;
 pub mod k8s;
 pub mod metrics;
+pub mod park;
 pub mod proxy;
 pub mod queue;
 pub mod route;
 pub mod server;
 pub mod table;
+pub mod upstream;
 pub mod wake;
 
 pub use metrics::Metrics;

@@ -3,22 +3,22 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 
-use crate::body::{Guard, ReqBody, RespBody, Rewind};
+use crate::body::{Guard, ReqBody, RespBody};
 use crate::error::{ProxyError, rescue};
 use crate::metrics::{Held, Metrics};
-use crate::queue::Admit;
+use crate::park::Parked;
+use crate::queue::{Admit, Permit, QueueError};
 use crate::route::{self, PathRoute};
 use crate::table::{Model, Table};
+use crate::upstream::SendError;
 
 /// How many other pods a request whose connection failed is tried on.
 const MAX_CONNECT_RETRIES: usize = 2;
@@ -27,7 +27,6 @@ const MAX_CONNECT_RETRIES: usize = 2;
 pub struct Proxy {
     table: Arc<Table>,
     metrics: Arc<Metrics>,
-    client: Client<HttpConnector, ReqBody>,
     max_routing_body_bytes: AtomicUsize,
 }
 
@@ -44,17 +43,9 @@ impl Proxy {
         metrics: Arc<Metrics>,
         max_routing_body_bytes: usize,
     ) -> Arc<Self> {
-        let mut conn = HttpConnector::new();
-        conn.set_nodelay(true);
-        // A pod that does not accept within this is treated like a refused connection.
-        conn.set_connect_timeout(Some(Duration::from_secs(2)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(conn);
         Arc::new(Self {
             table,
             metrics,
-            client,
             max_routing_body_bytes: AtomicUsize::new(max_routing_body_bytes),
         })
     }
@@ -80,16 +71,53 @@ impl Proxy {
         req: Request<Incoming>,
         remote: SocketAddr,
     ) -> Response<RespBody> {
-        let (model, req, bytes) = match self.route(req).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(error = %e, "request rejected");
-                self.metrics.rejected(e.reason());
-                return rescue(&e);
+        match self.route(req).await {
+            Ok((model, req, bytes)) => self.serve(model, req, bytes, remote, None).await,
+            Err(e) => self.reject(&e),
+        }
+    }
+
+    /// Answers the first request of a connection that waited in its model's queue before hyper
+    /// read it ([`crate::park`]): the slot (or the reason there is none) comes with it.
+    pub async fn handle_parked(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+        parked: Parked,
+    ) -> Response<RespBody> {
+        match self.route(req).await {
+            // The head hyper read is the one that was peeked, so this is the same model.
+            Ok((model, req, bytes)) if Arc::ptr_eq(&model, &parked.model) => {
+                let admitted = (parked.held, parked.outcome);
+                self.serve(model, req, bytes, remote, Some(admitted)).await
             }
+            Ok((model, req, bytes)) => self.serve(model, req, bytes, remote, None).await,
+            Err(e) => self.reject(&e),
+        }
+    }
+
+    fn reject(&self, e: &ProxyError) -> Response<RespBody> {
+        tracing::debug!(error = %e, "request rejected");
+        self.metrics.rejected(e.reason());
+        rescue(e)
+    }
+
+    async fn serve(
+        &self,
+        model: Arc<Model>,
+        req: Request<ReqBody>,
+        bytes: u64,
+        remote: SocketAddr,
+        admitted: Option<(Held, Result<Permit, QueueError>)>,
+    ) -> Response<RespBody> {
+        let (held, admitted) = match admitted {
+            Some((held, outcome)) => (held, Some(outcome)),
+            None => (model.gate().metrics().integral.hold(), None),
         };
-        let held = model.gate().metrics().integral.hold();
-        let resp = match self.forward(&model, req, bytes, remote, held).await {
+        let resp = match self
+            .forward(&model, req, bytes, remote, held, admitted)
+            .await
+        {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(model = %model.key(), error = %e, "request failed");
@@ -115,7 +143,7 @@ impl Proxy {
             .and_then(|h| h.to_str().ok())
             .or_else(|| req.uri().authority().map(|a| a.as_str()));
         if let Some(m) = host.and_then(|h| self.table.by_host(h)) {
-            return Ok((m, req.map(|b| ReqBody::Stream(Rewind::new(b))), 0));
+            return Ok((m, req.map(ReqBody::Stream), 0));
         }
         match route::classify_path(req.uri().path()) {
             PathRoute::Named(name) => {
@@ -123,7 +151,7 @@ impl Proxy {
                     .table
                     .by_name(name)
                     .ok_or_else(|| ProxyError::UnknownModel(name.to_string()))?;
-                Ok((m, req.map(|b| ReqBody::Stream(Rewind::new(b))), 0))
+                Ok((m, req.map(ReqBody::Stream), 0))
             }
             PathRoute::Body => {
                 let limit = self.max_routing_body_bytes.load(Ordering::Relaxed);
@@ -157,74 +185,78 @@ impl Proxy {
         bytes: u64,
         remote: SocketAddr,
         held: Held,
+        admitted: Option<Result<Permit, QueueError>>,
     ) -> Result<Response<RespBody>, ProxyError> {
-        let mut permit = match model.gate().admit(bytes)? {
-            Admit::Ready(p) => p,
-            Admit::Queued(t) => {
-                if t.needs_wake() {
-                    self.table.wake_sink().wake(model);
+        let mut permit = match admitted {
+            Some(outcome) => outcome?,
+            None => match model.gate().admit(bytes)? {
+                Admit::Ready(p) => p,
+                Admit::Queued(t) => {
+                    if t.needs_wake() {
+                        self.table.wake_sink().wake(model);
+                    }
+                    t.wait().await?
                 }
-                t.wait().await?
-            }
+            },
         };
 
-        let (mut parts, mut body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let upgrade = is_upgrade(&parts.headers) && parts.version == Version::HTTP_11;
         let client_upgrade = if upgrade {
             parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
         } else {
             None
         };
+        // The client's extensions mean nothing to the pod's connection.
+        parts.extensions.clear();
         prepare_request_headers(&mut parts.headers, &parts.uri, remote, upgrade);
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
+        if !parts.headers.contains_key(header::HOST)
+            && let Ok(v) = HeaderValue::from_str(permit.authority().as_str())
+        {
+            parts.headers.insert(header::HOST, v);
+        }
+        // Pods get origin-form (`/path?query`); HTTP/2 clients and proxies send absolute URIs.
+        if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+            parts.uri = parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"))
+                .into();
+        }
+        parts.version = Version::HTTP_11;
+        let mut out = Request::from_parts(parts, body);
 
         let mut tried = Vec::new();
-        let mut resp = loop {
-            let uri = Uri::builder()
-                .scheme("http")
-                .authority(permit.authority().clone())
-                .path_and_query(path.as_str())
-                .build()
-                .map_err(|e| ProxyError::Backend(e.to_string()))?;
-            let mut out = Request::new(body);
-            *out.method_mut() = parts.method.clone();
-            *out.uri_mut() = uri;
-            *out.version_mut() = Version::HTTP_11;
-            *out.headers_mut() = parts.headers.clone();
-            let keep = match out.body() {
-                ReqBody::Full(b) => ReqBody::Full(b.clone()),
-                ReqBody::Stream(r) => ReqBody::Stream(r.clone()),
-            };
-            match self.client.request(out).await {
+        let (mut resp, conn) = loop {
+            match permit.upstream().send(out).await {
                 Ok(r) => break r,
-                Err(e) if e.is_connect() && tried.len() < MAX_CONNECT_RETRIES => {
+                // Nothing of the request reached the pod: another pod may take it.
+                Err(SendError::NotSent { error, req }) if tried.len() < MAX_CONNECT_RETRIES => {
                     tried.push(permit.addr());
-                    // Retry only when no byte of the request left: the body must be untouched.
-                    let again = match keep {
-                        ReqBody::Full(b) => Some(ReqBody::Full(b)),
-                        ReqBody::Stream(r) => r.rewind().map(ReqBody::Stream),
-                    };
-                    let next = again.and_then(|b| permit.try_other(&tried).map(|p| (b, p)));
-                    match next {
-                        Some((b, p)) => {
-                            tracing::debug!(model = %model.key(), failed = %permit.addr(), next = %p.addr(), error = %error_chain(&e), "connect failed, retrying on another pod");
-                            body = b;
+                    match permit.try_other(&tried) {
+                        Some(p) => {
+                            tracing::debug!(model = %model.key(), failed = %permit.addr(), next = %p.addr(), %error, "connect failed, retrying on another pod");
                             permit = p;
+                            out = *req;
                         }
-                        None => return Err(ProxyError::Backend(error_chain(&e))),
+                        None => return Err(ProxyError::Backend(error)),
                     }
                 }
-                Err(e) => return Err(ProxyError::Backend(error_chain(&e))),
+                Err(SendError::NotSent { error, .. }) => return Err(ProxyError::Backend(error)),
+                Err(SendError::Failed(e)) => return Err(ProxyError::Backend(error_chain(&e))),
             }
         };
 
         if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let backend_upgrade = hyper::upgrade::on(&mut resp);
-            let guard = Guard { permit, held };
+            // The connection belongs to the upgraded protocol now.
+            conn.detach();
+            let guard = Guard {
+                conn: None,
+                permit,
+                held,
+            };
             if let Some(client_upgrade) = client_upgrade {
                 tokio::spawn(async move {
                     let (c, b) = tokio::join!(client_upgrade, backend_upgrade);
@@ -243,7 +275,11 @@ impl Proxy {
         strip_hop_by_hop(resp.headers_mut(), false);
         Ok(resp.map(|inner| RespBody::Proxied {
             inner,
-            guard: Some(Guard { permit, held }),
+            guard: Some(Guard {
+                conn: Some(conn),
+                permit,
+                held,
+            }),
         }))
     }
 }

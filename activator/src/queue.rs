@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use crate::balance::{self, Slot};
 use crate::metrics::ModelMetrics;
+use crate::upstream::Upstream;
 
 /// Limits of one model's gate.
 #[derive(Clone, Debug, PartialEq)]
@@ -71,7 +72,7 @@ pub enum QueueError {
 
 struct Pod {
     addr: SocketAddr,
-    authority: Authority,
+    upstream: Arc<Upstream>,
     eligible: bool,
     /// Kept (ineligible) after it left the endpoint list while requests are still on it.
     gone: bool,
@@ -92,7 +93,7 @@ impl Slot for Pod {
 #[derive(Clone, Debug)]
 struct Assigned {
     addr: SocketAddr,
-    authority: Authority,
+    upstream: Arc<Upstream>,
 }
 
 struct Waiter {
@@ -194,8 +195,7 @@ impl Gate {
             } else {
                 pods.push(Pod {
                     addr: ep.addr,
-                    authority: Authority::try_from(ep.addr.to_string().as_str())
-                        .expect("a socket address is a valid authority"),
+                    upstream: Upstream::new(ep.addr),
                     eligible,
                     gone: false,
                     in_flight: 0,
@@ -264,7 +264,7 @@ impl Gate {
             return Ok(Admit::Ready(Permit {
                 gate: self.clone(),
                 addr: a.addr,
-                authority: a.authority,
+                upstream: a.upstream,
             }));
         }
         let has_ready = st.pods.iter().any(|p| p.eligible);
@@ -308,7 +308,7 @@ impl Gate {
         self.metrics.in_flight.inc();
         Some(Assigned {
             addr: p.addr,
-            authority: p.authority.clone(),
+            upstream: p.upstream.clone(),
         })
     }
 
@@ -365,7 +365,7 @@ impl Gate {
 pub struct Permit {
     gate: Arc<Gate>,
     addr: SocketAddr,
-    authority: Authority,
+    upstream: Arc<Upstream>,
 }
 
 impl Permit {
@@ -376,7 +376,12 @@ impl Permit {
 
     /// The pod's address as a URI authority.
     pub fn authority(&self) -> &Authority {
-        &self.authority
+        self.upstream.authority()
+    }
+
+    /// The pod's connections.
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.upstream
     }
 
     /// Another pod with room right now, not one of `exclude`; used to retry a request whose
@@ -406,7 +411,7 @@ impl Permit {
         Some(Permit {
             gate: gate.clone(),
             addr: p.addr,
-            authority: p.authority.clone(),
+            upstream: p.upstream.clone(),
         })
     }
 }
@@ -471,7 +476,7 @@ impl Ticket {
         Ok(Permit {
             gate: self.gate.clone(),
             addr: assigned.addr,
-            authority: assigned.authority,
+            upstream: assigned.upstream,
         })
     }
 }
@@ -485,7 +490,7 @@ impl Ticket {
         Some(Permit {
             gate: self.gate.clone(),
             addr: a.addr,
-            authority: a.authority,
+            upstream: a.upstream,
         })
     }
 }

@@ -18,6 +18,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
+use tokio_util::sync::CancellationToken;
+
+use crate::park::{GoneReason, Parking, park};
 use crate::proxy::Proxy;
 
 /// Options of the proxy listener.
@@ -50,17 +53,11 @@ pub async fn serve_proxy(
     opts: ServerOptions,
     shutdown: impl Future<Output = ()>,
 ) -> bool {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(opts.header_read_timeout)
-        .max_buf_size(opts.max_header_bytes.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(opts.max_header_bytes as u32);
+    let builder = proxy_builder(&opts, true);
+    // A parked connection serves the one request it waited with (see `crate::park`).
+    let parked_builder = proxy_builder(&opts, false);
     let graceful = GracefulShutdown::new();
+    let stopping = CancellationToken::new();
     tokio::pin!(shutdown);
     loop {
         let (stream, remote) = tokio::select! {
@@ -76,18 +73,48 @@ pub async fn serve_proxy(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let metrics = proxy.metrics().clone();
         let proxy = proxy.clone();
-        let svc = service_fn(move |req: Request<Incoming>| {
-            let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, remote).await) }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let (builder, parked_builder) = (builder.clone(), parked_builder.clone());
+        // Held from accept on, so a drain waits for parked requests too.
+        let watcher = graceful.watcher();
+        let stopping = stopping.clone();
+        let header_timeout = opts.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let metrics = proxy.metrics().clone();
+            let res = match park(stream, &proxy, header_timeout, &stopping).await {
+                Parking::Gone(GoneReason::HeaderTimeout) => {
+                    metrics.rejected("header_timeout");
+                    return;
+                }
+                Parking::Gone(GoneReason::Closed | GoneReason::Stopping) => return,
+                Parking::Serve(stream, None) => {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let proxy = proxy.clone();
+                        async move { Ok::<_, Infallible>(proxy.handle(req, remote).await) }
+                    });
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    watcher.watch(conn.into_owned()).await
+                }
+                Parking::Serve(stream, Some(p)) => {
+                    let first = std::sync::Mutex::new(Some(p));
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let proxy = proxy.clone();
+                        let p = first.lock().unwrap_or_else(|e| e.into_inner()).take();
+                        async move {
+                            Ok::<_, Infallible>(match p {
+                                Some(p) => proxy.handle_parked(req, remote, p).await,
+                                None => proxy.handle(req, remote).await,
+                            })
+                        }
+                    });
+                    let res = parked_builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
+                    drop(watcher);
+                    res
+                }
+            };
+            if let Err(e) = res {
                 tracing::debug!(error = %e, %remote, "connection ended with an error");
                 // hyper answered these itself (400, 431) or closed the connection (slow client):
                 // count them, as the service never saw the request.
@@ -103,6 +130,7 @@ pub async fn serve_proxy(
             }
         });
     }
+    stopping.cancel();
     drop(listener);
     tracing::info!("draining open requests");
     let drained = graceful.shutdown();
@@ -121,6 +149,22 @@ pub async fn serve_proxy(
     );
     let _ = tokio::time::timeout(Duration::from_secs(1), drained).await;
     false
+}
+
+/// The proxy listener's connection builder; `keep_alive` false serves one request and closes.
+fn proxy_builder(opts: &ServerOptions, keep_alive: bool) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(opts.header_read_timeout)
+        .max_buf_size(opts.max_header_bytes.max(8192))
+        .keep_alive(keep_alive);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(opts.max_header_bytes as u32);
+    builder
 }
 
 /// What the admin port serves.

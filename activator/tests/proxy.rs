@@ -336,6 +336,65 @@ async fn client_gone_leaves_the_queue() {
     .await;
 }
 
+/// A new connection's first request at zero waits before hyper reads it (`park`): it must still
+/// reach the pod intact (head and body, which stayed in the socket), be answered, and then the
+/// connection closes (a parked connection serves one request). A connection to a model with a
+/// ready pod is not parked and stays open.
+#[tokio::test]
+async fn a_request_parked_at_zero_reaches_the_pod_intact() {
+    let act = plain().await;
+    let k = act.model("ns", "m", 1, 10, LONG);
+    let model = act.table.get(&k).unwrap();
+    let b = Backend::start("pod").await;
+    let mut s = tokio::net::TcpStream::connect(act.addr).await.unwrap();
+    s.write_all(
+        b"POST /v1/models/m:predict?q=1 HTTP/1.1\r\nhost: x\r\nx-seq: parked\r\n\
+          content-length: 11\r\n\r\nhello world",
+    )
+    .await
+    .unwrap();
+    until("queued", || model.gate().queued() == 1).await;
+    assert_eq!(model.gate().metrics().integral.current(), 1);
+    act.table.set_endpoints(&k, vec![b.endpoint()]);
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer))
+        .await
+        .expect("answered and closed within 10s")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert!(answer.contains("x-served-by: pod"), "{answer}");
+    assert!(answer.contains(r#""body":"hello world""#), "{answer}");
+    assert!(
+        answer.contains(r#""path":"/v1/models/m:predict?q=1""#),
+        "{answer}"
+    );
+    assert_eq!(*b.order.lock().unwrap(), vec!["parked"]);
+    assert_eq!(b.count.load(Ordering::SeqCst), 1);
+    until("nothing held", || {
+        model.gate().metrics().integral.current() == 0
+    })
+    .await;
+
+    // With a ready pod: keep-alive, two requests on one connection.
+    let mut s = tokio::net::TcpStream::connect(act.addr).await.unwrap();
+    for _ in 0..2 {
+        s.write_all(b"GET /v1/models/m HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("answered within 10s")
+            .unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(!head.contains("connection: close"), "{head}");
+    }
+    assert_eq!(b.count.load(Ordering::SeqCst), 3);
+}
+
 #[tokio::test]
 async fn per_pod_concurrency_holds_under_200_concurrent_requests() {
     let act = plain().await;

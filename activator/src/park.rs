@@ -1,0 +1,272 @@
+//! Parking the first request of a new HTTP/1 connection while its model has no ready pod.
+//!
+//! Once hyper has read a request from an HTTP/1 connection, that connection holds two 8 KiB
+//! buffers, and the request's header values keep the first one alive: a request waiting in a
+//! model's queue costs about 16 KiB of resident memory before anything of ours (BENCHMARKS.md,
+//! "Activator"). A model at zero collects a burst of requests during its cold start, usually one
+//! connection each, so before a new connection is handed to hyper its first request head is
+//! *peeked* (left in the kernel's socket buffer, not copied), routed, and, when the model has no
+//! ready pod, the connection waits in the model's queue as it is: a task, a queue entry and no
+//! buffer. When a pod has room, the connection goes to hyper, which reads the request as usual
+//! and forwards it on the slot already taken.
+//!
+//! Everything else goes straight to hyper: HTTP/2, heads that are incomplete, malformed or
+//! larger than [`PEEK_BYTES`], routing by body, unknown models (hyper's path answers them), and
+//! models with a ready pod. A parked connection is served without keep-alive (one request, then
+//! closed): it cannot be watched for graceful shutdown before hyper has read its request (an
+//! idle HTTP/1 connection is closed at once on shutdown), so the server tracks it itself.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{Interest, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Held;
+use crate::proxy::Proxy;
+use crate::queue::{Admit, Permit, QueueError};
+use crate::route::{self, PathRoute};
+use crate::table::{Model, Table};
+
+/// The most bytes of a first request head looked at; a longer head goes to hyper directly.
+pub const PEEK_BYTES: usize = 8192;
+/// The most header lines looked at (hyper's default limit is 100).
+const MAX_HEADERS: usize = 100;
+
+/// What became of a parked request, for hyper's first request on the connection.
+#[derive(Debug)]
+pub struct Parked {
+    /// The model the peeked head addressed.
+    pub model: Arc<Model>,
+    /// Its share of the concurrency integral, held since it arrived.
+    pub held: Held,
+    /// A slot on a pod, or why there was none.
+    pub outcome: Result<Permit, QueueError>,
+}
+
+/// How a new connection goes on.
+#[derive(Debug)]
+pub enum Parking {
+    /// Hand it to hyper, with the first request's outcome if it was parked.
+    Serve(TcpStream, Option<Parked>),
+    /// The client sent nothing in time, or went away while parked: close it.
+    Gone(GoneReason),
+}
+
+/// Why a connection was closed before hyper saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GoneReason {
+    /// No request head arrived within the header read timeout.
+    HeaderTimeout,
+    /// The client closed the connection (before sending, or while its request was parked).
+    Closed,
+    /// The server is shutting down and no request had arrived.
+    Stopping,
+}
+
+/// Looks at the first request head of `stream` and parks it while its model has no ready pod.
+/// While no request has arrived, `stopping` (the server shutting down) closes the connection;
+/// a request already parked keeps waiting for its slot (the drain lets it finish).
+pub async fn park(
+    stream: TcpStream,
+    proxy: &Proxy,
+    header_timeout: Duration,
+    stopping: &CancellationToken,
+) -> Parking {
+    tokio::select! {
+        r = tokio::time::timeout(header_timeout, stream.readable()) => match r {
+            Err(_) => return Parking::Gone(GoneReason::HeaderTimeout),
+            Ok(Err(_)) => return Parking::Gone(GoneReason::Closed),
+            Ok(Ok(())) => {}
+        },
+        () = stopping.cancelled() => return Parking::Gone(GoneReason::Stopping),
+    }
+    let model = match peek_model(&stream, proxy).await {
+        Ok(Some(m)) => m,
+        Ok(None) => return Parking::Serve(stream, None),
+        Err(_) => return Parking::Gone(GoneReason::Closed),
+    };
+    if model.gate().has_ready() {
+        return Parking::Serve(stream, None);
+    }
+    let held = model.gate().metrics().integral.hold();
+    let outcome = match model.gate().admit(0) {
+        Ok(Admit::Ready(p)) => Ok(p),
+        Err(e) => Err(e),
+        Ok(Admit::Queued(t)) => {
+            if t.needs_wake() {
+                proxy.table().wake_sink().wake(&model);
+            }
+            let outcome = tokio::select! {
+                r = t.wait() => r,
+                // Dropping the ticket takes it out of the queue and counts it abandoned.
+                () = client_gone(&stream) => return Parking::Gone(GoneReason::Closed),
+            };
+            match rearm(stream) {
+                Ok(s) => {
+                    return Parking::Serve(
+                        s,
+                        Some(Parked {
+                            model,
+                            held,
+                            outcome,
+                        }),
+                    );
+                }
+                // Dropping the permit (if any) frees the slot for the next waiter.
+                Err(_) => return Parking::Gone(GoneReason::Closed),
+            }
+        }
+    };
+    Parking::Serve(
+        stream,
+        Some(Parked {
+            model,
+            held,
+            outcome,
+        }),
+    )
+}
+
+/// The model the first request head addresses by Host or path; `None` when hyper should see
+/// the connection as it is. Errors: the client closed or reset the connection.
+async fn peek_model(stream: &TcpStream, proxy: &Proxy) -> io::Result<Option<Arc<Model>>> {
+    // Freed before the request waits: a parked connection holds no buffer.
+    let mut buf = Vec::with_capacity(PEEK_BYTES);
+    let mut rb = ReadBuf::uninit(buf.spare_capacity_mut());
+    let n = std::future::poll_fn(|cx| stream.poll_peek(cx, &mut rb)).await?;
+    if n == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(route_head(rb.filled(), proxy.table()))
+}
+
+/// Routes a complete HTTP/1 request head the way the proxy does (Host, then KServe path).
+fn route_head(data: &[u8], table: &Table) -> Option<Arc<Model>> {
+    if data.starts_with(b"PRI ") {
+        return None; // HTTP/2 prior knowledge
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(data) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return None,
+    }
+    let host = req
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("host"))
+        .and_then(|h| std::str::from_utf8(h.value).ok());
+    if let Some(m) = host.and_then(|h| table.by_host(h)) {
+        return Some(m);
+    }
+    let path = req.path?;
+    if !path.starts_with('/') {
+        return None; // absolute-form: hyper's path handles it
+    }
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    match route::classify_path(path) {
+        PathRoute::Named(name) => table.by_name(name),
+        PathRoute::Body | PathRoute::None => None,
+    }
+}
+
+/// Completes when the client closes or resets the connection. The request head still sits
+/// unread in the socket, so readability says nothing: this waits for the peer's FIN
+/// (EPOLLRDHUP) or an error, clearing the readiness that data sets. Clearing it means hyper
+/// would wait for an event that never comes for the head it must read, so [`rearm`] registers
+/// the socket anew before it is handed over.
+async fn client_gone(stream: &TcpStream) {
+    loop {
+        match stream.ready(Interest::READABLE).await {
+            Ok(r) if r.is_read_closed() || r.is_error() => return,
+            Ok(_) => {
+                // Data (the head, a body, a pipelined request): not a close. Clear and wait.
+                let _ = stream.try_io(Interest::READABLE, || {
+                    Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
+                });
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// Registers the socket with the reactor again: a fresh registration reports the data already
+/// waiting (epoll checks readiness when a descriptor is added).
+fn rearm(stream: TcpStream) -> io::Result<TcpStream> {
+    TcpStream::from_std(stream.into_std()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::queue::Limits;
+    use crate::table::{ModelKey, ModelSpec, NoWake};
+    use prometheus_client::registry::Registry;
+
+    fn table() -> Table {
+        let t = Table::new(
+            Metrics::register(&mut Registry::default()),
+            Arc::new(NoWake),
+        );
+        t.upsert_model(ModelSpec {
+            key: ModelKey {
+                namespace: "ns".into(),
+                deployment: "llama".into(),
+            },
+            model_name: "llama".into(),
+            hostnames: vec![],
+            created: Some(1),
+            limits: Limits {
+                container_concurrency: 0,
+                queue_depth: 10,
+                queue_bytes: 1000,
+                queue_deadline: Duration::from_secs(300),
+            },
+        });
+        t
+    }
+
+    fn routed(head: &str) -> Option<String> {
+        route_head(head.as_bytes(), &table()).map(|m| m.name())
+    }
+
+    #[test]
+    fn complete_heads_route_by_host_then_path() {
+        assert_eq!(
+            routed("GET / HTTP/1.1\r\nHost: llama.ns.example.com\r\n\r\n").as_deref(),
+            Some("llama")
+        );
+        assert_eq!(
+            routed("POST /v1/models/llama:predict?x=1 HTTP/1.1\r\nhost: act\r\n\r\n").as_deref(),
+            Some("llama")
+        );
+        assert_eq!(
+            routed("GET /v2/models/llama/ready HTTP/1.1\r\n\r\n").as_deref(),
+            Some("llama")
+        );
+    }
+
+    #[test]
+    fn everything_else_goes_to_hyper() {
+        for head in [
+            // routing by body needs the body: hyper's path
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: act\r\n\r\n",
+            // unknown model: hyper's path answers 404
+            "GET /v1/models/nope HTTP/1.1\r\nhost: act\r\n\r\n",
+            // incomplete head
+            "GET /v1/models/llama HTTP/1.1\r\nhost: act\r\n",
+            // malformed
+            "GET /v1/models/llama HTTP/9\r\n\r\n",
+            // absolute-form target
+            "GET http://x/v1/models/llama HTTP/1.1\r\n\r\n",
+            // HTTP/2 prior knowledge
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        ] {
+            assert_eq!(routed(head), None, "{head:?}");
+        }
+    }
+}

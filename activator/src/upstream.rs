@@ -1,0 +1,375 @@
+//! Connections to one pod: a small LIFO pool of idle HTTP/1.1 connections on hyper's
+//! connection-level client.
+//!
+//! Why not hyper-util's pooled `Client`: it keys its pool by scheme and authority behind one
+//! mutex shared by every backend, rebuilds an absolute URI per request, and after every response
+//! spawns a task that waits for the connection to become reusable. Here the pool hangs off the
+//! pod itself (the [`Permit`](crate::queue::Permit) a request holds points at it), so a request
+//! takes only its pod's pool lock, and a connection goes back to the pool when its response body
+//! ends (see [`Conn`]).
+//!
+//! A pooled connection the pod has closed in the meantime is found out before the request is
+//! written: hyper hands the untouched request back ([`SendRequest::try_send_request`]) and the
+//! next connection is tried. A request is never re-sent once any byte of it was written.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use http::uri::Authority;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::body::ReqBody;
+
+/// A pod that does not accept a connection within this is treated like one that refused it.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Idle connections older than this are closed instead of reused (model servers commonly close
+/// idle keep-alive connections after 5 s to a few minutes; a closed one costs a retry).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle connections kept per pod; beyond it the oldest is closed.
+pub const MAX_IDLE: usize = 512;
+
+/// One pod's connections.
+pub struct Upstream {
+    addr: SocketAddr,
+    authority: Authority,
+    idle: Mutex<VecDeque<Idle>>,
+}
+
+struct Idle {
+    tx: SendRequest<ReqBody>,
+    since: Instant,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("addr", &self.addr)
+            .field("idle", &self.idle_count())
+            .finish()
+    }
+}
+
+/// Why a request did not get a response.
+#[derive(Debug)]
+pub enum SendError {
+    /// Nothing of the request reached the pod (no connection could be made, or the connection
+    /// failed before the request was written); the request is handed back untouched.
+    NotSent {
+        /// What happened.
+        error: String,
+        /// The request, to try elsewhere.
+        req: Box<Request<ReqBody>>,
+    },
+    /// The exchange failed after the request was handed to the connection.
+    Failed(hyper::Error),
+}
+
+impl Upstream {
+    /// A pod at `addr`, with no connection yet.
+    pub fn new(addr: SocketAddr) -> Arc<Self> {
+        Arc::new(Self {
+            addr,
+            authority: Authority::try_from(addr.to_string().as_str())
+                .expect("a socket address is a valid authority"),
+            idle: Mutex::new(VecDeque::new()),
+        })
+    }
+
+    /// The pod's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The pod's address as a URI authority.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// Idle connections in the pool now.
+    pub fn idle_count(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends `req` (origin-form URI, `Host` set) on a pooled connection or a new one. The
+    /// returned [`Conn`] must live as long as the response body is read: dropping it gives the
+    /// connection back to the pool.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut req: Request<ReqBody>,
+    ) -> Result<(Response<Incoming>, Conn), SendError> {
+        while let Some(mut tx) = self.checkout() {
+            match tx.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, self.conn(tx))),
+                Err(mut e) => match e.take_message() {
+                    // The pod closed this idle connection; nothing was written: next one.
+                    Some(r) => req = r,
+                    None => return Err(SendError::Failed(e.into_error())),
+                },
+            }
+        }
+        let mut tx = match self.connect().await {
+            Ok(tx) => tx,
+            Err(e) => {
+                return Err(SendError::NotSent {
+                    error: format!("connecting to {} failed: {e}", self.addr),
+                    req: Box::new(req),
+                });
+            }
+        };
+        match tx.try_send_request(req).await {
+            Ok(resp) => Ok((resp, self.conn(tx))),
+            Err(mut e) => match e.take_message() {
+                Some(r) => Err(SendError::NotSent {
+                    error: format!("the connection to {} failed: {}", self.addr, e.error()),
+                    req: Box::new(r),
+                }),
+                None => Err(SendError::Failed(e.into_error())),
+            },
+        }
+    }
+
+    fn conn(self: &Arc<Self>, tx: SendRequest<ReqBody>) -> Conn {
+        Conn {
+            tx: Some(tx),
+            upstream: Arc::downgrade(self),
+        }
+    }
+
+    /// The most recently used idle connection that can take a request now.
+    fn checkout(&self) -> Option<SendRequest<ReqBody>> {
+        let mut idle = self.lock();
+        while let Some(i) = idle.pop_back() {
+            if i.tx.is_ready() && i.since.elapsed() < IDLE_TIMEOUT {
+                return Some(i.tx);
+            }
+            // Closed by the pod, or too old: dropping the sender closes the connection.
+        }
+        None
+    }
+
+    async fn connect(&self) -> std::io::Result<SendRequest<ReqBody>> {
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {CONNECT_TIMEOUT:?}"),
+                )
+            })??;
+        stream.set_nodelay(true)?;
+        let (tx, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)?;
+        let addr = self.addr;
+        tokio::spawn(async move {
+            // Upgrades (websockets) take the connection over when the response asks for it.
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%addr, error = %e, "connection to pod ended with an error");
+            }
+        });
+        Ok(tx)
+    }
+
+    /// Puts a connection whose exchange is over back, once it can take a new request.
+    fn put(self: Arc<Self>, mut tx: SendRequest<ReqBody>) {
+        if tx.is_ready() {
+            self.push(tx);
+        } else if !tx.is_closed() {
+            // hyper has not yet noticed the end of the response on the connection's task; wait
+            // for it there (rare: usually the connection is ready when the body's end arrives).
+            let up = Arc::downgrade(&self);
+            tokio::spawn(async move {
+                if tx.ready().await.is_ok()
+                    && let Some(up) = up.upgrade()
+                {
+                    up.push(tx);
+                }
+            });
+        }
+    }
+
+    fn push(&self, tx: SendRequest<ReqBody>) {
+        let now = Instant::now();
+        let mut idle = self.lock();
+        while idle
+            .front()
+            .is_some_and(|i| idle.len() >= MAX_IDLE || now - i.since >= IDLE_TIMEOUT)
+        {
+            idle.pop_front();
+        }
+        idle.push_back(Idle { tx, since: now });
+    }
+}
+
+/// A connection lent to one exchange. Dropped when the response body has been read to its end
+/// (or abandoned): the connection goes back to its pod's pool if hyper can reuse it (an
+/// abandoned body makes hyper close it instead).
+#[derive(Debug)]
+pub struct Conn {
+    tx: Option<SendRequest<ReqBody>>,
+    upstream: Weak<Upstream>,
+}
+
+impl Conn {
+    /// Keeps the connection out of the pool (it was upgraded: another protocol owns it now).
+    pub fn detach(mut self) {
+        self.tx = None;
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take()
+            && let Some(up) = self.upstream.upgrade()
+        {
+            up.put(tx);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    fn get(path: &str) -> Request<ReqBody> {
+        Request::builder()
+            .uri(path)
+            .header(http::header::HOST, "pod")
+            .body(ReqBody::Full(None))
+            .expect("valid request")
+    }
+
+    /// A server that answers `n` requests per connection with "ok" (keep-alive), then closes
+    /// the connection; counts connections.
+    async fn server(per_conn: usize) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = conns.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.expect("accept");
+                c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    for _ in 0..per_conn {
+                        let mut got = Vec::new();
+                        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let n = s.read(&mut buf).await.unwrap_or(0);
+                            if n == 0 {
+                                return;
+                            }
+                            got.extend_from_slice(&buf[..n]);
+                        }
+                        let r = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if s.write_all(r).await.is_err() {
+                            return;
+                        }
+                    }
+                    // Close after `per_conn` answers (a keep-alive limit on the pod).
+                });
+            }
+        });
+        (addr, conns)
+    }
+
+    async fn body(resp: Response<Incoming>) -> Bytes {
+        resp.into_body().collect().await.expect("body").to_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_reused_once_its_response_is_read() {
+        let (addr, conns) = server(100).await;
+        let up = Upstream::new(addr);
+        for _ in 0..5 {
+            let (resp, conn) = up.send(get("/")).await.expect("answer");
+            assert_eq!(body(resp).await, "ok");
+            drop(conn);
+            // The connection may need its task to run once more before it is reusable.
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(up.idle_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_exchanges_get_their_own_connections() {
+        let (addr, conns) = server(100).await;
+        let up = Upstream::new(addr);
+        let (r1, c1) = up.send(get("/a")).await.expect("answer");
+        let (r2, c2) = up.send(get("/b")).await.expect("answer");
+        assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(body(r1).await, "ok");
+        assert_eq!(body(r2).await, "ok");
+        drop((c1, c2));
+        tokio::task::yield_now().await;
+        assert_eq!(up.idle_count(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_pod_closed_is_skipped_without_resending() {
+        // The pod answers one request per connection, then closes it.
+        let (addr, conns) = server(1).await;
+        let up = Upstream::new(addr);
+        for _ in 0..3 {
+            let (resp, conn) = up.send(get("/")).await.expect("answer");
+            assert_eq!(body(resp).await, "ok");
+            drop(conn);
+            // Let the connection task see the pod's close.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_hands_the_request_back() {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        drop(l);
+        let up = Upstream::new(addr);
+        match up.send(get("/x")).await {
+            Err(SendError::NotSent { req, error }) => {
+                assert_eq!(req.uri().path(), "/x");
+                assert!(error.contains(&addr.to_string()), "{error}");
+            }
+            other => panic!("expected NotSent, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_body_does_not_return_its_connection() {
+        // A response whose body never ends; dropping it mid-way must not pool the connection.
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.expect("accept");
+            let mut buf = vec![0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
+                .await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let up = Upstream::new(addr);
+        let (resp, conn) = up.send(get("/")).await.expect("answer");
+        drop(resp);
+        drop(conn);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(up.idle_count(), 0);
+    }
+}

@@ -23,6 +23,28 @@ use crate::upstream::SendError;
 /// How many other pods a request whose connection failed is tried on.
 const MAX_CONNECT_RETRIES: usize = 2;
 
+/// The client end of a connection, as the proxy tells pods about it (`X-Forwarded-For`);
+/// made once per connection.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    addr: SocketAddr,
+    ip: HeaderValue,
+}
+
+impl Peer {
+    /// The client at `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        let ip = HeaderValue::from_str(&addr.ip().to_string())
+            .expect("an IP address is a valid header value");
+        Self { addr, ip }
+    }
+
+    /// The client's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
 /// The proxy: shared by every connection.
 pub struct Proxy {
     table: Arc<Table>,
@@ -66,13 +88,9 @@ impl Proxy {
     }
 
     /// Answers one request. Never fails: every error becomes an answer in [`rescue`].
-    pub async fn handle(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-        remote: SocketAddr,
-    ) -> Response<RespBody> {
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: Peer) -> Response<RespBody> {
         match self.route(req).await {
-            Ok((model, req, bytes)) => self.serve(model, req, bytes, remote, None).await,
+            Ok((model, req, bytes)) => self.serve(model, req, bytes, peer, None).await,
             Err(e) => self.reject(&e),
         }
     }
@@ -82,16 +100,16 @@ impl Proxy {
     pub async fn handle_parked(
         self: Arc<Self>,
         req: Request<Incoming>,
-        remote: SocketAddr,
+        peer: Peer,
         parked: Parked,
     ) -> Response<RespBody> {
         match self.route(req).await {
             // The head hyper read is the one that was peeked, so this is the same model.
             Ok((model, req, bytes)) if Arc::ptr_eq(&model, &parked.model) => {
                 let admitted = (parked.held, parked.outcome);
-                self.serve(model, req, bytes, remote, Some(admitted)).await
+                self.serve(model, req, bytes, peer, Some(admitted)).await
             }
-            Ok((model, req, bytes)) => self.serve(model, req, bytes, remote, None).await,
+            Ok((model, req, bytes)) => self.serve(model, req, bytes, peer, None).await,
             Err(e) => self.reject(&e),
         }
     }
@@ -107,17 +125,14 @@ impl Proxy {
         model: Arc<Model>,
         req: Request<ReqBody>,
         bytes: u64,
-        remote: SocketAddr,
+        peer: Peer,
         admitted: Option<(Held, Result<Permit, QueueError>)>,
     ) -> Response<RespBody> {
         let (held, admitted) = match admitted {
             Some((held, outcome)) => (held, Some(outcome)),
             None => (model.gate().metrics().integral.hold(), None),
         };
-        let resp = match self
-            .forward(&model, req, bytes, remote, held, admitted)
-            .await
-        {
+        let resp = match self.forward(&model, req, bytes, peer, held, admitted).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(model = %model.key(), error = %e, "request failed");
@@ -183,7 +198,7 @@ impl Proxy {
         model: &Arc<Model>,
         req: Request<ReqBody>,
         bytes: u64,
-        remote: SocketAddr,
+        peer: Peer,
         held: Held,
         admitted: Option<Result<Permit, QueueError>>,
     ) -> Result<Response<RespBody>, ProxyError> {
@@ -209,7 +224,7 @@ impl Proxy {
         };
         // The client's extensions mean nothing to the pod's connection.
         parts.extensions.clear();
-        prepare_request_headers(&mut parts.headers, &parts.uri, remote, upgrade);
+        prepare_request_headers(&mut parts.headers, &parts.uri, &peer, upgrade);
         if !parts.headers.contains_key(header::HOST)
             && let Ok(v) = HeaderValue::from_str(permit.authority().as_str())
         {
@@ -331,7 +346,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-fn prepare_request_headers(h: &mut HeaderMap, uri: &Uri, remote: SocketAddr, upgrade: bool) {
+fn prepare_request_headers(h: &mut HeaderMap, uri: &Uri, peer: &Peer, upgrade: bool) {
     strip_hop_by_hop(h, upgrade);
     // HTTP/2 clients send :authority instead of Host; backends speak HTTP/1.1 and need Host.
     if !h.contains_key(header::HOST)
@@ -340,12 +355,14 @@ fn prepare_request_headers(h: &mut HeaderMap, uri: &Uri, remote: SocketAddr, upg
     {
         h.insert(header::HOST, v);
     }
-    let ip = remote.ip().to_string();
     let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
+        Some(prev) if !prev.trim().is_empty() => {
+            HeaderValue::from_str(&format!("{prev}, {}", peer.addr.ip())).ok()
+        }
+        // The common case: no proxy before us; the connection's value, no allocation.
+        _ => Some(peer.ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         h.insert("x-forwarded-for", v);
     }
     if !h.contains_key("x-forwarded-proto") {

@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::park::{GoneReason, Parking, park};
-use crate::proxy::Proxy;
+use crate::proxy::{Peer, Proxy};
 
 /// Options of the proxy listener.
 #[derive(Clone, Debug)]
@@ -42,6 +42,86 @@ impl Default for ServerOptions {
             drain_timeout: Duration::from_secs(30),
         }
     }
+}
+
+/// The proxy listener running on worker threads; see [`spawn_proxy_workers`].
+#[derive(Debug)]
+pub struct ProxyWorkers {
+    done: Vec<tokio::sync::oneshot::Receiver<bool>>,
+}
+
+impl ProxyWorkers {
+    /// Waits until every worker has stopped (after `stop`) and drained; true when all of them
+    /// finished their open requests in time.
+    pub async fn wait(self) -> bool {
+        let mut all = true;
+        for rx in self.done {
+            // A worker that could not start or panicked reports nothing: not drained.
+            all &= rx.await.unwrap_or(false);
+        }
+        all
+    }
+}
+
+/// Serves the proxy on `workers` threads, each with its own single-threaded tokio runtime and
+/// accepting from the same listening socket (the nginx and Envoy layout): a connection, its
+/// requests, and the pod connections they use stay on one thread, with no hand-offs between
+/// threads per request. What is shared (routing table, per-model gates, metrics) is built for
+/// it. `stop` starts the drain on every worker.
+pub fn spawn_proxy_workers(
+    listener: std::net::TcpListener,
+    workers: usize,
+    proxy: Arc<Proxy>,
+    opts: ServerOptions,
+    stop: CancellationToken,
+) -> std::io::Result<ProxyWorkers> {
+    let workers = workers.max(1);
+    listener.set_nonblocking(true)?;
+    crate::upstream::set_workers(workers);
+    let mut done = Vec::with_capacity(workers);
+    for i in 0..workers {
+        let listener = listener.try_clone()?;
+        let (proxy, opts, stop) = (proxy.clone(), opts.clone(), stop.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("proxy-{i}"))
+            .spawn(move || {
+                crate::upstream::set_worker(i);
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(worker = i, error = %e, "starting a proxy worker failed");
+                        return;
+                    }
+                };
+                let drained = rt.block_on(async move {
+                    // hyper arms a header-read timer for every request head. tokio wakes its
+                    // driver (an eventfd write, a syscall) whenever a new timer is due before
+                    // every timer it knew of at its last park, which with no other timer is
+                    // almost every request. A timer always due sooner than any header timeout
+                    // keeps those insertions silent (measured: 0.7 eventfd writes per request
+                    // without it, BENCHMARKS.md "Activator").
+                    tokio::spawn(async {
+                        loop {
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                    });
+                    match TcpListener::from_std(listener) {
+                        Ok(l) => serve_proxy(l, proxy, opts, stop.cancelled_owned()).await,
+                        Err(e) => {
+                            tracing::error!(worker = i, error = %e, "proxy worker cannot listen");
+                            false
+                        }
+                    }
+                });
+                let _ = tx.send(drained);
+            })?;
+        done.push(rx);
+    }
+    Ok(ProxyWorkers { done })
 }
 
 /// Serves the proxy on `listener` until `shutdown` completes, then stops accepting and waits
@@ -74,6 +154,7 @@ pub async fn serve_proxy(
         };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
+        let peer = Peer::new(remote);
         let (builder, parked_builder) = (builder.clone(), parked_builder.clone());
         // Held from accept on, so a drain waits for parked requests too.
         let watcher = graceful.watcher();
@@ -89,8 +170,8 @@ pub async fn serve_proxy(
                 Parking::Gone(GoneReason::Closed | GoneReason::Stopping) => return,
                 Parking::Serve(stream, None) => {
                     let svc = service_fn(move |req: Request<Incoming>| {
-                        let proxy = proxy.clone();
-                        async move { Ok::<_, Infallible>(proxy.handle(req, remote).await) }
+                        let (proxy, peer) = (proxy.clone(), peer.clone());
+                        async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
                     });
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                     watcher.watch(conn.into_owned()).await
@@ -98,12 +179,12 @@ pub async fn serve_proxy(
                 Parking::Serve(stream, Some(p)) => {
                     let first = std::sync::Mutex::new(Some(p));
                     let svc = service_fn(move |req: Request<Incoming>| {
-                        let proxy = proxy.clone();
+                        let (proxy, peer) = (proxy.clone(), peer.clone());
                         let p = first.lock().unwrap_or_else(|e| e.into_inner()).take();
                         async move {
                             Ok::<_, Infallible>(match p {
-                                Some(p) => proxy.handle_parked(req, remote, p).await,
-                                None => proxy.handle(req, remote).await,
+                                Some(p) => proxy.handle_parked(req, peer, p).await,
+                                None => proxy.handle(req, peer).await,
                             })
                         }
                     });

@@ -12,8 +12,10 @@
 //! written: hyper hands the untouched request back ([`SendRequest::try_send_request`]) and the
 //! next connection is tried. A request is never re-sent once any byte of it was written.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -34,11 +36,29 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle connections kept per pod; beyond it the oldest is closed.
 pub const MAX_IDLE: usize = 512;
 
-/// One pod's connections.
+/// How many proxy worker threads pools are split for (see [`set_worker`]).
+static WORKERS: AtomicUsize = AtomicUsize::new(1);
+
+thread_local! {
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Declares that the proxy runs on `workers` threads; pods created afterwards keep one pool per
+/// worker, so a connection is reused by the thread whose runtime drives it.
+pub fn set_workers(workers: usize) {
+    WORKERS.store(workers.max(1), Ordering::Relaxed);
+}
+
+/// Marks the current thread as proxy worker `index` (0-based).
+pub fn set_worker(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
+
+/// One pod's connections: one idle pool per proxy worker thread.
 pub struct Upstream {
     addr: SocketAddr,
     authority: Authority,
-    idle: Mutex<VecDeque<Idle>>,
+    idle: Box<[Mutex<VecDeque<Idle>>]>,
 }
 
 struct Idle {
@@ -77,7 +97,9 @@ impl Upstream {
             addr,
             authority: Authority::try_from(addr.to_string().as_str())
                 .expect("a socket address is a valid authority"),
-            idle: Mutex::new(VecDeque::new()),
+            idle: (0..WORKERS.load(Ordering::Relaxed))
+                .map(|_| Mutex::new(VecDeque::new()))
+                .collect(),
         })
     }
 
@@ -91,13 +113,18 @@ impl Upstream {
         &self.authority
     }
 
-    /// Idle connections in the pool now.
+    /// Idle connections in the pools now.
     pub fn idle_count(&self) -> usize {
-        self.lock().len()
+        self.idle
+            .iter()
+            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
     }
 
+    /// This thread's pool.
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+        let i = WORKER.with(Cell::get) % self.idle.len();
+        self.idle[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Sends `req` (origin-form URI, `Host` set) on a pooled connection or a new one. The

@@ -611,6 +611,53 @@ async fn websocket_upgrade_passes_through() {
     assert_eq!(&got, b"ping");
 }
 
+/// The binary's layout: the proxy on worker threads with their own runtimes, sharing the table.
+/// Requests queued at zero from many connections (spread over both workers) are all served once
+/// a pod appears; a shutdown drains a request in flight and reports it drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_threads_share_the_queue_and_drain() {
+    let mut act = Activator::start_on(Arc::new(NoWake), ServerOptions::default(), 2).await;
+    let k = act.model("ns", "m", 2, 100, LONG);
+    let model = act.table.get(&k).unwrap();
+    let b = Backend::start("pod").await;
+    let c = client();
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let (c, url) = (c.clone(), act.url("/v1/models/m"));
+        tasks.push(tokio::spawn(async move {
+            send(
+                &c,
+                get(&url)
+                    .header("x-seq", i.to_string())
+                    .body(empty())
+                    .unwrap(),
+            )
+            .await
+        }));
+    }
+    until("all queued", || model.gate().queued() == 20).await;
+    act.table.set_endpoints(&k, vec![b.endpoint()]);
+    for t in tasks {
+        assert_eq!(t.await.unwrap().status, StatusCode::OK);
+    }
+    assert!(
+        b.max.load(Ordering::SeqCst) <= 2,
+        "container concurrency 2 held"
+    );
+
+    b.set_delay(Duration::from_millis(300));
+    let url = act.url("/v1/models/m");
+    let slow = tokio::spawn(async move { send(&client(), get(&url).body(empty()).unwrap()).await });
+    until("in flight", || b.current.load(Ordering::SeqCst) == 1).await;
+    act.shutdown();
+    assert_eq!(slow.await.unwrap().status, StatusCode::OK);
+    let drained = tokio::time::timeout(Duration::from_secs(10), act.done.take().unwrap())
+        .await
+        .expect("workers stop")
+        .unwrap();
+    assert!(drained, "every worker drained in time");
+}
+
 #[tokio::test]
 async fn h2c_clients_are_served() {
     let act = plain().await;

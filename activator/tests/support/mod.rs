@@ -256,6 +256,15 @@ pub struct Activator {
 
 impl Activator {
     pub async fn start(wake: Arc<dyn WakeSink>, opts: ServerOptions) -> Activator {
+        Self::start_on(wake, opts, 0).await
+    }
+
+    /// `workers` > 0: the proxy on that many worker threads (`server::spawn_proxy_workers`).
+    pub async fn start_on(
+        wake: Arc<dyn WakeSink>,
+        opts: ServerOptions,
+        workers: usize,
+    ) -> Activator {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
         let table = Arc::new(Table::new(metrics.clone(), wake));
@@ -266,9 +275,29 @@ impl Activator {
         let admin = al.local_addr().unwrap();
         let ready = Arc::new(AtomicBool::new(false));
         let (tx, rx) = oneshot::channel::<()>();
-        let done = tokio::spawn(server::serve_proxy(l, proxy.clone(), opts, async {
-            let _ = rx.await;
-        }));
+        let done = match workers {
+            // On the test's runtime.
+            0 => tokio::spawn(server::serve_proxy(l, proxy.clone(), opts, async {
+                let _ = rx.await;
+            })),
+            // On worker threads, as the binary runs it.
+            n => {
+                let stop = tokio_util::sync::CancellationToken::new();
+                let w = server::spawn_proxy_workers(
+                    l.into_std().unwrap(),
+                    n,
+                    proxy.clone(),
+                    opts,
+                    stop.clone(),
+                )
+                .unwrap();
+                tokio::spawn(async move {
+                    let _ = rx.await;
+                    stop.cancel();
+                    w.wait().await
+                })
+            }
+        };
         tokio::spawn(server::serve_admin(
             al,
             Admin {

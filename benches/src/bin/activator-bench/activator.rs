@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use zeroscale_activator::server::{self, Admin, ServerOptions};
 use zeroscale_activator::table::NoWake;
 use zeroscale_activator::{Endpoint, Limits, Metrics, ModelKey, ModelSpec, Proxy, Table};
@@ -82,7 +83,8 @@ pub fn build() -> (Arc<Table>, Arc<Proxy>, Registry) {
     (table, proxy, registry)
 }
 
-pub async fn run(o: Opts) -> anyhow::Result<()> {
+/// Runs the activator with `workers` proxy worker threads, as the binary does.
+pub async fn run(o: Opts, workers: usize) -> anyhow::Result<()> {
     let (table, proxy, registry) = build();
     let limits = default_limits(o.queue_depth);
     let sample = add_model(&table, "sample", limits.clone());
@@ -108,9 +110,10 @@ pub async fn run(o: Opts) -> anyhow::Result<()> {
         drain_timeout: Duration::from_secs(1),
         ..ServerOptions::default()
     };
-    server::serve_proxy(listener, proxy, opts, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await;
+    let stop = CancellationToken::new();
+    let w = server::spawn_proxy_workers(listener.into_std()?, workers, proxy, opts, stop.clone())?;
+    let _ = tokio::signal::ctrl_c().await;
+    stop.cancel();
+    w.wait().await;
     Ok(())
 }

@@ -21,10 +21,15 @@ use std::net::SocketAddr;
 
 use clap::{Parser, Subcommand};
 
+// The allocator the `activator` binary uses.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "activator-bench")]
 struct Args {
-    /// Tokio worker threads (0: a current-thread runtime).
+    /// Tokio worker threads (0: a current-thread runtime). For `activator`: its proxy worker
+    /// threads (each a current-thread runtime, as in the binary; 0 counts as 1).
     #[arg(long, global = true, default_value_t = 1)]
     threads: usize,
     #[command(subcommand)]
@@ -57,7 +62,7 @@ enum Role {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let rt = if args.threads == 0 {
+    let rt = if args.threads == 0 || matches!(args.role, Role::Activator(_)) {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
@@ -71,7 +76,7 @@ fn main() -> anyhow::Result<()> {
         match args.role {
             Role::Backend { listen } => backend::run(listen).await,
             Role::Hold { listen } => backend::hold(listen).await,
-            Role::Activator(o) => activator::run(o).await,
+            Role::Activator(o) => activator::run(o, args.threads).await,
             Role::Load(o) => load::run(o).await,
             Role::Flood(o) => flood::run(o).await,
             Role::Ready(o) => ready::run(o).await,

@@ -59,11 +59,6 @@ struct Args {
     pod_name: Option<String>,
 }
 
-// mimalloc: measured 5-8% more requests per second than glibc malloc on the proxy path
-// (BENCHMARKS.md, "Activator").
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 // The proxy runs on its own worker threads (`server::spawn_proxy_workers`); this runtime runs
 // the Kubernetes watches, the admin port and signals.
 #[tokio::main(flavor = "current_thread")]

@@ -21,10 +21,6 @@ use std::net::SocketAddr;
 
 use clap::{Parser, Subcommand};
 
-// The allocator the `activator` binary uses.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Debug, Parser)]
 #[command(name = "activator-bench")]
 struct Args {

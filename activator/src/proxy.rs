@@ -244,7 +244,9 @@ impl Proxy {
 
         let mut tried = Vec::new();
         let (mut resp, conn) = loop {
-            match permit.upstream().send(out).await {
+            // Boxed: inline, this future would make every request waiting in a queue as big
+            // as one being sent (measured: +1.3 KiB per queued HTTP/2 request).
+            match Box::pin(permit.upstream().send(out)).await {
                 Ok(r) => break r,
                 // Nothing of the request reached the pod: another pod may take it.
                 Err(SendError::NotSent { error, req }) if tried.len() < MAX_CONNECT_RETRIES => {

@@ -174,7 +174,9 @@ pub async fn serve_proxy(
                         async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
                     });
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                    watcher.watch(conn.into_owned()).await
+                    // Boxed here, so a parked connection's task does not carry hyper's
+                    // connection state inline while it waits.
+                    Box::pin(watcher.watch(conn.into_owned())).await
                 }
                 Parking::Serve(stream, Some(p)) => {
                     let first = std::sync::Mutex::new(Some(p));
@@ -188,9 +190,10 @@ pub async fn serve_proxy(
                             })
                         }
                     });
-                    let res = parked_builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                        .await;
+                    let res = Box::pin(
+                        parked_builder.serve_connection_with_upgrades(TokioIo::new(stream), svc),
+                    )
+                    .await;
                     drop(watcher);
                     res
                 }

@@ -88,49 +88,45 @@ impl Proxy {
     }
 
     /// Answers one request. Never fails: every error becomes an answer in [`rescue`].
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: Peer) -> Response<RespBody> {
-        match self.route(req).await {
-            Ok((model, req, bytes)) => self.serve(model, req, bytes, peer, None).await,
-            Err(e) => self.reject(&e),
-        }
+    pub fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: Peer,
+    ) -> impl Future<Output = Response<RespBody>> + Send + 'static {
+        self.respond(req, peer, None)
     }
 
     /// Answers the first request of a connection that waited in its model's queue before hyper
     /// read it ([`crate::park`]): the slot (or the reason there is none) comes with it.
-    pub async fn handle_parked(
+    pub fn handle_parked(
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: Peer,
         parked: Parked,
-    ) -> Response<RespBody> {
-        match self.route(req).await {
-            // The head hyper read is the one that was peeked, so this is the same model.
-            Ok((model, req, bytes)) if Arc::ptr_eq(&model, &parked.model) => {
-                let admitted = (parked.held, parked.outcome);
-                self.serve(model, req, bytes, peer, Some(admitted)).await
-            }
-            Ok((model, req, bytes)) => self.serve(model, req, bytes, peer, None).await,
-            Err(e) => self.reject(&e),
-        }
+    ) -> impl Future<Output = Response<RespBody>> + Send + 'static {
+        self.respond(req, peer, Some(parked))
     }
 
-    fn reject(&self, e: &ProxyError) -> Response<RespBody> {
-        tracing::debug!(error = %e, "request rejected");
-        self.metrics.rejected(e.reason());
-        rescue(e)
-    }
-
-    async fn serve(
-        &self,
-        model: Arc<Model>,
-        req: Request<ReqBody>,
-        bytes: u64,
+    // One async fn from route to answer: every layer of async fn keeps its arguments (the
+    // request among them) for its whole life, and a request waiting in a queue pays for each.
+    async fn respond(
+        self: Arc<Self>,
+        req: Request<Incoming>,
         peer: Peer,
-        admitted: Option<(Held, Result<Permit, QueueError>)>,
+        parked: Option<Parked>,
     ) -> Response<RespBody> {
-        let (held, admitted) = match admitted {
-            Some((held, outcome)) => (held, Some(outcome)),
-            None => (model.gate().metrics().integral.hold(), None),
+        let (model, req, bytes) = match self.route(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "request rejected");
+                self.metrics.rejected(e.reason());
+                return rescue(&e);
+            }
+        };
+        let (held, admitted) = match parked {
+            // The head hyper read is the one that was peeked, so this is the same model.
+            Some(p) if Arc::ptr_eq(&model, &p.model) => (p.held, Some(p.outcome)),
+            _ => (model.gate().metrics().integral.hold(), None),
         };
         let resp = match self.forward(&model, req, bytes, peer, held, admitted).await {
             Ok(r) => r,

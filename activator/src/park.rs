@@ -5,16 +5,17 @@
 //! model's queue costs about 16 KiB of resident memory before anything of ours (BENCHMARKS.md,
 //! "Activator"). A model at zero collects a burst of requests during its cold start, usually one
 //! connection each, so before a new connection is handed to hyper its first request head is
-//! *peeked* (left in the kernel's socket buffer, not copied), routed, and, when the model has no
-//! ready pod, the connection waits in the model's queue as it is: a task, a queue entry and no
-//! buffer. When a pod has room, the connection goes to hyper, which reads the request as usual
+//! *peeked* (read into a short-lived buffer; the bytes stay in the kernel's socket buffer),
+//! routed, and, when the model has no ready pod, the connection waits in the model's queue as
+//! it is: a task, a queue entry and no buffer. When a pod has room, the connection goes to hyper, which reads the request as usual
 //! and forwards it on the slot already taken.
 //!
 //! Everything else goes straight to hyper: HTTP/2, heads that are incomplete, malformed or
 //! larger than [`PEEK_BYTES`], routing by body, unknown models (hyper's path answers them), and
 //! models with a ready pod. A parked connection is served without keep-alive (one request, then
 //! closed): it cannot be watched for graceful shutdown before hyper has read its request (an
-//! idle HTTP/1 connection is closed at once on shutdown), so the server tracks it itself.
+//! idle HTTP/1 connection is closed at once on shutdown), so the server holds its place in the
+//! drain itself.
 
 use std::io;
 use std::sync::Arc;

@@ -28,8 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Held;
 use crate::proxy::Proxy;
 use crate::queue::{Admit, Permit, QueueError};
-use crate::route::{self, PathRoute};
-use crate::table::{Model, Table};
+use crate::table::{Addressed, Model, Table};
 
 /// The most bytes of a first request head looked at; a longer head goes to hyper directly.
 pub const PEEK_BYTES: usize = 8192;
@@ -160,17 +159,15 @@ fn route_head(data: &[u8], table: &Table) -> Option<Arc<Model>> {
         .iter()
         .find(|h| h.name.eq_ignore_ascii_case("host"))
         .and_then(|h| std::str::from_utf8(h.value).ok());
-    if let Some(m) = host.and_then(|h| table.by_host(h)) {
-        return Some(m);
-    }
-    let path = req.path?;
-    if !path.starts_with('/') {
-        return None; // absolute-form: hyper's path handles it
-    }
-    let path = path.split_once('?').map_or(path, |(p, _)| p);
-    match route::classify_path(path) {
-        PathRoute::Named(name) => table.by_name(name),
-        PathRoute::Body | PathRoute::None => None,
+    let path = match req.path? {
+        p if p.starts_with('/') => p.split_once('?').map_or(p, |(p, _)| p),
+        // Absolute-form: the Host may still route it; its path is left to hyper's route.
+        _ => "",
+    };
+    match table.addressed(host, path) {
+        Addressed::Model(m) => Some(m),
+        // Unknown models and routing by body: hyper's path answers them.
+        Addressed::Unknown(_) | Addressed::Body | Addressed::Nothing => None,
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::PathAndQuery;
+use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -16,8 +16,8 @@ use crate::error::{ProxyError, rescue};
 use crate::metrics::{Held, Metrics};
 use crate::park::Parked;
 use crate::queue::{Admit, Permit, QueueError};
-use crate::route::{self, PathRoute};
-use crate::table::{Model, Table};
+use crate::route;
+use crate::table::{Addressed, Model, Table};
 use crate::upstream::SendError;
 
 /// How many other pods a request whose connection failed is tried on.
@@ -37,11 +37,6 @@ impl Peer {
         let ip = HeaderValue::from_str(&addr.ip().to_string())
             .expect("an IP address is a valid header value");
         Self { addr, ip }
-    }
-
-    /// The client's address.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
     }
 }
 
@@ -153,18 +148,10 @@ impl Proxy {
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .or_else(|| req.uri().authority().map(|a| a.as_str()));
-        if let Some(m) = host.and_then(|h| self.table.by_host(h)) {
-            return Ok((m, req.map(ReqBody::Stream), 0));
-        }
-        match route::classify_path(req.uri().path()) {
-            PathRoute::Named(name) => {
-                let m = self
-                    .table
-                    .by_name(name)
-                    .ok_or_else(|| ProxyError::UnknownModel(name.to_string()))?;
-                Ok((m, req.map(ReqBody::Stream), 0))
-            }
-            PathRoute::Body => {
+        match self.table.addressed(host, req.uri().path()) {
+            Addressed::Model(m) => Ok((m, req.map(ReqBody::Stream), 0)),
+            Addressed::Unknown(name) => Err(ProxyError::UnknownModel(name)),
+            Addressed::Body => {
                 let limit = self.max_routing_body_bytes.load(Ordering::Relaxed);
                 if declared > limit as u64 {
                     return Err(ProxyError::BodyTooLarge(limit));
@@ -185,7 +172,7 @@ impl Proxy {
                 let n = bytes.len() as u64;
                 Ok((m, Request::from_parts(parts, ReqBody::Full(Some(bytes))), n))
             }
-            PathRoute::None => Err(ProxyError::NoRoute),
+            Addressed::Nothing => Err(ProxyError::NoRoute),
         }
     }
 
@@ -220,12 +207,13 @@ impl Proxy {
         };
         // The client's extensions mean nothing to the pod's connection.
         parts.extensions.clear();
-        prepare_request_headers(&mut parts.headers, &parts.uri, &peer, upgrade);
-        if !parts.headers.contains_key(header::HOST)
-            && let Ok(v) = HeaderValue::from_str(permit.authority().as_str())
-        {
-            parts.headers.insert(header::HOST, v);
-        }
+        prepare_request_headers(
+            &mut parts.headers,
+            &parts.uri,
+            &peer,
+            upgrade,
+            permit.authority(),
+        );
         // Pods get origin-form (`/path?query`); HTTP/2 clients and proxies send absolute URIs.
         if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
             parts.uri = parts
@@ -344,12 +332,18 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-fn prepare_request_headers(h: &mut HeaderMap, uri: &Uri, peer: &Peer, upgrade: bool) {
+/// `pod` is the Host of last resort (an HTTP/1.0 client without one).
+fn prepare_request_headers(
+    h: &mut HeaderMap,
+    uri: &Uri,
+    peer: &Peer,
+    upgrade: bool,
+    pod: &Authority,
+) {
     strip_hop_by_hop(h, upgrade);
     // HTTP/2 clients send :authority instead of Host; backends speak HTTP/1.1 and need Host.
     if !h.contains_key(header::HOST)
-        && let Some(a) = uri.authority()
-        && let Ok(v) = HeaderValue::from_str(a.as_str())
+        && let Ok(v) = HeaderValue::from_str(uri.authority().unwrap_or(pod).as_str())
     {
         h.insert(header::HOST, v);
     }

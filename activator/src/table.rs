@@ -24,6 +24,7 @@ use tokio::sync::Notify;
 
 use crate::metrics::{Metrics, ModelLabels};
 use crate::queue::{Endpoint, Gate, Limits};
+use crate::route::{self, PathRoute};
 
 /// A model's identity: its Deployment.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
@@ -182,6 +183,20 @@ pub fn normalize_host(host: &str) -> std::borrow::Cow<'_, str> {
     } else {
         std::borrow::Cow::Borrowed(h)
     }
+}
+
+/// What a request's Host and path address; the proxy and the parking of new connections both
+/// route through [`Table::addressed`], so they cannot disagree.
+#[derive(Debug)]
+pub enum Addressed {
+    /// A routed model.
+    Model(Arc<Model>),
+    /// A KServe path naming a model that is not routed.
+    Unknown(String),
+    /// An OpenAI-style path: the body names the model.
+    Body,
+    /// Nothing names a model.
+    Nothing,
 }
 
 impl Table {
@@ -360,6 +375,21 @@ impl Table {
         let (_, second) = (dots.next()?, dots.next()?);
         let v = self.hosts.get(&h[..second])?;
         v.first().map(|c| c.model.clone())
+    }
+
+    /// The model a request addresses: by Host first (a Host naming no model falls through),
+    /// then by KServe path (see [`crate::route`]).
+    pub fn addressed(&self, host: Option<&str>, path: &str) -> Addressed {
+        if let Some(m) = host.and_then(|h| self.by_host(h)) {
+            return Addressed::Model(m);
+        }
+        match route::classify_path(path) {
+            PathRoute::Named(name) => self
+                .by_name(name)
+                .map_or_else(|| Addressed::Unknown(name.to_string()), Addressed::Model),
+            PathRoute::Body => Addressed::Body,
+            PathRoute::None => Addressed::Nothing,
+        }
     }
 
     /// The model with this name, if any.

@@ -92,9 +92,9 @@ pub async fn park(
         return Parking::Serve(stream, None);
     }
     let held = model.gate().metrics().integral.hold();
-    let outcome = match model.gate().admit(0) {
-        Ok(Admit::Ready(p)) => Ok(p),
-        Err(e) => Err(e),
+    let (stream, outcome) = match model.gate().admit(0) {
+        Ok(Admit::Ready(p)) => (stream, Ok(p)),
+        Err(e) => (stream, Err(e)),
         Ok(Admit::Queued(t)) => {
             if t.needs_wake() {
                 proxy.table().wake_sink().wake(&model);
@@ -105,16 +105,7 @@ pub async fn park(
                 () = client_gone(&stream) => return Parking::Gone(GoneReason::Closed),
             };
             match rearm(stream) {
-                Ok(s) => {
-                    return Parking::Serve(
-                        s,
-                        Some(Parked {
-                            model,
-                            held,
-                            outcome,
-                        }),
-                    );
-                }
+                Ok(s) => (s, outcome),
                 // Dropping the permit (if any) frees the slot for the next waiter.
                 Err(_) => return Parking::Gone(GoneReason::Closed),
             }

@@ -31,6 +31,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -109,6 +110,8 @@ struct Shared {
     /// Addresses in use by pod uid, removed on shutdown.
     addrs: Mutex<HashMap<String, Ipv4Addr>>,
     workers: Mutex<HashMap<String, Worker>>,
+    /// Set by `shutdown` under the `groups` lock: no container may start after it.
+    stopped: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -140,6 +143,7 @@ impl Kubelet {
             groups: Mutex::new(HashMap::new()),
             addrs: Mutex::new(HashMap::new()),
             workers: Mutex::new(HashMap::new()),
+            stopped: AtomicBool::new(false),
         });
         register_node(&shared).await?;
         let tasks = vec![
@@ -156,7 +160,14 @@ impl Kubelet {
             t.abort();
         }
         lock(&self.shared.workers).clear();
-        let groups: Vec<u32> = lock(&self.shared.groups).drain().map(|(_, g)| g).collect();
+        // A pod task on another runtime thread may be starting a container right now: under
+        // this lock it either registered its group (killed below) or sees `stopped` and kills
+        // its own (see `run_pod`).
+        let groups: Vec<u32> = {
+            let mut g = lock(&self.shared.groups);
+            self.shared.stopped.store(true, Ordering::SeqCst);
+            g.drain().map(|(_, g)| g).collect()
+        };
         for g in &groups {
             signal_group(*g, Signal::SIGKILL);
         }
@@ -715,7 +726,11 @@ async fn run_pod(shared: &Arc<Shared>, pod: Pod, mut terminate: watch::Receiver<
     };
     let mut backoff = Duration::from_millis(200);
     'life: loop {
-        if terminate.borrow().is_some() {
+        // Terminated, or the kubelet shut down (the sender is gone with its worker entry).
+        if terminate.borrow().is_some()
+            || terminate.has_changed().is_err()
+            || shared.stopped.load(Ordering::SeqCst)
+        {
             break 'life;
         }
         let mut child = match spawn_container(shared, &pod, &container, ip, &log) {
@@ -735,7 +750,16 @@ async fn run_pod(shared: &Arc<Shared>, pod: Pod, mut terminate: watch::Receiver<
             }
         };
         let pgid = child.id().unwrap_or(0);
-        lock(&shared.groups).insert(uid.clone(), pgid);
+        {
+            let mut groups = lock(&shared.groups);
+            if shared.stopped.load(Ordering::SeqCst) {
+                drop(groups);
+                signal_group(pgid, Signal::SIGKILL);
+                let _ = child.wait().await;
+                break 'life;
+            }
+            groups.insert(uid.clone(), pgid);
+        }
         let mut prober = container
             .readiness_probe
             .as_ref()

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod park;
 pub mod proxy;
 pub mod queue;
+pub mod relay;
 pub mod route;
 pub mod server;
 pub mod table;

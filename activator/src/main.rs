@@ -54,6 +54,10 @@ struct Args {
     /// Proxy worker threads, each with its own runtime; 0 means one per available CPU.
     #[arg(long, env = "ACTIVATOR_WORKERS", default_value_t = 0)]
     workers: usize,
+    /// Serve plain HTTP/1.1 requests to models with room through the relay (the fast lane; see
+    /// activator/README.md). `false` sends every request through hyper.
+    #[arg(long, env = "ACTIVATOR_RELAY", default_value_t = true, action = clap::ArgAction::Set)]
+    relay: bool,
     /// This instance's name, for Events (the pod name).
     #[arg(long, env = "POD_NAME")]
     pod_name: Option<String>,
@@ -79,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
         header_read_timeout,
         max_header_bytes,
         workers,
+        relay,
         pod_name,
     } = Args::parse();
     let workers = match workers {
@@ -149,6 +154,7 @@ async fn main() -> anyhow::Result<()> {
         header_read_timeout,
         max_header_bytes,
         drain_timeout,
+        relay,
     };
     let stop = CancellationToken::new();
     let proxy_workers =

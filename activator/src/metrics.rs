@@ -193,6 +193,7 @@ pub struct Metrics {
     abandoned: Family<ModelLabels, Counter>,
     pod_in_flight: Family<PodLabels, Gauge>,
     rejected: Family<ReasonLabels, Counter>,
+    relayed: Counter,
 }
 
 impl Metrics {
@@ -210,6 +211,7 @@ impl Metrics {
             abandoned: Family::default(),
             pod_in_flight: Family::default(),
             rejected: Family::default(),
+            relayed: Counter::default(),
         };
         registry.register(
             "zeroscale_activator_request_concurrency_seconds",
@@ -261,6 +263,11 @@ impl Metrics {
             "Requests rejected before a model was chosen, by reason",
             m.rejected.clone(),
         );
+        registry.register(
+            "zeroscale_activator_relayed_requests",
+            "Requests forwarded by the relay (the HTTP/1.1 fast lane) rather than through hyper",
+            m.relayed.clone(),
+        );
         Arc::new(m)
     }
 
@@ -283,6 +290,16 @@ impl Metrics {
     /// Counts a request rejected before it reached a model.
     pub fn rejected(&self, reason: &'static str) {
         self.rejected.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// Counts a request the relay forwards.
+    pub fn relayed(&self) {
+        self.relayed.inc();
+    }
+
+    /// Requests the relay forwarded so far.
+    pub fn relayed_count(&self) -> u64 {
+        self.relayed.get()
     }
 
     /// Number of rejected requests for `reason` (for tests).

@@ -21,7 +21,7 @@ use crate::table::{Addressed, Model, Table};
 use crate::upstream::SendError;
 
 /// How many other pods a request whose connection failed is tried on.
-const MAX_CONNECT_RETRIES: usize = 2;
+pub(crate) const MAX_CONNECT_RETRIES: usize = 2;
 
 /// The client end of a connection, as the proxy tells pods about it (`X-Forwarded-For`);
 /// made once per connection.
@@ -37,6 +37,11 @@ impl Peer {
         let ip = HeaderValue::from_str(&addr.ip().to_string())
             .expect("an IP address is a valid header value");
         Self { addr, ip }
+    }
+
+    /// The client's IP address as text.
+    pub fn ip_bytes(&self) -> &[u8] {
+        self.ip.as_bytes()
     }
 }
 

@@ -252,6 +252,20 @@ impl Gate {
         n
     }
 
+    /// A permit now, when no one is waiting and a pod has room; never queues.
+    pub fn try_admit(self: &Arc<Self>) -> Option<Permit> {
+        let mut st = self.lock();
+        if st.closed || !st.queue.is_empty() {
+            return None;
+        }
+        let a = self.take_slot(&mut st)?;
+        Some(Permit {
+            gate: self.clone(),
+            addr: a.addr,
+            upstream: a.upstream,
+        })
+    }
+
     /// Admits a request whose body accounts for `bytes`: a permit now, or a place in the queue.
     pub fn admit(self: &Arc<Self>, bytes: u64) -> Result<Admit, QueueError> {
         let mut st = self.lock();

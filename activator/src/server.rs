@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::park::{GoneReason, Parking, park};
 use crate::proxy::{Peer, Proxy};
+use crate::relay::{self, Prefixed};
 
 /// Options of the proxy listener.
 #[derive(Clone, Debug)]
@@ -32,6 +33,9 @@ pub struct ServerOptions {
     pub max_header_bytes: usize,
     /// On shutdown, how long queued and in-flight requests may take to finish.
     pub drain_timeout: Duration,
+    /// Serve plain HTTP/1.1 requests to models with room through the relay
+    /// ([`crate::relay`]) instead of hyper.
+    pub relay: bool,
 }
 
 impl Default for ServerOptions {
@@ -40,6 +44,7 @@ impl Default for ServerOptions {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
             drain_timeout: Duration::from_secs(30),
+            relay: true,
         }
     }
 }
@@ -160,6 +165,7 @@ pub async fn serve_proxy(
         let watcher = graceful.watcher();
         let stopping = stopping.clone();
         let header_timeout = opts.header_read_timeout;
+        let relay = opts.relay;
         tokio::spawn(async move {
             let metrics = proxy.metrics().clone();
             let res = match park(stream, &proxy, header_timeout, &stopping).await {
@@ -168,7 +174,24 @@ pub async fn serve_proxy(
                     return;
                 }
                 Parking::Gone(GoneReason::Closed | GoneReason::Stopping) => return,
-                Parking::Serve(stream, None) => {
+                Parking::Serve(mut stream, None) => {
+                    let prefix = if relay {
+                        match Box::pin(relay::serve(
+                            &mut stream,
+                            &proxy,
+                            &peer,
+                            header_timeout,
+                            &stopping,
+                        ))
+                        .await
+                        {
+                            relay::End::Closed => return,
+                            relay::End::HandOff(prefix) => prefix,
+                        }
+                    } else {
+                        Vec::new()
+                    };
+                    let stream = Prefixed::new(prefix, stream);
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let (proxy, peer) = (proxy.clone(), peer.clone());
                         async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }

@@ -59,6 +59,13 @@ pub struct Upstream {
     addr: SocketAddr,
     authority: Authority,
     idle: Box<[Mutex<VecDeque<Idle>>]>,
+    /// The relay's connections ([`crate::relay`]): plain sockets, one pool per worker.
+    raw: Box<[Mutex<Vec<RawIdle>>]>,
+}
+
+struct RawIdle {
+    stream: TcpStream,
+    since: Instant,
 }
 
 struct Idle {
@@ -100,6 +107,9 @@ impl Upstream {
             idle: (0..WORKERS.load(Ordering::Relaxed))
                 .map(|_| Mutex::new(VecDeque::new()))
                 .collect(),
+            raw: (0..WORKERS.load(Ordering::Relaxed))
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
         })
     }
 
@@ -115,10 +125,58 @@ impl Upstream {
 
     /// Idle connections in the pools now.
     pub fn idle_count(&self) -> usize {
-        self.idle
+        let hyper: usize = self
+            .idle
             .iter()
             .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).len())
-            .sum()
+            .sum();
+        let raw: usize = self
+            .raw
+            .iter()
+            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum();
+        hyper + raw
+    }
+
+    fn lock_raw(&self) -> std::sync::MutexGuard<'_, Vec<RawIdle>> {
+        let i = WORKER.with(Cell::get) % self.raw.len();
+        self.raw[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The relay's most recently used idle connection that still looks open: the pod has
+    /// neither closed it nor sent anything on it since its last answer.
+    pub fn take_raw(&self) -> Option<TcpStream> {
+        let mut idle = self.lock_raw();
+        while let Some(i) = idle.pop() {
+            if i.since.elapsed() < IDLE_TIMEOUT && quiet(&i.stream) {
+                return Some(i.stream);
+            }
+        }
+        None
+    }
+
+    /// Gives a relay connection whose exchange ended cleanly back to this thread's pool.
+    pub fn put_raw(&self, stream: TcpStream) {
+        let now = Instant::now();
+        let mut idle = self.lock_raw();
+        if idle.len() >= MAX_IDLE || idle.first().is_some_and(|i| now - i.since >= IDLE_TIMEOUT) {
+            idle.remove(0);
+        }
+        idle.push(RawIdle { stream, since: now });
+    }
+
+    /// A new plain connection to the pod (for the relay).
+    pub async fn connect_raw(&self) -> std::io::Result<TcpStream> {
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {CONNECT_TIMEOUT:?}"),
+                )
+            })??;
+        stream.set_nodelay(true)?;
+        Ok(stream)
     }
 
     /// This thread's pool.
@@ -185,15 +243,7 @@ impl Upstream {
     }
 
     async fn connect(&self) -> std::io::Result<SendRequest<ReqBody>> {
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr))
-            .await
-            .map_err(|_| {
-                std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no answer within {CONNECT_TIMEOUT:?}"),
-                )
-            })??;
-        stream.set_nodelay(true)?;
+        let stream = self.connect_raw().await?;
         let (tx, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -236,6 +286,21 @@ impl Upstream {
             idle.pop_front();
         }
         idle.push_back(Idle { tx, since: now });
+    }
+}
+
+/// True when an idle socket has nothing to read: neither data nor the pod's close. The
+/// reactor's readiness answers without a system call in the common case (tokio clears it when a
+/// read leaves the socket empty); only a socket marked readable is asked with a read.
+fn quiet(stream: &TcpStream) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match stream.poll_read_ready(&mut cx) {
+        std::task::Poll::Pending => true,
+        std::task::Poll::Ready(Ok(())) => {
+            let mut b = [0u8; 1];
+            matches!(stream.try_read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        }
+        std::task::Poll::Ready(Err(_)) => false,
     }
 }
 

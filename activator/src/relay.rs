@@ -1,0 +1,1062 @@
+//! The relay: the HTTP/1.1 fast lane for the common request.
+//!
+//! Most requests to a warm model are small HTTP/1.1 requests on keep-alive connections. hyper
+//! serves them correctly but spends more user-space CPU per request than the kernel's share of
+//! the work: it builds a `HeaderMap` for the request and again for the response, and its client
+//! runs each pod connection on its own task, so a request crosses tasks three times (request,
+//! response head, response body). The relay does what nginx does instead: it reads the request
+//! head into a buffer, parses it in place ([`httparse`]), routes it, writes the rewritten head
+//! and the body to a pooled pod connection from the same task, and copies the response back,
+//! rewriting only its head. A warm request costs four system calls and no task switch.
+//!
+//! The relay takes a request only when it can finish it without anything hyper does better. It
+//! hands the connection to hyper ([`End::HandOff`], with the bytes it has read) at the first
+//! request that is not one of these:
+//! - HTTP/1.1, origin-form target, a `Host`, no `Upgrade`, `Expect` or `Transfer-Encoding`,
+//!   at most one `Content-Length`, body at most [`BODY_BYTES`], head at most [`HEAD_BYTES`]
+//!   (hyper answers malformed and oversized heads: 400, 431);
+//! - addressed by Host or path (not by body) to a known model;
+//! - the body arrives within the header read timeout (a slow body is streamed by hyper);
+//! - a pod has room now ([`Gate::try_admit`](crate::queue::Gate::try_admit)): a request that
+//!   must wait goes through hyper's path and its queue.
+//!
+//! Once a connection is hyper's it stays hyper's. What the relay sends and answers is what the
+//! hyper path sends and answers: hop-by-hop headers removed both ways, `X-Forwarded-For` and
+//! `X-Forwarded-Proto` set, a request retried on another pod only when no byte of it was
+//! written, the same JSON errors ([`rescue`]), the same metrics. Response bodies are streamed:
+//! each read from the pod is written to the client at once (server-sent events flow chunk by
+//! chunk); a chunked body is copied as it is while its framing is followed to find its end, a
+//! body delimited by the pod closing is sent chunked.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Response;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::body::RespBody;
+use crate::error::{ProxyError, rescue};
+use crate::proxy::{MAX_CONNECT_RETRIES, Peer, Proxy};
+use crate::queue::Permit;
+use crate::table::{Addressed, Model};
+use crate::upstream::Upstream;
+
+/// The longest request head the relay reads; a longer one is hyper's (same as parking).
+pub const HEAD_BYTES: usize = crate::park::PEEK_BYTES;
+/// The largest request body the relay buffers; a larger one is streamed by hyper.
+pub const BODY_BYTES: usize = 16 * 1024;
+/// The longest response head accepted from a pod (hyper's client default is ~400 KiB; model
+/// servers send a few hundred bytes).
+pub const RESPONSE_HEAD_BYTES: usize = 64 * 1024;
+/// Header lines parsed per head (hyper's default limit).
+const MAX_HEADERS: usize = 100;
+/// Bytes read from a pod per system call.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// How a connection left the relay.
+#[derive(Debug)]
+pub enum End {
+    /// Closed (the client left, asked for it, timed out, or the server is stopping).
+    Closed,
+    /// hyper serves the rest; these bytes were read from the socket and not used.
+    HandOff(Vec<u8>),
+}
+
+/// Serves requests from `client` until it closes or one needs hyper.
+pub async fn serve(
+    client: &mut TcpStream,
+    proxy: &Proxy,
+    peer: &Peer,
+    header_timeout: Duration,
+    stopping: &CancellationToken,
+) -> End {
+    let mut inb: Vec<u8> = Vec::new();
+    let mut out: Vec<u8> = Vec::new();
+    loop {
+        // A connection waiting for its next request holds no buffer.
+        if inb.is_empty() {
+            inb = Vec::new();
+            out = Vec::new();
+            tokio::select! {
+                r = client.readable() => if r.is_err() { return End::Closed },
+                () = stopping.cancelled() => return End::Closed,
+            }
+            inb.reserve_exact(HEAD_BYTES);
+        }
+        let deadline = Instant::now() + header_timeout;
+        // The head.
+        let plan = loop {
+            out.clear();
+            match plan(&inb, proxy, peer, &mut out) {
+                Parsed::Plan(p) => break p,
+                Parsed::HandOff => return End::HandOff(inb),
+                Parsed::Partial if inb.len() >= HEAD_BYTES => return End::HandOff(inb),
+                Parsed::Partial => {}
+            }
+            match read_until(client, &mut inb, deadline).await {
+                Read::Data => {}
+                Read::Eof | Read::Error => return End::Closed,
+                Read::Timeout => {
+                    proxy.metrics().rejected("header_timeout");
+                    return End::Closed;
+                }
+            }
+        };
+        // The body, whole.
+        let total = plan.head_len + plan.body_len;
+        while inb.len() < total {
+            inb.reserve(total - inb.len());
+            match read_until(client, &mut inb, deadline).await {
+                Read::Data => {}
+                Read::Eof | Read::Error => return End::Closed,
+                // A slow body: hyper streams it.
+                Read::Timeout => return End::HandOff(inb),
+            }
+        }
+        let gate = plan.model.gate();
+        let Some(permit) = gate.try_admit() else {
+            // Every pod busy, or none ready: hyper's path queues it.
+            return End::HandOff(inb);
+        };
+        let held = gate.metrics().integral.hold();
+        proxy.metrics().relayed();
+        out.extend_from_slice(&inb[plan.head_len..total]);
+        let close = plan.close || stopping.is_cancelled();
+        let outcome = exchange(client, &plan, permit, &out, close).await;
+        drop(held);
+        match outcome {
+            Ok(()) if !close => {}
+            Ok(()) | Err(Abort) => return End::Closed,
+        }
+        inb.drain(..total);
+    }
+}
+
+/// A request the relay takes.
+struct Plan {
+    model: Arc<Model>,
+    head_len: usize,
+    body_len: usize,
+    /// The client sent `Connection: close`.
+    close: bool,
+    /// A HEAD request: the answer has no body whatever its headers say.
+    head_method: bool,
+}
+
+enum Parsed {
+    Plan(Plan),
+    Partial,
+    HandOff,
+}
+
+/// Parses the request head at the start of `inb` and, when the relay takes it, writes the head
+/// the pod gets into `out`.
+fn plan(inb: &[u8], proxy: &Proxy, peer: &Peer, out: &mut Vec<u8>) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(inb) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        // hyper answers it (400, 431) and counts it.
+        Err(_) => return Parsed::HandOff,
+    };
+    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+        return Parsed::HandOff;
+    };
+    if !target.starts_with('/') || method == "CONNECT" {
+        return Parsed::HandOff;
+    }
+    let mut host = None;
+    let mut body_len = None;
+    let mut close = false;
+    let mut listed: Vec<&[u8]> = Vec::new();
+    let mut xff: Option<&[u8]> = None;
+    let mut has_proto = false;
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"host") {
+            if host.is_some() {
+                return Parsed::HandOff;
+            }
+            host = Some(h.value);
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            let Some(n) = parse_length(h.value) else {
+                return Parsed::HandOff;
+            };
+            if body_len.is_some() {
+                return Parsed::HandOff;
+            }
+            body_len = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"upgrade")
+            || name.eq_ignore_ascii_case(b"expect")
+        {
+            return Parsed::HandOff;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for t in h.value.split(|&b| b == b',').map(trim) {
+                if t.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if t.eq_ignore_ascii_case(b"upgrade") {
+                    return Parsed::HandOff;
+                } else if !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive") {
+                    listed.push(t);
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+            if xff.is_none() && !trim(h.value).is_empty() {
+                xff = Some(h.value);
+            }
+        } else if name.eq_ignore_ascii_case(b"x-forwarded-proto") {
+            has_proto = true;
+        }
+    }
+    let Some(host) = host.and_then(|h| std::str::from_utf8(h).ok()) else {
+        return Parsed::HandOff;
+    };
+    let body_len = body_len.unwrap_or(0);
+    if body_len > BODY_BYTES as u64 {
+        return Parsed::HandOff;
+    }
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    let model = match proxy.table().addressed(Some(host), path) {
+        Addressed::Model(m) => m,
+        // Unknown models and routing by body: hyper's path answers them.
+        Addressed::Unknown(_) | Addressed::Body | Addressed::Nothing => return Parsed::HandOff,
+    };
+
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        if is_hop_by_hop(name)
+            || listed.iter().any(|l| l.eq_ignore_ascii_case(name))
+            || name.eq_ignore_ascii_case(b"x-forwarded-for")
+        {
+            continue;
+        }
+        push_header(out, name, h.value);
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if let Some(prev) = xff {
+        out.extend_from_slice(prev);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(peer.ip_bytes());
+    out.extend_from_slice(b"\r\n");
+    if !has_proto {
+        out.extend_from_slice(b"x-forwarded-proto: http\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Parsed::Plan(Plan {
+        model,
+        head_len,
+        body_len: body_len as usize,
+        close,
+        head_method: method == "HEAD",
+    })
+}
+
+/// The relay gave up on the connection (the client left, or a pod failed mid-answer).
+#[derive(Debug)]
+struct Abort;
+
+/// Sends `req` (head and body) on a connection to the permit's pod and copies the answer to the
+/// client. Retries on another pod only while no byte was written.
+async fn exchange(
+    client: &mut TcpStream,
+    plan: &Plan,
+    mut permit: Permit,
+    req: &[u8],
+    close: bool,
+) -> Result<(), Abort> {
+    let metrics = plan.model.gate().metrics();
+    let mut tried = Vec::new();
+    let mut pod = loop {
+        match send(permit.upstream(), req).await {
+            Ok(s) => break s,
+            Err(error) if tried.len() < MAX_CONNECT_RETRIES => {
+                tried.push(permit.addr());
+                match permit.try_other(&tried) {
+                    Some(p) => {
+                        tracing::debug!(model = %plan.model.key(), failed = %permit.addr(), next = %p.addr(), %error, "connect failed, retrying on another pod");
+                        permit = p;
+                    }
+                    None => {
+                        return answer_error(client, plan, ProxyError::Backend(error), close).await;
+                    }
+                }
+            }
+            Err(error) => {
+                return answer_error(client, plan, ProxyError::Backend(error), close).await;
+            }
+        }
+    };
+
+    let mut buf = Vec::with_capacity(READ_CHUNK);
+    let head = tokio::select! {
+        r = read_response_head(&mut pod, &mut buf, plan.head_method) => r,
+        // Nothing is waiting for the answer any more; the pod connection is dropped with it.
+        () = closed(client) => return Err(Abort),
+    };
+    let head = match head {
+        Ok(h) => h,
+        Err(e) => {
+            let error = format!("{} failed: {e}", permit.addr());
+            return answer_error(client, plan, ProxyError::Backend(error), close).await;
+        }
+    };
+    metrics.answered(head.status);
+
+    // The head and what came with it, in one write.
+    let mut out = head.rewritten;
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    let mut body = Body::new(head.framing);
+    let rest = &buf[head.len..];
+    let (used, mut finished) = body.advance(rest).map_err(|_| Abort)?;
+    body.frame(&rest[..used], &mut out);
+    let mut reusable = head.keep_alive && used == rest.len();
+    client.write_all(&out).await.map_err(|_| Abort)?;
+    let mut framed = out;
+    while !finished {
+        buf.clear();
+        buf.reserve(READ_CHUNK);
+        let n = pod.read_buf(&mut buf).await.map_err(|_| Abort)?;
+        if n == 0 {
+            if !body.eof_ends() {
+                // The pod closed mid-body: the client must not take a cut body for a whole one.
+                return Err(Abort);
+            }
+            client.write_all(b"0\r\n\r\n").await.map_err(|_| Abort)?;
+            reusable = false;
+            break;
+        }
+        let (used, done) = body.advance(&buf).map_err(|_| Abort)?;
+        if used < n {
+            reusable = false; // bytes after the answer: the pod is out of step
+        }
+        if body.eof_ends() {
+            framed.clear();
+            body.frame(&buf[..used], &mut framed);
+            client.write_all(&framed).await.map_err(|_| Abort)?;
+        } else {
+            client.write_all(&buf[..used]).await.map_err(|_| Abort)?;
+        }
+        finished = done;
+    }
+    if reusable && !body.eof_ends() {
+        permit.upstream().put_raw(pod);
+    }
+    Ok(())
+}
+
+/// Writes `req` on a pooled connection or a new one. A pooled connection that fails before any
+/// byte is written is dropped and the next one tried; the error says why no connection took it.
+async fn send(up: &Arc<Upstream>, req: &[u8]) -> Result<TcpStream, String> {
+    while let Some(mut s) = up.take_raw() {
+        match write_first(&mut s, req).await {
+            Ok(()) => return Ok(s),
+            Err(Sent::Nothing) => continue,
+            Err(Sent::Partly(e)) => return Err(format!("writing to {} failed: {e}", up.addr())),
+        }
+    }
+    let mut s = up
+        .connect_raw()
+        .await
+        .map_err(|e| format!("connecting to {} failed: {e}", up.addr()))?;
+    match write_first(&mut s, req).await {
+        Ok(()) => Ok(s),
+        Err(Sent::Nothing) => Err(format!("the connection to {} failed", up.addr())),
+        Err(Sent::Partly(e)) => Err(format!("writing to {} failed: {e}", up.addr())),
+    }
+}
+
+enum Sent {
+    Nothing,
+    Partly(io::Error),
+}
+
+async fn write_first(s: &mut TcpStream, mut req: &[u8]) -> Result<(), Sent> {
+    let mut first = true;
+    while !req.is_empty() {
+        match s.write(req).await {
+            Ok(0) if first => return Err(Sent::Nothing),
+            Ok(0) => return Err(Sent::Partly(io::ErrorKind::WriteZero.into())),
+            Ok(n) => req = &req[n..],
+            Err(_) if first => return Err(Sent::Nothing),
+            Err(e) => return Err(Sent::Partly(e)),
+        }
+        first = false;
+    }
+    Ok(())
+}
+
+/// Answers a request the relay could not forward, the way the hyper path does.
+async fn answer_error(
+    client: &mut TcpStream,
+    plan: &Plan,
+    err: ProxyError,
+    close: bool,
+) -> Result<(), Abort> {
+    tracing::debug!(model = %plan.model.key(), error = %err, "request failed");
+    let resp = rescue(&err);
+    plan.model.gate().metrics().answered(resp.status().as_u16());
+    let out = encode_local(resp, plan.head_method, close).await;
+    client.write_all(&out).await.map_err(|_| Abort)
+}
+
+/// A local answer as HTTP/1.1 bytes.
+async fn encode_local(resp: Response<RespBody>, head_method: bool, close: bool) -> Vec<u8> {
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let mut out = Vec::with_capacity(256 + body.len());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or("Unknown")
+            .as_bytes(),
+    );
+    out.extend_from_slice(b"\r\n");
+    for (n, v) in &parts.headers {
+        push_header(&mut out, n.as_str().as_bytes(), v.as_bytes());
+    }
+    out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head_method {
+        out.extend_from_slice(&body);
+    }
+    out
+}
+
+/// A parsed answer head.
+struct Head {
+    /// Bytes of the head in the buffer (interim 1xx answers included).
+    len: usize,
+    status: u16,
+    framing: Framing,
+    /// The pod keeps the connection open after this answer.
+    keep_alive: bool,
+    /// The head the client gets, without its final empty line.
+    rewritten: Vec<u8>,
+}
+
+/// Reads and parses the pod's answer head into `buf`, skipping interim (1xx) answers.
+async fn read_response_head(
+    pod: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    head_method: bool,
+) -> Result<Head, String> {
+    let mut skipped = 0;
+    loop {
+        if buf.len() > skipped {
+            match parse_response(&buf[skipped..], head_method)? {
+                Some(ParsedHead::Interim(n)) => {
+                    skipped += n;
+                    continue;
+                }
+                Some(ParsedHead::Final(mut h)) => {
+                    h.len += skipped;
+                    return Ok(h);
+                }
+                None if buf.len() - skipped >= RESPONSE_HEAD_BYTES => {
+                    return Err(format!(
+                        "its answer head is over {RESPONSE_HEAD_BYTES} bytes"
+                    ));
+                }
+                None => {}
+            }
+        }
+        buf.reserve(READ_CHUNK);
+        match pod.read_buf(buf).await {
+            Ok(0) => return Err("the connection closed before an answer".to_string()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("reading its answer failed: {e}")),
+        }
+    }
+}
+
+enum ParsedHead {
+    Interim(usize),
+    Final(Head),
+}
+
+fn parse_response(data: &[u8], head_method: bool) -> Result<Option<ParsedHead>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(data) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(format!("its answer head is malformed: {e}")),
+    };
+    let (Some(status), Some(version)) = (resp.code, resp.version) else {
+        return Err("its answer head is malformed".to_string());
+    };
+    if status == 101 {
+        return Err("it switched protocols without being asked".to_string());
+    }
+    if (100..200).contains(&status) {
+        return Ok(Some(ParsedHead::Interim(len)));
+    }
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut te = false;
+    let mut keep_alive = version == 1;
+    let mut listed: Vec<&[u8]> = Vec::new();
+    for h in resp.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let n = parse_length(h.value)
+                .ok_or_else(|| "its Content-Length is not a number".to_string())?;
+            if length.is_some_and(|l| l != n) {
+                return Err("it sent two different Content-Lengths".to_string());
+            }
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            te = true;
+            // Only the last coding frames the message.
+            chunked = h
+                .value
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|t| trim(t).eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for t in h.value.split(|&b| b == b',').map(trim) {
+                if t.eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
+                } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive = true;
+                } else if !t.is_empty() {
+                    listed.push(t);
+                }
+            }
+        }
+    }
+    let framing = if head_method || status == 204 || status == 304 {
+        Framing::None
+    } else if te && chunked {
+        Framing::Chunked
+    } else if te {
+        Framing::Close
+    } else {
+        match length {
+            Some(n) => Framing::Length(n),
+            None => Framing::Close,
+        }
+    };
+    let mut out = Vec::with_capacity(len + 32);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa3(status).as_slice());
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in resp.headers.iter() {
+        let name = h.name.as_bytes();
+        if is_hop_by_hop(name)
+            || listed.iter().any(|l| l.eq_ignore_ascii_case(name))
+            // The relay states the framing itself.
+            || (name.eq_ignore_ascii_case(b"content-length") && te)
+        {
+            continue;
+        }
+        push_header(&mut out, name, h.value);
+    }
+    if matches!(framing, Framing::Chunked | Framing::Close) {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    Ok(Some(ParsedHead::Final(Head {
+        len,
+        status,
+        framing,
+        keep_alive,
+        rewritten: out,
+    })))
+}
+
+fn itoa3(n: u16) -> [u8; 3] {
+    [
+        b'0' + (n / 100 % 10) as u8,
+        b'0' + (n / 10 % 10) as u8,
+        b'0' + (n % 10) as u8,
+    ]
+}
+
+/// How an answer's body ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    /// When the pod closes the connection; sent to the client chunked.
+    Close,
+}
+
+/// Follows an answer body as it is copied.
+struct Body {
+    framing: Framing,
+    left: u64,
+    chunks: Chunks,
+}
+
+impl Body {
+    fn new(framing: Framing) -> Self {
+        Self {
+            framing,
+            left: match framing {
+                Framing::Length(n) => n,
+                _ => 0,
+            },
+            chunks: Chunks::default(),
+        }
+    }
+
+    /// The pod closing the connection ends this body (rather than cutting it).
+    fn eof_ends(&self) -> bool {
+        self.framing == Framing::Close
+    }
+
+    /// Takes the body's bytes from the front of `data`: how many belong to it, and whether
+    /// it ended with them.
+    fn advance(&mut self, data: &[u8]) -> Result<(usize, bool), ()> {
+        match self.framing {
+            Framing::None => Ok((0, true)),
+            Framing::Length(_) => {
+                let n = (self.left.min(data.len() as u64)) as usize;
+                self.left -= n as u64;
+                Ok((n, self.left == 0))
+            }
+            Framing::Chunked => Ok(match self.chunks.feed(data)? {
+                Some(end) => (end, true),
+                None => (data.len(), false),
+            }),
+            Framing::Close => Ok((data.len(), false)),
+        }
+    }
+
+    /// Appends body bytes to `out` as the client gets them: as they are, or as one chunk for a
+    /// body that ends when the pod closes.
+    fn frame(&self, data: &[u8], out: &mut Vec<u8>) {
+        if self.framing != Framing::Close {
+            out.extend_from_slice(data);
+        } else if !data.is_empty() {
+            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            out.extend_from_slice(data);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+/// Where a chunked body stands (RFC 9112 7.1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum ChunkState {
+    #[default]
+    Size,
+    Ext,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    TrailerStart,
+    Trailer,
+    EndLf,
+    Done,
+}
+
+/// Follows the framing of a chunked body without changing it.
+#[derive(Debug, Default)]
+struct Chunks {
+    state: ChunkState,
+    size: u64,
+    digits: u32,
+    trailer_bytes: usize,
+}
+
+/// The most trailer bytes accepted.
+const MAX_TRAILER_BYTES: usize = 16 * 1024;
+
+impl Chunks {
+    /// Feeds the next bytes; `Some(i)`: the body ends after `data[..i]`.
+    fn feed(&mut self, data: &[u8]) -> Result<Option<usize>, ()> {
+        let mut i = 0;
+        while i < data.len() {
+            let b = data[i];
+            match self.state {
+                ChunkState::Size => match b {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        let d = (b as char).to_digit(16).ok_or(())? as u64;
+                        self.digits += 1;
+                        if self.digits > 15 {
+                            return Err(());
+                        }
+                        self.size = self.size * 16 + d;
+                    }
+                    b';' | b' ' | b'\t' if self.digits > 0 => self.state = ChunkState::Ext,
+                    b'\r' if self.digits > 0 => self.state = ChunkState::SizeLf,
+                    _ => return Err(()),
+                },
+                ChunkState::Ext => match b {
+                    b'\r' => self.state = ChunkState::SizeLf,
+                    b'\n' => return Err(()),
+                    _ => {}
+                },
+                ChunkState::SizeLf => {
+                    if b != b'\n' {
+                        return Err(());
+                    }
+                    self.state = if self.size == 0 {
+                        ChunkState::TrailerStart
+                    } else {
+                        ChunkState::Data
+                    };
+                }
+                ChunkState::Data => {
+                    let n = (self.size.min((data.len() - i) as u64)) as usize;
+                    self.size -= n as u64;
+                    i += n;
+                    if self.size == 0 {
+                        self.state = ChunkState::DataCr;
+                    }
+                    continue;
+                }
+                ChunkState::DataCr => {
+                    if b != b'\r' {
+                        return Err(());
+                    }
+                    self.state = ChunkState::DataLf;
+                }
+                ChunkState::DataLf => {
+                    if b != b'\n' {
+                        return Err(());
+                    }
+                    self.state = ChunkState::Size;
+                    self.digits = 0;
+                }
+                ChunkState::TrailerStart => {
+                    self.state = if b == b'\r' {
+                        ChunkState::EndLf
+                    } else {
+                        ChunkState::Trailer
+                    };
+                    self.trailer_bytes += 1;
+                }
+                ChunkState::Trailer => {
+                    self.trailer_bytes += 1;
+                    if self.trailer_bytes > MAX_TRAILER_BYTES {
+                        return Err(());
+                    }
+                    if b == b'\n' {
+                        self.state = ChunkState::TrailerStart;
+                    }
+                }
+                ChunkState::EndLf => {
+                    if b != b'\n' {
+                        return Err(());
+                    }
+                    self.state = ChunkState::Done;
+                    return Ok(Some(i + 1));
+                }
+                ChunkState::Done => return Ok(Some(i)),
+            }
+            i += 1;
+        }
+        Ok((self.state == ChunkState::Done).then_some(i))
+    }
+}
+
+/// Headers that concern one connection only (RFC 9110 7.6.1), never forwarded.
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    const HOP: [&[u8]; 9] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    ];
+    HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn trim(s: &[u8]) -> &[u8] {
+    s.trim_ascii()
+}
+
+/// A Content-Length value: digits only.
+fn parse_length(v: &[u8]) -> Option<u64> {
+    let v = trim(v);
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+enum Read {
+    Data,
+    Eof,
+    Error,
+    Timeout,
+}
+
+/// Reads more of a request into `inb` before `deadline`.
+async fn read_until(client: &mut TcpStream, inb: &mut Vec<u8>, deadline: Instant) -> Read {
+    if inb.capacity() == inb.len() {
+        inb.reserve(HEAD_BYTES);
+    }
+    // The first read of a request usually finds its whole head waiting: no timer for it.
+    if let Ok(n) = client.try_read_buf(inb) {
+        return if n == 0 { Read::Eof } else { Read::Data };
+    }
+    match tokio::time::timeout_at(deadline, client.read_buf(inb)).await {
+        Err(_) => Read::Timeout,
+        Ok(Ok(0)) => Read::Eof,
+        Ok(Ok(_)) => Read::Data,
+        Ok(Err(_)) => Read::Error,
+    }
+}
+
+/// Completes when the client closes or resets the connection; when it sends more instead (a
+/// pipelined request), never: that data stays where it is for the next request.
+async fn closed(client: &TcpStream) {
+    match client.ready(Interest::READABLE).await {
+        Ok(r) if r.is_read_closed() || r.is_error() => {}
+        Err(_) => {}
+        Ok(_) => std::future::pending().await,
+    }
+}
+
+/// A connection with bytes already read from it in front: what the relay hands to hyper.
+#[derive(Debug)]
+pub struct Prefixed {
+    prefix: Bytes,
+    stream: TcpStream,
+}
+
+impl Prefixed {
+    /// `stream`, whose next bytes are `prefix`.
+    pub fn new(prefix: Vec<u8>, stream: TcpStream) -> Self {
+        Self {
+            prefix: Bytes::from(prefix),
+            stream,
+        }
+    }
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let head = self.prefix.split_to(n);
+            buf.put_slice(&head);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(parts: &[&[u8]]) -> Result<Option<usize>, ()> {
+        let mut c = Chunks::default();
+        let mut total = 0;
+        for p in parts {
+            if let Some(end) = c.feed(p)? {
+                return Ok(Some(total + end));
+            }
+            total += p.len();
+        }
+        Ok(None)
+    }
+
+    #[test]
+    fn a_chunked_body_ends_after_its_last_chunk_and_trailers() {
+        let body = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n";
+        assert_eq!(chunks(&[body]), Ok(Some(body.len())));
+        // Split at every byte: the same end.
+        let parts: Vec<&[u8]> = body.chunks(1).collect();
+        assert_eq!(chunks(&parts), Ok(Some(body.len())));
+        // Trailers, then bytes after the end (the next answer) are not part of it.
+        let t = b"A\r\n0123456789\r\n0\r\nx-checksum: 1\r\n\r\nHTTP/1.1";
+        assert_eq!(chunks(&[t]), Ok(Some(t.len() - 8)));
+        // Not yet complete.
+        assert_eq!(chunks(&[b"5\r\nhel"]), Ok(None));
+        assert_eq!(chunks(&[b"0\r\n"]), Ok(None));
+    }
+
+    #[test]
+    fn a_malformed_chunked_body_is_an_error() {
+        for bad in [
+            &b"x\r\n"[..],
+            b"\r\n",
+            b"5\r\nhelloXX",
+            b"5\nhello",
+            b"1234567890abcdef0\r\n",
+        ] {
+            assert_eq!(
+                chunks(&[bad]),
+                Err(()),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn answer_heads_are_framed_and_stripped() {
+        let h = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, x-secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nX-Model: m\r\n\r\nhello";
+        let Ok(Some(ParsedHead::Final(head))) = parse_response(h, false) else {
+            panic!("a final head")
+        };
+        assert_eq!(head.len, h.len() - 5);
+        assert_eq!(head.framing, Framing::Length(5));
+        assert!(head.keep_alive);
+        assert_eq!(
+            String::from_utf8(head.rewritten).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Model: m\r\n"
+        );
+
+        let h = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n";
+        let Ok(Some(ParsedHead::Final(head))) = parse_response(h, false) else {
+            panic!("a final head")
+        };
+        assert_eq!(head.framing, Framing::Chunked);
+        assert_eq!(
+            String::from_utf8(head.rewritten).unwrap(),
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n"
+        );
+
+        // HTTP/1.0 without a length: ends at close, not reusable; sent chunked.
+        let Ok(Some(ParsedHead::Final(head))) = parse_response(b"HTTP/1.0 200 OK\r\n\r\n", false)
+        else {
+            panic!("a final head")
+        };
+        assert_eq!(head.framing, Framing::Close);
+        assert!(!head.keep_alive);
+
+        // A HEAD answer and a 204 have no body whatever they say.
+        for (h, head_method) in [
+            (&b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"[..], true),
+            (
+                b"HTTP/1.1 204 No Content\r\nContent-Length: 10\r\n\r\n",
+                false,
+            ),
+        ] {
+            let Ok(Some(ParsedHead::Final(head))) = parse_response(h, head_method) else {
+                panic!("a final head")
+            };
+            assert_eq!(head.framing, Framing::None);
+        }
+
+        assert!(matches!(
+            parse_response(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200", false),
+            Ok(Some(ParsedHead::Interim(25)))
+        ));
+        assert!(parse_response(b"HTTP/1.1 101 Switching\r\n\r\n", false).is_err());
+        assert!(
+            parse_response(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                false
+            )
+            .is_err()
+        );
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", false).is_err());
+        assert!(matches!(
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Len", false),
+            Ok(None)
+        ));
+    }
+
+    #[test]
+    fn a_close_delimited_body_is_sent_chunked() {
+        let mut b = Body::new(Framing::Close);
+        let mut out = Vec::new();
+        assert_eq!(b.advance(b"data: 1\n\n"), Ok((9, false)));
+        b.frame(b"data: 1\n\n", &mut out);
+        assert_eq!(out, b"9\r\ndata: 1\n\n\r\n");
+        // Other framings: as they are.
+        let mut out = Vec::new();
+        Body::new(Framing::Length(3)).frame(b"abc", &mut out);
+        assert_eq!(out, b"abc");
+    }
+
+    #[test]
+    fn content_lengths_are_digits_only() {
+        assert_eq!(parse_length(b" 42 "), Some(42));
+        for bad in [
+            &b""[..],
+            b"-1",
+            b"+1",
+            b"1 2",
+            b"0x10",
+            b"99999999999999999999",
+        ] {
+            assert_eq!(parse_length(bad), None, "{bad:?}");
+        }
+    }
+}

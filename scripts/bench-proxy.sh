@@ -2,6 +2,7 @@
 # Activator benchmarks, side by side in one run (results and reading: BENCHMARKS.md, "Activator").
 #
 #  1. small keep-alive requests: direct to the backend, through the activator, through nginx;
+#     ALT_ROUNDS=N adds N short wrk rounds alternating activator and nginx (their ratio);
 #     closed loop with wrk (throughput, latency) and open loop at a fixed rate (latency);
 #  2. memory: 10,000 requests queued on a model with no endpoints, then a 30,000-client flood
 #     against a queue of 10,000;
@@ -26,6 +27,8 @@ CONNS=${CONNS:-64}        # wrk connections
 RATE=${RATE:-2000}        # open-loop requests per second
 ROUNDS=${ROUNDS:-2}       # the three targets alternate, ROUNDS times (spreads machine noise)
 READY_ROUNDS=${READY_ROUNDS:-200}
+ALT_ROUNDS=${ALT_ROUNDS:-0} # extra short wrk rounds alternating activator and nginx (throughput ratio)
+ALT_DUR=${ALT_DUR:-4}
 PARTS=${PARTS:-"proxy memory ready"}
 
 BACKEND=127.0.0.1:28081
@@ -132,6 +135,16 @@ EOF
         --rate "$RATE" --secs "$DUR" --warmup-secs 2 | sed "s/^load /load round=$r /"
     done
     load
+  done
+  # Short alternating rounds: one 10 s round per target is at the mercy of this VM's noise.
+  for r in $(seq 1 "$ALT_ROUNDS"); do
+    declare -A RPS=()
+    for t in activator nginx; do
+      taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d1s -s "$WORK/post.lua" "${URL[$t]}/v1/models/sample:predict" >/dev/null
+      RPS[$t]=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${ALT_DUR}s" -s "$WORK/post.lua" \
+        "${URL[$t]}/v1/models/sample:predict" | awk '/^Requests\/sec/ {print $2}')
+    done
+    echo "alt round=$r activator=${RPS[activator]} nginx=${RPS[nginx]} ratio=$(awk -v a="${RPS[activator]}" -v n="${RPS[nginx]}" 'BEGIN {printf "%.2f", a / n}')"
   done
   echo "# activator RSS after the proxy runs: $(grep VmHWM /proc/$APID/status | tr -s ' ')"
   echo "# nginx worker RSS: $(for p in $(pgrep -P $NPID); do grep VmHWM /proc/$p/status | tr -s ' '; done)"

@@ -301,6 +301,20 @@ fn is_upgrade(h: &HeaderMap) -> bool {
         })
 }
 
+/// Headers that concern one connection only (RFC 9110 7.6.1), never forwarded as they are; the
+/// relay uses the same list.
+pub(crate) const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
 /// Removes hop-by-hop headers (RFC 9110 7.6.1), including those named in `Connection`. With
 /// `keep_upgrade`, `Connection: upgrade` and `Upgrade` survive so the backend sees the upgrade.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
@@ -318,18 +332,11 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
             }
         }
     }
-    for n in [
-        header::CONNECTION,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-    ] {
-        h.remove(n);
+    for n in HOP_BY_HOP {
+        if n != "upgrade" {
+            h.remove(n);
+        }
     }
-    h.remove("keep-alive");
-    h.remove("proxy-connection");
     if keep_upgrade {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     } else {

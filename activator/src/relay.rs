@@ -44,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::body::RespBody;
 use crate::error::{ProxyError, rescue};
-use crate::proxy::{MAX_CONNECT_RETRIES, Peer, Proxy};
+use crate::proxy::{HOP_BY_HOP, MAX_CONNECT_RETRIES, Peer, Proxy};
 use crate::queue::Permit;
 use crate::table::{Addressed, Model};
 use crate::upstream::Upstream;
@@ -785,20 +785,11 @@ impl Chunks {
     }
 }
 
-/// Headers that concern one connection only (RFC 9110 7.6.1), never forwarded.
+/// Headers that concern one connection only, never forwarded ([`HOP_BY_HOP`]).
 fn is_hop_by_hop(name: &[u8]) -> bool {
-    const HOP: [&[u8]; 9] = [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-    ];
-    HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+    HOP_BY_HOP
+        .iter()
+        .any(|h| h.as_bytes().eq_ignore_ascii_case(name))
 }
 
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {

@@ -95,6 +95,8 @@ pub async fn serve(
         // The head.
         let plan = loop {
             out.clear();
+            // Room for the head the pod gets (about the client's, plus two headers) in one go.
+            out.reserve(inb.len() + 128);
             match plan(&inb, proxy, peer, &mut out) {
                 Parsed::Plan(p) => break p,
                 Parsed::HandOff => return End::HandOff(inb),

@@ -38,12 +38,7 @@ async fn main() -> anyhow::Result<()> {
         model_name: model,
         hostnames: vec![],
         created: None,
-        limits: Limits {
-            container_concurrency: 0,
-            queue_depth: 10_000,
-            queue_bytes: 64 << 20,
-            queue_deadline: Duration::from_secs(300),
-        },
+        limits: Limits::with_queue(0, 10_000, 64 << 20, Duration::from_secs(300)),
     });
     table.set_endpoints(
         &key,

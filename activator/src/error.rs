@@ -4,6 +4,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::body::RespBody;
+use crate::forward::Refusal;
 use crate::queue::QueueError;
 use crate::route::BodyError;
 
@@ -16,6 +17,15 @@ or `/v2/models/{model}/...`, or by the \"model\" field of a JSON body on `/v1/ch
 /// Everything that can go wrong between accepting a request and answering it.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
+    /// The request head breaks the forwarding policy ([`crate::forward`]).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// The request head could not be parsed.
+    #[error("the request is not valid HTTP/1.1: {0}")]
+    Malformed(String),
+    /// The request head is over the limit.
+    #[error("the request head is larger than {0} bytes")]
+    HeadTooLarge(usize),
     /// Nothing in the request names a model.
     #[error("no model is addressed by this request")]
     NoRoute,
@@ -34,15 +44,27 @@ pub enum ProxyError {
     /// No capacity: queue full, deadline or model removed.
     #[error(transparent)]
     Queue(#[from] QueueError),
-    /// The backend could not be reached or failed mid-request.
-    #[error("the model server failed: {0}")]
+    /// The backend could not be reached or failed before its answer head. The detail (with
+    /// the pod's address) is for logs only: answers never show the cluster's topology.
+    #[error("the model server failed to answer")]
     Backend(String),
+    /// No answer head within the model's response timeout.
+    #[error("the model server sent no answer within {}s (response-timeout)", .0.as_secs_f64())]
+    ResponseTimeout(std::time::Duration),
+    /// The client's body paused longer than the model's idle timeout.
+    #[error("the request body paused for more than {}s (idle-timeout)", .0.as_secs_f64())]
+    BodyTimeout(std::time::Duration),
 }
 
 impl ProxyError {
     /// A short machine-readable name, used as a metric label and in the JSON body.
     pub fn reason(&self) -> &'static str {
         match self {
+            ProxyError::Refused(r) => r.reason(),
+            ProxyError::Malformed(_) => "malformed_http",
+            ProxyError::HeadTooLarge(_) => "header_too_large",
+            ProxyError::ResponseTimeout(_) => "response_timeout",
+            ProxyError::BodyTimeout(_) => "idle_timeout",
             ProxyError::NoRoute => "no_route",
             ProxyError::UnknownModel(_) => "unknown_model",
             ProxyError::BodyTooLarge(_) => "body_too_large",
@@ -59,6 +81,11 @@ impl ProxyError {
     /// The HTTP status this error is answered with.
     pub fn status(&self) -> StatusCode {
         match self {
+            ProxyError::Refused(r) => r.status(),
+            ProxyError::Malformed(_) => StatusCode::BAD_REQUEST,
+            ProxyError::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoRoute | ProxyError::UnknownModel(_) => StatusCode::NOT_FOUND,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Body(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
@@ -101,5 +128,29 @@ pub fn rescue(err: &ProxyError) -> Response<RespBody> {
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(s));
     }
+    if err.closes_connection() {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if matches!(err, ProxyError::Refused(Refusal::Connect)) {
+        resp.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+        );
+    }
     resp
+}
+
+impl ProxyError {
+    /// After this answer the client connection is closed: what follows the head on it cannot
+    /// be trusted to start a new request (a refused or unparseable head, an unread body).
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Refused(_)
+                | ProxyError::Malformed(_)
+                | ProxyError::HeadTooLarge(_)
+                | ProxyError::BodyTimeout(_)
+        )
+    }
 }

@@ -165,6 +165,8 @@ impl ServicesAndSlices<'_> {
                 queue_depth: global.activator.queue_depth,
                 queue_bytes: global.activator.queue_bytes,
                 queue_deadline: settings.queue_deadline,
+                response_timeout: settings.response_timeout,
+                idle_timeout: settings.idle_timeout,
             },
             key,
         };

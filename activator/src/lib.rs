@@ -9,6 +9,7 @@
 pub mod balance;
 pub mod body;
 pub mod error;
+pub mod forward;
 pub mod k8s;
 pub mod metrics;
 pub mod park;

@@ -45,9 +45,12 @@ struct Args {
     /// On SIGTERM, how long queued and in-flight requests may take to finish.
     #[arg(long, env = "DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     drain_timeout: Duration,
-    /// A client must send its request head within this.
+    /// A client must send its request head within this, once its first byte arrived.
     #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     header_read_timeout: Duration,
+    /// An idle client connection is closed after this (not counted as a rejection).
+    #[arg(long, env = "KEEP_ALIVE_TIMEOUT", default_value = "75s", value_parser = parse_duration)]
+    keep_alive_timeout: Duration,
     /// Max size of a request head in bytes.
     #[arg(long, env = "MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
     max_header_bytes: usize,
@@ -81,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
         kubeconfig,
         drain_timeout,
         header_read_timeout,
+        keep_alive_timeout,
         max_header_bytes,
         workers,
         relay,
@@ -152,6 +156,7 @@ async fn main() -> anyhow::Result<()> {
 
     let opts = ServerOptions {
         header_read_timeout,
+        keep_alive_timeout,
         max_header_bytes,
         drain_timeout,
         relay,

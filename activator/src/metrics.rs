@@ -53,6 +53,19 @@ pub struct PodLabels {
     pub pod_ip: String,
 }
 
+/// Per-model labels plus what happened (`kind`), for the request path's failure counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// The Deployment's namespace.
+    pub namespace: String,
+    /// The Deployment's name.
+    pub deployment: String,
+    /// The routed model name.
+    pub model: String,
+    /// What happened, e.g. `response` for a timeout or `stale_connection` for a retry.
+    pub kind: &'static str,
+}
+
 /// Reason label of requests rejected before a model was known.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
@@ -194,6 +207,9 @@ pub struct Metrics {
     pod_in_flight: Family<PodLabels, Gauge>,
     rejected: Family<ReasonLabels, Counter>,
     relayed: Counter,
+    client_gone: Family<ModelLabels, Counter>,
+    timeouts: Family<KindLabels, Counter>,
+    retries: Family<KindLabels, Counter>,
 }
 
 impl Metrics {
@@ -212,6 +228,9 @@ impl Metrics {
             pod_in_flight: Family::default(),
             rejected: Family::default(),
             relayed: Counter::default(),
+            client_gone: Family::default(),
+            timeouts: Family::default(),
+            retries: Family::default(),
         };
         registry.register(
             "zeroscale_activator_request_concurrency_seconds",
@@ -268,6 +287,21 @@ impl Metrics {
             "Requests forwarded by the relay (the HTTP/1.1 fast lane) rather than through hyper",
             m.relayed.clone(),
         );
+        registry.register(
+            "zeroscale_activator_client_gone",
+            "Forwarded requests whose client went away before the answer was complete (the pod connection is closed)",
+            m.client_gone.clone(),
+        );
+        registry.register(
+            "zeroscale_activator_timeouts",
+            "Requests cut by a timeout: kind=response (no answer head within response-timeout: 504), kind=idle (a body paused longer than idle-timeout)",
+            m.timeouts.clone(),
+        );
+        registry.register(
+            "zeroscale_activator_retries",
+            "Requests sent again before any byte of an answer came back: kind=connect (another pod; the connection failed), kind=stale_connection (a fresh connection; a reused one closed under it)",
+            m.retries.clone(),
+        );
         Arc::new(m)
     }
 
@@ -282,6 +316,7 @@ impl Metrics {
             wake_failures: self.wake_failures.get_or_create(&labels).clone(),
             abandoned: self.abandoned.get_or_create(&labels).clone(),
             codes: Arc::new(std::array::from_fn(|_| OnceLock::new())),
+            failures: Arc::default(),
             root: self.clone(),
             labels,
         }
@@ -329,7 +364,33 @@ pub struct ModelMetrics {
     pub abandoned: Counter,
     /// Counters of [`CACHED_CODES`], resolved on first use (no zero series for unseen codes).
     codes: Arc<[OnceLock<Counter>; CACHED_CODES.len()]>,
+    /// Failure counters, resolved on first use: a model that never fails has no such series.
+    failures: Arc<Failures>,
     root: Arc<Metrics>,
+}
+
+#[derive(Debug, Default)]
+struct Failures {
+    client_gone: OnceLock<Counter>,
+    response_timeout: OnceLock<Counter>,
+    idle_timeout: OnceLock<Counter>,
+    connect_retry: OnceLock<Counter>,
+    stale_retry: OnceLock<Counter>,
+}
+
+/// A request-path event counted per model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The client left before its answer was complete.
+    ClientGone,
+    /// No answer head within the response timeout.
+    ResponseTimeout,
+    /// A body paused longer than the idle timeout.
+    IdleTimeout,
+    /// Sent to another pod: the connection to the first failed before any byte was written.
+    ConnectRetry,
+    /// Sent again on a fresh connection: a reused one closed before any byte of an answer.
+    StaleRetry,
 }
 
 /// Status codes whose request counters each model resolves once, so answering a request
@@ -346,6 +407,39 @@ impl ModelMetrics {
                 .inc(),
             None => self.family_counter(code).inc(),
         };
+    }
+
+    /// Counts one request-path event.
+    pub fn count(&self, event: Event) {
+        self.counter(event).inc();
+    }
+
+    /// How often `event` happened (for tests).
+    pub fn count_of(&self, event: Event) -> u64 {
+        self.counter(event).get()
+    }
+
+    fn counter(&self, event: Event) -> &Counter {
+        let f = &self.failures;
+        let (slot, kind) = match event {
+            Event::ClientGone => {
+                return f
+                    .client_gone
+                    .get_or_init(|| self.root.client_gone.get_or_create(&self.labels).clone());
+            }
+            Event::ResponseTimeout => (&f.response_timeout, "response"),
+            Event::IdleTimeout => (&f.idle_timeout, "idle"),
+            Event::ConnectRetry => (&f.connect_retry, "connect"),
+            Event::StaleRetry => (&f.stale_retry, "stale_connection"),
+        };
+        slot.get_or_init(|| {
+            let labels = self.kind_labels(kind);
+            let family = match event {
+                Event::ResponseTimeout | Event::IdleTimeout => &self.root.timeouts,
+                _ => &self.root.retries,
+            };
+            family.get_or_create(&labels).clone()
+        })
     }
 
     /// Requests answered with `code` so far.
@@ -402,6 +496,22 @@ impl ModelMetrics {
         r.wake_signals.remove(&self.labels);
         r.wake_failures.remove(&self.labels);
         r.abandoned.remove(&self.labels);
+        r.client_gone.remove(&self.labels);
+        for kind in ["response", "idle"] {
+            r.timeouts.remove(&self.kind_labels(kind));
+        }
+        for kind in ["connect", "stale_connection"] {
+            r.retries.remove(&self.kind_labels(kind));
+        }
+    }
+
+    fn kind_labels(&self, kind: &'static str) -> KindLabels {
+        KindLabels {
+            namespace: self.labels.namespace.clone(),
+            deployment: self.labels.deployment.clone(),
+            model: self.labels.model.clone(),
+            kind,
+        }
     }
 }
 

@@ -58,8 +58,8 @@ pub enum Parking {
 /// Why a connection was closed before hyper saw it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GoneReason {
-    /// No request head arrived within the header read timeout.
-    HeaderTimeout,
+    /// No byte arrived within the keep-alive timeout (an idle connection, not a rejection).
+    Idle,
     /// The client closed the connection (before sending, or while its request was parked).
     Closed,
     /// The server is shutting down and no request had arrived.
@@ -72,12 +72,12 @@ pub enum GoneReason {
 pub async fn park(
     stream: TcpStream,
     proxy: &Proxy,
-    header_timeout: Duration,
+    idle_timeout: Duration,
     stopping: &CancellationToken,
 ) -> Parking {
     tokio::select! {
-        r = tokio::time::timeout(header_timeout, stream.readable()) => match r {
-            Err(_) => return Parking::Gone(GoneReason::HeaderTimeout),
+        r = tokio::time::timeout(idle_timeout, stream.readable()) => match r {
+            Err(_) => return Parking::Gone(GoneReason::Idle),
             Ok(Err(_)) => return Parking::Gone(GoneReason::Closed),
             Ok(Ok(())) => {}
         },
@@ -145,6 +145,12 @@ fn route_head(data: &[u8], table: &Table) -> Option<Arc<Model>> {
         Ok(httparse::Status::Complete(_)) => {}
         _ => return None,
     }
+    let version = match req.version? {
+        0 => crate::forward::Version::Http10,
+        _ => crate::forward::Version::Http11,
+    };
+    // A head the policy refuses is answered at once, never parked.
+    crate::forward::check_request(req.method?.as_bytes(), version, || req.headers.iter()).ok()?;
     let host = req
         .headers
         .iter()
@@ -209,12 +215,7 @@ mod tests {
             model_name: "llama".into(),
             hostnames: vec![],
             created: Some(1),
-            limits: Limits {
-                container_concurrency: 0,
-                queue_depth: 10,
-                queue_bytes: 1000,
-                queue_deadline: Duration::from_secs(300),
-            },
+            limits: Limits::with_queue(0, 10, 1000, Duration::from_secs(300)),
         });
         t
     }
@@ -234,7 +235,7 @@ mod tests {
             Some("llama")
         );
         assert_eq!(
-            routed("GET /v2/models/llama/ready HTTP/1.1\r\n\r\n").as_deref(),
+            routed("GET /v2/models/llama/ready HTTP/1.0\r\n\r\n").as_deref(),
             Some("llama")
         );
     }
@@ -254,6 +255,9 @@ mod tests {
             "GET http://x/v1/models/llama HTTP/1.1\r\n\r\n",
             // HTTP/2 prior knowledge
             "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            // refused by the forwarding policy: answered at once, not parked
+            "GET /v1/models/llama HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n",
+            "GET /v1/models/llama HTTP/1.1\r\n\r\n",
         ] {
             assert_eq!(routed(head), None, "{head:?}");
         }

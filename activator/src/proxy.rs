@@ -4,16 +4,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::body::{Guard, ReqBody, RespBody};
+use crate::body::{Guard, IdleTimeout, IdleTimer, ReqBody, RespBody};
 use crate::error::{ProxyError, rescue};
-use crate::metrics::{Held, Metrics};
+use crate::forward;
+use crate::metrics::{Event, Held, Metrics, ModelMetrics};
 use crate::park::Parked;
 use crate::queue::{Admit, Permit, QueueError};
 use crate::route;
@@ -22,6 +23,9 @@ use crate::upstream::SendError;
 
 /// How many other pods a request whose connection failed is tried on.
 pub(crate) const MAX_CONNECT_RETRIES: usize = 2;
+/// How often a request is sent again on a fresh connection to the same pod after a reused one
+/// closed before any byte of an answer.
+pub(crate) const MAX_STALE_RETRIES: usize = 1;
 
 /// The client end of a connection, as the proxy tells pods about it (`X-Forwarded-For`);
 /// made once per connection.
@@ -42,6 +46,11 @@ impl Peer {
     /// The client's IP address as text.
     pub fn ip_bytes(&self) -> &[u8] {
         self.ip.as_bytes()
+    }
+
+    /// The client's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 }
 
@@ -115,6 +124,18 @@ impl Proxy {
         peer: Peer,
         parked: Option<Parked>,
     ) -> Response<RespBody> {
+        // The same policy the relay applies, over hyper's parse (it catches what hyper lets
+        // through: a second Host, Connection naming a framing header, CONNECT, ...).
+        if let Err(r) =
+            forward::check_request(req.method().as_str().as_bytes(), version_of(&req), || {
+                req.headers().iter()
+            })
+        {
+            let e = ProxyError::from(r);
+            tracing::debug!(peer = %peer.addr, error = %e, "request refused");
+            self.metrics.rejected(e.reason());
+            return rescue(&e);
+        }
         let (model, req, bytes) = match self.route(req).await {
             Ok(r) => r,
             Err(e) => {
@@ -128,6 +149,8 @@ impl Proxy {
             Some(p) if Arc::ptr_eq(&model, &p.model) => (p.held, Some(p.outcome)),
             _ => (model.gate().metrics().integral.hold(), None),
         };
+        // Counts the client leaving while the pod works (hyper drops this future then).
+        let watch = ClientGone(Some(model.gate().metrics()));
         let resp = match self.forward(&model, req, bytes, peer, held, admitted).await {
             Ok(r) => r,
             Err(e) => {
@@ -135,6 +158,7 @@ impl Proxy {
                 rescue(&e)
             }
         };
+        watch.disarm();
         model.gate().metrics().answered(resp.status().as_u16());
         resp
     }
@@ -154,7 +178,10 @@ impl Proxy {
             .and_then(|h| h.to_str().ok())
             .or_else(|| req.uri().authority().map(|a| a.as_str()));
         match self.table.addressed(host, req.uri().path()) {
-            Addressed::Model(m) => Ok((m, req.map(ReqBody::Stream), 0)),
+            Addressed::Model(m) => {
+                let idle = IdleTimer::new(m.gate().timeouts().1);
+                Ok((m, req.map(|b| ReqBody::Stream(b, idle)), 0))
+            }
             Addressed::Unknown(name) => Err(ProxyError::UnknownModel(name)),
             Addressed::Body => {
                 let limit = self.max_routing_body_bytes.load(Ordering::Relaxed);
@@ -204,7 +231,13 @@ impl Proxy {
         };
 
         let (mut parts, body) = req.into_parts();
-        let upgrade = is_upgrade(&parts.headers) && parts.version == Version::HTTP_11;
+        // Checked in `respond`: this cannot fail, but a refusal is answered, never forwarded.
+        let plan = forward::check_request(
+            parts.method.as_str().as_bytes(),
+            version_of_parts(&parts),
+            || parts.headers.iter(),
+        )?;
+        let upgrade = plan.upgrade;
         let client_upgrade = if upgrade {
             parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
         } else {
@@ -212,13 +245,21 @@ impl Proxy {
         };
         // The client's extensions mean nothing to the pod's connection.
         parts.extensions.clear();
-        prepare_request_headers(
-            &mut parts.headers,
-            &parts.uri,
-            &peer,
-            upgrade,
-            permit.authority(),
+        // HTTP/2 clients send :authority instead of Host; an HTTP/1.0 client may send neither.
+        let authority = parts
+            .uri
+            .authority()
+            .map_or_else(|| permit.authority().as_str(), |a| a.as_str())
+            .as_bytes();
+        let mut headers = HeaderMap::with_capacity(parts.headers.len() + 2);
+        plan.forward(
+            || parts.headers.iter(),
+            peer.ip_bytes(),
+            authority,
+            &mut headers,
         );
+        drop(plan);
+        parts.headers = headers;
         // Pods get origin-form (`/path?query`); HTTP/2 clients and proxies send absolute URIs.
         if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
             parts.uri = parts
@@ -231,26 +272,47 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         let mut out = Request::from_parts(parts, body);
 
+        let metrics = model.gate().metrics();
+        let (response_timeout, idle_timeout) = model.gate().timeouts();
+        let deadline = tokio::time::Instant::now() + response_timeout;
         let mut tried = Vec::new();
         let (mut resp, conn) = loop {
             // Boxed: inline, this future would make every request waiting in a queue as big
             // as one being sent (measured: +1.3 KiB per queued HTTP/2 request).
-            match Box::pin(permit.upstream().send(out)).await {
-                Ok(r) => break r,
+            let sent =
+                tokio::time::timeout_at(deadline, Box::pin(permit.upstream().send(out, metrics)))
+                    .await;
+            match sent {
+                Ok(Ok(r)) => break r,
+                Err(_) => {
+                    metrics.count(Event::ResponseTimeout);
+                    tracing::warn!(model = %model.key(), pod = %permit.addr(), ?response_timeout, "no answer within response-timeout: 504");
+                    return Err(ProxyError::ResponseTimeout(response_timeout));
+                }
                 // Nothing of the request reached the pod: another pod may take it.
-                Err(SendError::NotSent { error, req }) if tried.len() < MAX_CONNECT_RETRIES => {
+                Ok(Err(SendError::NotSent { error, req })) if tried.len() < MAX_CONNECT_RETRIES => {
                     tried.push(permit.addr());
                     match permit.try_other(&tried) {
                         Some(p) => {
                             tracing::debug!(model = %model.key(), failed = %permit.addr(), next = %p.addr(), %error, "connect failed, retrying on another pod");
+                            metrics.count(Event::ConnectRetry);
                             permit = p;
                             out = *req;
                         }
-                        None => return Err(ProxyError::Backend(error)),
+                        None => return Err(backend_failed(model, &permit, error)),
                     }
                 }
-                Err(SendError::NotSent { error, .. }) => return Err(ProxyError::Backend(error)),
-                Err(SendError::Failed(e)) => return Err(ProxyError::Backend(error_chain(&e))),
+                Ok(Err(SendError::NotSent { error, .. })) => {
+                    return Err(backend_failed(model, &permit, error));
+                }
+                Ok(Err(SendError::Failed(e))) => {
+                    if let Some(t) = find_source::<IdleTimeout>(&e) {
+                        metrics.count(Event::IdleTimeout);
+                        tracing::debug!(model = %model.key(), idle = ?t.0, "request body paused longer than idle-timeout: 408");
+                        return Err(ProxyError::BodyTimeout(t.0));
+                    }
+                    return Err(backend_failed(model, &permit, error_chain(&e)));
+                }
             }
         };
 
@@ -278,99 +340,89 @@ impl Proxy {
             let (parts, _) = resp.into_parts();
             return Ok(Response::from_parts(parts, RespBody::Full(None)));
         }
-        strip_hop_by_hop(resp.headers_mut(), false);
-        Ok(resp.map(|inner| RespBody::Proxied {
-            inner,
-            guard: Some(Guard {
-                conn: Some(conn),
-                permit,
-                held,
-            }),
-        }))
+        let (mut parts, inner) = resp.into_parts();
+        let answer = forward::check_response(
+            parts.status.as_u16(),
+            if parts.version == Version::HTTP_10 {
+                forward::Version::Http10
+            } else {
+                forward::Version::Http11
+            },
+            false,
+            parts.headers.iter(),
+        );
+        let answer = match answer {
+            Ok(a) => a,
+            Err(e) => return Err(backend_failed(model, &permit, e.to_string())),
+        };
+        let mut headers = HeaderMap::with_capacity(parts.headers.len());
+        answer.forward(parts.headers.iter(), &mut headers);
+        drop(answer);
+        parts.headers = headers;
+        Ok(Response::from_parts(
+            parts,
+            RespBody::Proxied {
+                inner,
+                guard: Some(Guard {
+                    conn: Some(conn),
+                    permit,
+                    held,
+                }),
+                timer: IdleTimer::new(idle_timeout),
+            },
+        ))
     }
 }
 
-/// `Connection: upgrade` with an `Upgrade` header (websocket and friends).
-fn is_upgrade(h: &HeaderMap) -> bool {
-    h.contains_key(header::UPGRADE)
-        && h.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str().is_ok_and(|s| {
-                s.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
-        })
-}
+/// Counts the client leaving while its request is with the pod, unless disarmed.
+struct ClientGone<'a>(Option<&'a ModelMetrics>);
 
-/// Headers that concern one connection only (RFC 9110 7.6.1), never forwarded as they are; the
-/// relay uses the same list.
-pub(crate) const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
-    "proxy-authorization",
-];
-
-/// Removes hop-by-hop headers (RFC 9110 7.6.1), including those named in `Connection`. With
-/// `keep_upgrade`, `Connection: upgrade` and `Upgrade` survive so the backend sees the upgrade.
-pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    if h.contains_key(header::CONNECTION) {
-        let listed: Vec<HeaderName> = h
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|s| s.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for n in listed {
-            if !(keep_upgrade && n == header::UPGRADE) {
-                h.remove(n);
-            }
-        }
-    }
-    for n in HOP_BY_HOP {
-        if n != "upgrade" {
-            h.remove(n);
-        }
-    }
-    if keep_upgrade {
-        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        h.remove(header::UPGRADE);
+impl ClientGone<'_> {
+    fn disarm(mut self) {
+        self.0 = None;
     }
 }
 
-/// `pod` is the Host of last resort (an HTTP/1.0 client without one).
-fn prepare_request_headers(
-    h: &mut HeaderMap,
-    uri: &Uri,
-    peer: &Peer,
-    upgrade: bool,
-    pod: &Authority,
-) {
-    strip_hop_by_hop(h, upgrade);
-    // HTTP/2 clients send :authority instead of Host; backends speak HTTP/1.1 and need Host.
-    if !h.contains_key(header::HOST)
-        && let Ok(v) = HeaderValue::from_str(uri.authority().unwrap_or(pod).as_str())
-    {
-        h.insert(header::HOST, v);
-    }
-    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => {
-            HeaderValue::from_str(&format!("{prev}, {}", peer.addr.ip())).ok()
+impl Drop for ClientGone<'_> {
+    fn drop(&mut self) {
+        if let Some(m) = self.0 {
+            m.count(Event::ClientGone);
         }
-        // The common case: no proxy before us; the connection's value, no allocation.
-        _ => Some(peer.ip.clone()),
-    };
-    if let Some(v) = xff {
-        h.insert("x-forwarded-for", v);
     }
-    if !h.contains_key("x-forwarded-proto") {
-        h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+}
+
+/// A 502, logged with the model and the pod (the answer itself names neither).
+fn backend_failed(model: &Model, permit: &Permit, error: String) -> ProxyError {
+    tracing::warn!(model = %model.key(), pod = %permit.addr(), %error, "request failed: 502");
+    ProxyError::Backend(error)
+}
+
+fn find_source<'e, T: std::error::Error + 'static>(
+    e: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e T> {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if let Some(t) = c.downcast_ref::<T>() {
+            return Some(t);
+        }
+        cur = c.source();
+    }
+    None
+}
+
+fn version_of<B>(req: &Request<B>) -> forward::Version {
+    version(req.version())
+}
+
+fn version_of_parts(parts: &http::request::Parts) -> forward::Version {
+    version(parts.version)
+}
+
+fn version(v: Version) -> forward::Version {
+    match v {
+        Version::HTTP_10 | Version::HTTP_09 => forward::Version::Http10,
+        Version::HTTP_11 => forward::Version::Http11,
+        _ => forward::Version::Http2,
     }
 }
 

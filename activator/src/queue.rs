@@ -10,6 +10,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -33,6 +34,30 @@ pub struct Limits {
     pub queue_bytes: u64,
     /// How long a request may wait.
     pub queue_deadline: Duration,
+    /// How long a pod may take to start its answer (504 before the head).
+    pub response_timeout: Duration,
+    /// Longest pause within a request or answer body (a cut stream after the head).
+    pub idle_timeout: Duration,
+}
+
+impl Limits {
+    /// Limits with the global defaults of `zeroscale-config` and these queue bounds.
+    pub fn with_queue(
+        container_concurrency: u32,
+        queue_depth: usize,
+        queue_bytes: u64,
+        queue_deadline: Duration,
+    ) -> Self {
+        let d = zeroscale_config::ActivatorConfig::default();
+        Self {
+            container_concurrency,
+            queue_depth,
+            queue_bytes,
+            queue_deadline,
+            response_timeout: d.response_timeout,
+            idle_timeout: d.idle_timeout,
+        }
+    }
 }
 
 /// One endpoint of a model, as the table is told about it.
@@ -116,6 +141,9 @@ struct State {
 pub struct Gate {
     state: Mutex<State>,
     metrics: ModelMetrics,
+    /// The limits' timeouts in nanoseconds, readable per request without the lock.
+    response_timeout: AtomicU64,
+    idle_timeout: AtomicU64,
 }
 
 impl std::fmt::Debug for Gate {
@@ -139,6 +167,8 @@ impl Gate {
     /// A gate without pods.
     pub fn new(limits: Limits, metrics: ModelMetrics) -> Arc<Self> {
         Arc::new(Self {
+            response_timeout: AtomicU64::new(nanos(limits.response_timeout)),
+            idle_timeout: AtomicU64::new(nanos(limits.idle_timeout)),
             state: Mutex::new(State {
                 limits,
                 pods: Vec::new(),
@@ -163,6 +193,10 @@ impl Gate {
 
     /// Changes the limits; a raised limit serves waiters at once.
     pub fn set_limits(&self, limits: Limits) {
+        self.response_timeout
+            .store(nanos(limits.response_timeout), Ordering::Relaxed);
+        self.idle_timeout
+            .store(nanos(limits.idle_timeout), Ordering::Relaxed);
         let mut st = self.lock();
         st.limits = limits;
         self.dispatch(&mut st);
@@ -171,6 +205,14 @@ impl Gate {
     /// Current limits.
     pub fn limits(&self) -> Limits {
         self.lock().limits.clone()
+    }
+
+    /// The response and idle timeouts, without taking the gate's lock.
+    pub fn timeouts(&self) -> (Duration, Duration) {
+        (
+            Duration::from_nanos(self.response_timeout.load(Ordering::Relaxed)),
+            Duration::from_nanos(self.idle_timeout.load(Ordering::Relaxed)),
+        )
     }
 
     /// Replaces the endpoints, keeping in-flight counts of pods that stay; serves waiters if
@@ -189,6 +231,10 @@ impl Gate {
             let eligible = ep.ready && !ep.terminating;
             if let Some(i) = old.iter().position(|p| p.addr == ep.addr) {
                 let mut p = old.swap_remove(i);
+                if !eligible {
+                    // A pod leaving closes its idle connections; none of them takes a request.
+                    p.upstream.drop_idle();
+                }
                 p.eligible = eligible;
                 p.gone = false;
                 pods.push(p);
@@ -393,6 +439,11 @@ impl Permit {
         self.upstream.authority()
     }
 
+    /// The model's metric handles.
+    pub fn metrics(&self) -> &ModelMetrics {
+        self.gate.metrics()
+    }
+
     /// The pod's connections.
     pub fn upstream(&self) -> &Arc<Upstream> {
         &self.upstream
@@ -495,6 +546,10 @@ impl Ticket {
     }
 }
 
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 impl Ticket {
     /// The permit, if this ticket was served already (tests drive the queue synchronously).
@@ -542,12 +597,7 @@ mod tests {
             model: "m".into(),
         });
         Gate::new(
-            Limits {
-                container_concurrency: cc,
-                queue_depth: depth,
-                queue_bytes: bytes,
-                queue_deadline: Duration::from_secs(60),
-            },
+            Limits::with_queue(cc, depth, bytes, Duration::from_secs(60)),
             mm,
         )
     }

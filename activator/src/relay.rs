@@ -9,57 +9,76 @@
 //! and the body to a pooled pod connection from the same task, and copies the response back,
 //! rewriting only its head. A warm request costs four system calls and no task switch.
 //!
-//! The relay takes a request only when it can finish it without anything hyper does better. It
-//! hands the connection to hyper ([`End::HandOff`], with the bytes it has read) at the first
-//! request that is not one of these:
-//! - HTTP/1.1, origin-form target, a `Host`, no `Upgrade`, `Expect` or `Transfer-Encoding`,
-//!   at most one `Content-Length`, body at most [`BODY_BYTES`], head at most [`HEAD_BYTES`]
-//!   (hyper answers malformed and oversized heads: 400, 431);
+//! Every HTTP/1 connection starts here, so every first request head is checked by the
+//! forwarding policy ([`crate::forward`]) before anything else sees it: a refused, malformed or
+//! oversized head is answered here (JSON, then the connection is closed), on both settings of
+//! `--relay`. With the relay off ([`RelayOptions::forward`] false) the connection then goes to
+//! hyper. With it on, the relay forwards a request itself when it can finish it without
+//! anything hyper does better, and hands the connection to hyper ([`End::HandOff`], with the
+//! bytes it has read) at the first request that is not one of these:
+//! - HTTP/1.1, origin-form target, no `Upgrade`, `Expect` or `Transfer-Encoding`, body at most
+//!   [`BODY_BYTES`];
 //! - addressed by Host or path (not by body) to a known model;
 //! - the body arrives within the header read timeout (a slow body is streamed by hyper);
 //! - a pod has room now ([`Gate::try_admit`](crate::queue::Gate::try_admit)): a request that
 //!   must wait goes through hyper's path and its queue.
 //!
-//! Once a connection is hyper's it stays hyper's. What the relay sends and answers is what the
-//! hyper path sends and answers: hop-by-hop headers removed both ways, `X-Forwarded-For` and
-//! `X-Forwarded-Proto` set, a request retried on another pod only when no byte of it was
-//! written, the same JSON errors ([`rescue`]), the same metrics. Response bodies are streamed:
-//! each read from the pod is written to the client at once (server-sent events flow chunk by
-//! chunk); a chunked body is copied as it is while its framing is followed to find its end, a
-//! body delimited by the pod closing is sent chunked.
+//! Once a connection is hyper's it stays hyper's. Both paths forward what the policy says, retry
+//! alike (another pod when nothing was written; a fresh connection when a reused one closed
+//! before any byte of an answer), time out alike (`response-timeout`, `idle-timeout`), answer
+//! with the same JSON errors ([`rescue`]) and count the same metrics. Response bodies are
+//! streamed: each read from the pod is written to the client at once (server-sent events flow
+//! chunk by chunk); a chunked body is copied as it is while its framing is followed to find its
+//! end, a body delimited by the pod closing is sent chunked.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::Response;
 use http_body_util::BodyExt;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::RespBody;
 use crate::error::{ProxyError, rescue};
-use crate::proxy::{HOP_BY_HOP, MAX_CONNECT_RETRIES, Peer, Proxy};
+use crate::forward::{self, BadAnswer, Framing, RequestBody, Version, Wire};
+use crate::metrics::Event;
+use crate::proxy::{MAX_CONNECT_RETRIES, MAX_STALE_RETRIES, Peer, Proxy};
 use crate::queue::Permit;
 use crate::table::{Addressed, Model};
 use crate::upstream::Upstream;
 
-/// The longest request head the relay reads; a longer one is hyper's (same as parking).
+/// The first read of a request head reserves this much; the head may grow to
+/// [`RelayOptions::max_header_bytes`].
 pub const HEAD_BYTES: usize = crate::park::PEEK_BYTES;
 /// The largest request body the relay buffers; a larger one is streamed by hyper.
 pub const BODY_BYTES: usize = 16 * 1024;
-/// The longest response head accepted from a pod (hyper's client default is ~400 KiB; model
-/// servers send a few hundred bytes).
-pub const RESPONSE_HEAD_BYTES: usize = 64 * 1024;
 /// Header lines parsed per head (hyper's default limit).
 const MAX_HEADERS: usize = 100;
 /// Bytes read from a pod per system call.
 const READ_CHUNK: usize = 16 * 1024;
+
+/// How the relay treats a connection.
+#[derive(Clone, Copy, Debug)]
+pub struct RelayOptions {
+    /// A request head, once its first byte arrived, must be complete within this.
+    pub header_timeout: Duration,
+    /// An idle connection waits this long for its next request, then is closed (not counted
+    /// as a rejection).
+    pub keep_alive_timeout: Duration,
+    /// The longest request head; beyond it 431.
+    pub max_header_bytes: usize,
+    /// Forward requests itself (`--relay true`); false: check the first head, then hand the
+    /// connection to hyper.
+    pub forward: bool,
+}
 
 /// How a connection left the relay.
 #[derive(Debug)]
@@ -75,7 +94,7 @@ pub async fn serve(
     client: &mut TcpStream,
     proxy: &Proxy,
     peer: &Peer,
-    header_timeout: Duration,
+    opts: &RelayOptions,
     stopping: &CancellationToken,
 ) -> End {
     let mut inb: Vec<u8> = Vec::new();
@@ -86,32 +105,49 @@ pub async fn serve(
             inb = Vec::new();
             out = Vec::new();
             tokio::select! {
-                r = client.readable() => if r.is_err() { return End::Closed },
+                r = tokio::time::timeout(opts.keep_alive_timeout, client.readable()) => match r {
+                    // Idle keep-alive: closing it is not a rejection.
+                    Err(_) | Ok(Err(_)) => return End::Closed,
+                    Ok(Ok(())) => {}
+                },
                 () = stopping.cancelled() => return End::Closed,
             }
             inb.reserve_exact(HEAD_BYTES);
         }
-        let deadline = Instant::now() + header_timeout;
+        let deadline = Instant::now() + opts.header_timeout;
         // The head.
         let plan = loop {
             out.clear();
             // Room for the head the pod gets (about the client's, plus two headers) in one go.
             out.reserve(inb.len() + 128);
-            match plan(&inb, proxy, peer, &mut out) {
+            let refused = match plan(&inb, proxy, peer, &mut out) {
                 Parsed::Plan(p) => break p,
                 Parsed::HandOff => return End::HandOff(inb),
-                Parsed::Partial if inb.len() >= HEAD_BYTES => return End::HandOff(inb),
-                Parsed::Partial => {}
-            }
-            match read_until(client, &mut inb, deadline).await {
-                Read::Data => {}
-                Read::Eof | Read::Error => return End::Closed,
-                Read::Timeout => {
-                    proxy.metrics().rejected("header_timeout");
-                    return End::Closed;
+                Parsed::Refuse(e) => e,
+                Parsed::Partial if inb.len() >= opts.max_header_bytes => {
+                    ProxyError::HeadTooLarge(opts.max_header_bytes)
                 }
-            }
+                Parsed::Partial => match read_until(client, &mut inb, deadline).await {
+                    Read::Data => continue,
+                    Read::Eof | Read::Error => return End::Closed,
+                    // Woken with nothing to read: still idle, not a slow head.
+                    Read::Timeout if inb.is_empty() => return End::Closed,
+                    Read::Timeout => {
+                        proxy.metrics().rejected("header_timeout");
+                        return End::Closed;
+                    }
+                },
+            };
+            tracing::debug!(peer = %peer.addr(), error = %refused, "request refused");
+            proxy.metrics().rejected(refused.reason());
+            let _ = client
+                .write_all(&encode_local(rescue(&refused), false, true).await)
+                .await;
+            return End::Closed;
         };
+        if !opts.forward {
+            return End::HandOff(inb);
+        }
         // The body, whole.
         let total = plan.head_len + plan.body_len;
         while inb.len() < total {
@@ -157,76 +193,51 @@ enum Parsed {
     Plan(Plan),
     Partial,
     HandOff,
+    Refuse(ProxyError),
 }
 
-/// Parses the request head at the start of `inb` and, when the relay takes it, writes the head
-/// the pod gets into `out`.
+/// Parses the request head at the start of `inb`, checks it against the forwarding policy and,
+/// when the relay takes it, writes the head the pod gets into `out`.
 fn plan(inb: &[u8], proxy: &Proxy, peer: &Peer, out: &mut Vec<u8>) -> Parsed {
+    if inb.starts_with(b"PRI * HTTP/2.0") {
+        return Parsed::HandOff; // HTTP/2 prior knowledge: hyper's
+    }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(inb) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
-        // hyper answers it (400, 431) and counts it.
-        Err(_) => return Parsed::HandOff,
-    };
-    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
-        return Parsed::HandOff;
-    };
-    if !target.starts_with('/') || method == "CONNECT" {
-        return Parsed::HandOff;
-    }
-    let mut host = None;
-    let mut body_len = None;
-    let mut close = false;
-    let mut listed: Vec<&[u8]> = Vec::new();
-    let mut xff: Option<&[u8]> = None;
-    let mut has_proto = false;
-    for h in req.headers.iter() {
-        let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"host") {
-            if host.is_some() {
-                return Parsed::HandOff;
-            }
-            host = Some(h.value);
-        } else if name.eq_ignore_ascii_case(b"content-length") {
-            let Some(n) = parse_length(h.value) else {
-                return Parsed::HandOff;
-            };
-            if body_len.is_some() {
-                return Parsed::HandOff;
-            }
-            body_len = Some(n);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
-            || name.eq_ignore_ascii_case(b"upgrade")
-            || name.eq_ignore_ascii_case(b"expect")
-        {
-            return Parsed::HandOff;
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            for t in h.value.split(|&b| b == b',').map(trim) {
-                if t.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if t.eq_ignore_ascii_case(b"upgrade") {
-                    return Parsed::HandOff;
-                } else if !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive") {
-                    listed.push(t);
-                }
-            }
-        } else if name.eq_ignore_ascii_case(b"x-forwarded-for") {
-            if xff.is_none() && !trim(h.value).is_empty() {
-                xff = Some(h.value);
-            }
-        } else if name.eq_ignore_ascii_case(b"x-forwarded-proto") {
-            has_proto = true;
+        Err(httparse::Error::TooManyHeaders) => {
+            return Parsed::Refuse(ProxyError::Malformed(format!(
+                "more than {MAX_HEADERS} header lines"
+            )));
         }
+        Err(e) => return Parsed::Refuse(ProxyError::Malformed(e.to_string())),
+    };
+    let (Some(method), Some(target), Some(v)) = (req.method, req.path, req.version) else {
+        return Parsed::Refuse(ProxyError::Malformed("incomplete request line".into()));
+    };
+    let version = if v == 0 {
+        Version::Http10
+    } else {
+        Version::Http11
+    };
+    let policy = match forward::check_request(method.as_bytes(), version, || req.headers.iter()) {
+        Ok(p) => p,
+        Err(r) => return Parsed::Refuse(r.into()),
+    };
+    let body_len = match policy.body {
+        RequestBody::None => 0,
+        RequestBody::Length(n) if n <= BODY_BYTES as u64 => n as usize,
+        // Streamed bodies are hyper's.
+        RequestBody::Length(_) | RequestBody::Chunked => return Parsed::HandOff,
+    };
+    if version == Version::Http10 || !target.starts_with('/') || policy.upgrade || policy.expect {
+        return Parsed::HandOff;
     }
-    let Some(host) = host.and_then(|h| std::str::from_utf8(h).ok()) else {
+    let Some(host) = policy.host.and_then(|h| std::str::from_utf8(h).ok()) else {
         return Parsed::HandOff;
     };
-    let body_len = body_len.unwrap_or(0);
-    if body_len > BODY_BYTES as u64 {
-        return Parsed::HandOff;
-    }
     let path = target.split_once('?').map_or(target, |(p, _)| p);
     let model = match proxy.table().addressed(Some(host), path) {
         Addressed::Model(m) => m,
@@ -238,32 +249,14 @@ fn plan(inb: &[u8], proxy: &Proxy, peer: &Peer, out: &mut Vec<u8>) -> Parsed {
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for h in req.headers.iter() {
-        let name = h.name.as_bytes();
-        if is_hop_by_hop(name)
-            || listed.iter().any(|l| l.eq_ignore_ascii_case(name))
-            || name.eq_ignore_ascii_case(b"x-forwarded-for")
-        {
-            continue;
-        }
-        push_header(out, name, h.value);
-    }
-    out.extend_from_slice(b"x-forwarded-for: ");
-    if let Some(prev) = xff {
-        out.extend_from_slice(prev);
-        out.extend_from_slice(b", ");
-    }
-    out.extend_from_slice(peer.ip_bytes());
-    out.extend_from_slice(b"\r\n");
-    if !has_proto {
-        out.extend_from_slice(b"x-forwarded-proto: http\r\n");
-    }
+    // Host is present (checked above), so no fallback authority is needed.
+    policy.forward(|| req.headers.iter(), peer.ip_bytes(), b"", &mut Wire(out));
     out.extend_from_slice(b"\r\n");
     Parsed::Plan(Plan {
         model,
         head_len,
-        body_len: body_len as usize,
-        close,
+        body_len,
+        close: policy.close,
         head_method: method == "HEAD",
     })
 }
@@ -272,8 +265,7 @@ fn plan(inb: &[u8], proxy: &Proxy, peer: &Peer, out: &mut Vec<u8>) -> Parsed {
 #[derive(Debug)]
 struct Abort;
 
-/// Sends `req` (head and body) on a connection to the permit's pod and copies the answer to the
-/// client. Retries on another pod only while no byte was written.
+/// Sends `req` (head and body) to the permit's pod and copies the answer to the client.
 async fn exchange(
     client: &mut TcpStream,
     plan: &Plan,
@@ -281,41 +273,20 @@ async fn exchange(
     req: &[u8],
     close: bool,
 ) -> Result<(), Abort> {
-    let metrics = plan.model.gate().metrics();
-    let mut tried = Vec::new();
-    let mut pod = loop {
-        match send(permit.upstream(), req).await {
-            Ok(s) => break s,
-            Err(error) if tried.len() < MAX_CONNECT_RETRIES => {
-                tried.push(permit.addr());
-                match permit.try_other(&tried) {
-                    Some(p) => {
-                        tracing::debug!(model = %plan.model.key(), failed = %permit.addr(), next = %p.addr(), %error, "connect failed, retrying on another pod");
-                        permit = p;
-                    }
-                    None => {
-                        return answer_error(client, plan, ProxyError::Backend(error), close).await;
-                    }
-                }
-            }
-            Err(error) => {
-                return answer_error(client, plan, ProxyError::Backend(error), close).await;
-            }
-        }
-    };
-
-    let mut buf = Vec::with_capacity(READ_CHUNK);
-    let head = tokio::select! {
-        r = read_response_head(&mut pod, &mut buf, plan.head_method) => r,
+    let gate = plan.model.gate();
+    let metrics = gate.metrics();
+    let (response_timeout, idle_timeout) = gate.timeouts();
+    let started = tokio::select! {
+        r = start(plan, &mut permit, req, response_timeout) => r,
         // Nothing is waiting for the answer any more; the pod connection is dropped with it.
-        () = closed(client) => return Err(Abort),
-    };
-    let head = match head {
-        Ok(h) => h,
-        Err(e) => {
-            let error = format!("{} failed: {e}", permit.addr());
-            return answer_error(client, plan, ProxyError::Backend(error), close).await;
+        () = closed(client) => {
+            metrics.count(Event::ClientGone);
+            return Err(Abort);
         }
+    };
+    let (mut pod, head, mut buf) = match started {
+        Ok(x) => x,
+        Err(e) => return answer_error(client, plan, e, close).await,
     };
     metrics.answered(head.status);
 
@@ -330,18 +301,32 @@ async fn exchange(
     let (used, mut finished) = body.advance(rest).map_err(|_| Abort)?;
     body.frame(&rest[..used], &mut out);
     let mut reusable = head.keep_alive && used == rest.len();
-    client.write_all(&out).await.map_err(|_| Abort)?;
+    write_idle(client, &out, idle_timeout).await?;
     let mut framed = out;
     while !finished {
         buf.clear();
         buf.reserve(READ_CHUNK);
-        let n = pod.read_buf(&mut buf).await.map_err(|_| Abort)?;
+        let n = tokio::select! {
+            r = tokio::time::timeout(idle_timeout, pod.read_buf(&mut buf)) => match r {
+                Ok(Ok(n)) => n,
+                Ok(Err(_)) => return Err(Abort),
+                Err(_) => {
+                    metrics.count(Event::IdleTimeout);
+                    tracing::warn!(model = %plan.model.key(), pod = %permit.addr(), ?idle_timeout, "answer body paused longer than idle-timeout: cut");
+                    return Err(Abort);
+                }
+            },
+            () = closed(client) => {
+                metrics.count(Event::ClientGone);
+                return Err(Abort);
+            }
+        };
         if n == 0 {
             if !body.eof_ends() {
                 // The pod closed mid-body: the client must not take a cut body for a whole one.
                 return Err(Abort);
             }
-            client.write_all(b"0\r\n\r\n").await.map_err(|_| Abort)?;
+            write_idle(client, b"0\r\n\r\n", idle_timeout).await?;
             reusable = false;
             break;
         }
@@ -352,9 +337,9 @@ async fn exchange(
         if body.eof_ends() {
             framed.clear();
             body.frame(&buf[..used], &mut framed);
-            client.write_all(&framed).await.map_err(|_| Abort)?;
+            write_idle(client, &framed, idle_timeout).await?;
         } else {
-            client.write_all(&buf[..used]).await.map_err(|_| Abort)?;
+            write_idle(client, &buf[..used], idle_timeout).await?;
         }
         finished = done;
     }
@@ -364,12 +349,82 @@ async fn exchange(
     Ok(())
 }
 
-/// Writes `req` on a pooled connection or a new one. A pooled connection that fails before any
-/// byte is written is dropped and the next one tried; the error says why no connection took it.
-async fn send(up: &Arc<Upstream>, req: &[u8]) -> Result<TcpStream, String> {
-    while let Some(mut s) = up.take_raw() {
+/// Writes to a client that must take the bytes within `idle` (a client that stops reading
+/// would otherwise hold the pod slot).
+async fn write_idle(client: &mut TcpStream, data: &[u8], idle: Duration) -> Result<(), Abort> {
+    match tokio::time::timeout(idle, client.write_all(data)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(Abort),
+    }
+}
+
+/// Sends the request and reads the answer head: on another pod while no byte could be written
+/// (connect failures), again on a fresh connection when a reused one closed before any byte of
+/// an answer came back (a pod shutting down closes its idle keep-alive connections: that race
+/// must not cost the request), and 504 when no head comes within `response_timeout`.
+async fn start(
+    plan: &Plan,
+    permit: &mut Permit,
+    req: &[u8],
+    response_timeout: Duration,
+) -> Result<(TcpStream, Head, Vec<u8>), ProxyError> {
+    let metrics = plan.model.gate().metrics();
+    let deadline = Instant::now() + response_timeout;
+    let mut tried = Vec::new();
+    let mut stale = 0;
+    loop {
+        let (mut pod, reused) = match send(permit.upstream(), req, stale > 0).await {
+            Ok(x) => x,
+            Err(error) => {
+                if tried.len() < MAX_CONNECT_RETRIES {
+                    tried.push(permit.addr());
+                    if let Some(p) = permit.try_other(&tried) {
+                        tracing::debug!(model = %plan.model.key(), failed = %permit.addr(), next = %p.addr(), %error, "connect failed, retrying on another pod");
+                        metrics.count(Event::ConnectRetry);
+                        *permit = p;
+                        stale = 0;
+                        continue;
+                    }
+                }
+                tracing::warn!(model = %plan.model.key(), pod = %permit.addr(), %error, "request failed: 502");
+                return Err(ProxyError::Backend(error));
+            }
+        };
+        let mut buf = Vec::with_capacity(READ_CHUNK);
+        let head = tokio::time::timeout_at(
+            deadline,
+            read_response_head(&mut pod, &mut buf, plan.head_method),
+        )
+        .await;
+        match head {
+            Ok(Ok(h)) => return Ok((pod, h, buf)),
+            Err(_) => {
+                metrics.count(Event::ResponseTimeout);
+                tracing::warn!(model = %plan.model.key(), pod = %permit.addr(), ?response_timeout, "no answer within response-timeout: 504");
+                return Err(ProxyError::ResponseTimeout(response_timeout));
+            }
+            Ok(Err(HeadError::Closed(error)))
+                if reused && buf.is_empty() && stale < MAX_STALE_RETRIES =>
+            {
+                tracing::debug!(model = %plan.model.key(), pod = %permit.addr(), %error, "a reused connection closed before any answer: sending again on a fresh one");
+                metrics.count(Event::StaleRetry);
+                stale += 1;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(model = %plan.model.key(), pod = %permit.addr(), error = %e, "request failed: 502");
+                return Err(ProxyError::Backend(format!("{}: {e}", permit.addr())));
+            }
+        }
+    }
+}
+
+/// Writes `req` on a pooled connection (unless `fresh`) or a new one; true when it was reused.
+/// A pooled connection that fails before any byte is written is dropped and the next one tried;
+/// the error says why no connection took it.
+async fn send(up: &Arc<Upstream>, req: &[u8], fresh: bool) -> Result<(TcpStream, bool), String> {
+    while let Some(mut s) = if fresh { None } else { up.take_raw() } {
         match write_first(&mut s, req).await {
-            Ok(()) => return Ok(s),
+            Ok(()) => return Ok((s, true)),
             Err(Sent::Nothing) => continue,
             Err(Sent::Partly(e)) => return Err(format!("writing to {} failed: {e}", up.addr())),
         }
@@ -379,7 +434,7 @@ async fn send(up: &Arc<Upstream>, req: &[u8]) -> Result<TcpStream, String> {
         .await
         .map_err(|e| format!("connecting to {} failed: {e}", up.addr()))?;
     match write_first(&mut s, req).await {
-        Ok(()) => Ok(s),
+        Ok(()) => Ok((s, false)),
         Err(Sent::Nothing) => Err(format!("the connection to {} failed", up.addr())),
         Err(Sent::Partly(e)) => Err(format!("writing to {} failed: {e}", up.addr())),
     }
@@ -412,7 +467,6 @@ async fn answer_error(
     err: ProxyError,
     close: bool,
 ) -> Result<(), Abort> {
-    tracing::debug!(model = %plan.model.key(), error = %err, "request failed");
     let resp = rescue(&err);
     plan.model.gate().metrics().answered(resp.status().as_u16());
     let out = encode_local(resp, plan.head_method, close).await;
@@ -439,11 +493,13 @@ async fn encode_local(resp: Response<RespBody>, head_method: bool, close: bool) 
             .as_bytes(),
     );
     out.extend_from_slice(b"\r\n");
+    let mut closing = false;
     for (n, v) in &parts.headers {
-        push_header(&mut out, n.as_str().as_bytes(), v.as_bytes());
+        closing |= n == http::header::CONNECTION;
+        forward::push_header(&mut out, n.as_str().as_bytes(), v.as_bytes());
     }
     out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
-    if close {
+    if close && !closing {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -465,12 +521,23 @@ struct Head {
     rewritten: Vec<u8>,
 }
 
+/// Why no answer head was read.
+#[derive(Debug, thiserror::Error)]
+enum HeadError {
+    /// The connection closed or failed (nothing may have been read).
+    #[error("{0}")]
+    Closed(String),
+    /// The pod's head is refused.
+    #[error(transparent)]
+    Bad(#[from] BadAnswer),
+}
+
 /// Reads and parses the pod's answer head into `buf`, skipping interim (1xx) answers.
 async fn read_response_head(
     pod: &mut TcpStream,
     buf: &mut Vec<u8>,
     head_method: bool,
-) -> Result<Head, String> {
+) -> Result<Head, HeadError> {
     let mut skipped = 0;
     loop {
         if buf.len() > skipped {
@@ -483,19 +550,21 @@ async fn read_response_head(
                     h.len += skipped;
                     return Ok(h);
                 }
-                None if buf.len() - skipped >= RESPONSE_HEAD_BYTES => {
-                    return Err(format!(
-                        "its answer head is over {RESPONSE_HEAD_BYTES} bytes"
-                    ));
+                None if buf.len() - skipped >= forward::RESPONSE_HEAD_BYTES => {
+                    return Err(BadAnswer::TooLarge.into());
                 }
                 None => {}
             }
         }
         buf.reserve(READ_CHUNK);
         match pod.read_buf(buf).await {
-            Ok(0) => return Err("the connection closed before an answer".to_string()),
+            Ok(0) => {
+                return Err(HeadError::Closed(
+                    "the connection closed before an answer".into(),
+                ));
+            }
             Ok(_) => {}
-            Err(e) => return Err(format!("reading its answer failed: {e}")),
+            Err(e) => return Err(HeadError::Closed(format!("reading its answer failed: {e}"))),
         }
     }
 }
@@ -505,94 +574,45 @@ enum ParsedHead {
     Final(Head),
 }
 
-fn parse_response(data: &[u8], head_method: bool) -> Result<Option<ParsedHead>, String> {
+fn parse_response(data: &[u8], head_method: bool) -> Result<Option<ParsedHead>, BadAnswer> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let len = match resp.parse(data) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(format!("its answer head is malformed: {e}")),
+        Err(e) => return Err(BadAnswer::Malformed(e.to_string())),
     };
     let (Some(status), Some(version)) = (resp.code, resp.version) else {
-        return Err("its answer head is malformed".to_string());
+        return Err(BadAnswer::Malformed("incomplete status line".into()));
     };
     if status == 101 {
-        return Err("it switched protocols without being asked".to_string());
+        return Err(BadAnswer::UnaskedUpgrade);
     }
     if (100..200).contains(&status) {
         return Ok(Some(ParsedHead::Interim(len)));
     }
-    let mut length: Option<u64> = None;
-    let mut chunked = false;
-    let mut te = false;
-    let mut keep_alive = version == 1;
-    let mut listed: Vec<&[u8]> = Vec::new();
-    for h in resp.headers.iter() {
-        let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
-            let n = parse_length(h.value)
-                .ok_or_else(|| "its Content-Length is not a number".to_string())?;
-            if length.is_some_and(|l| l != n) {
-                return Err("it sent two different Content-Lengths".to_string());
-            }
-            length = Some(n);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            te = true;
-            // Only the last coding frames the message.
-            chunked = h
-                .value
-                .rsplit(|&b| b == b',')
-                .next()
-                .is_some_and(|t| trim(t).eq_ignore_ascii_case(b"chunked"));
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            for t in h.value.split(|&b| b == b',').map(trim) {
-                if t.eq_ignore_ascii_case(b"close") {
-                    keep_alive = false;
-                } else if t.eq_ignore_ascii_case(b"keep-alive") {
-                    keep_alive = true;
-                } else if !t.is_empty() {
-                    listed.push(t);
-                }
-            }
-        }
-    }
-    let framing = if head_method || status == 204 || status == 304 {
-        Framing::None
-    } else if te && chunked {
-        Framing::Chunked
-    } else if te {
-        Framing::Close
+    let version = if version == 0 {
+        Version::Http10
     } else {
-        match length {
-            Some(n) => Framing::Length(n),
-            None => Framing::Close,
-        }
+        Version::Http11
     };
+    let policy = forward::check_response(status, version, head_method, resp.headers.iter())?;
     let mut out = Vec::with_capacity(len + 32);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(itoa3(status).as_slice());
     out.push(b' ');
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    for h in resp.headers.iter() {
-        let name = h.name.as_bytes();
-        if is_hop_by_hop(name)
-            || listed.iter().any(|l| l.eq_ignore_ascii_case(name))
-            // The relay states the framing itself.
-            || (name.eq_ignore_ascii_case(b"content-length") && te)
-        {
-            continue;
-        }
-        push_header(&mut out, name, h.value);
-    }
-    if matches!(framing, Framing::Chunked | Framing::Close) {
+    policy.forward(resp.headers.iter(), &mut Wire(&mut out));
+    // The relay states the framing itself.
+    if matches!(policy.framing, Framing::Chunked | Framing::Close) {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     Ok(Some(ParsedHead::Final(Head {
         len,
         status,
-        framing,
-        keep_alive,
+        framing: policy.framing,
+        keep_alive: policy.keep_alive,
         rewritten: out,
     })))
 }
@@ -603,16 +623,6 @@ fn itoa3(n: u16) -> [u8; 3] {
         b'0' + (n / 10 % 10) as u8,
         b'0' + (n % 10) as u8,
     ]
-}
-
-/// How an answer's body ends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Framing {
-    None,
-    Length(u64),
-    Chunked,
-    /// When the pod closes the connection; sent to the client chunked.
-    Close,
 }
 
 /// Follows an answer body as it is copied.
@@ -787,33 +797,6 @@ impl Chunks {
     }
 }
 
-/// Headers that concern one connection only, never forwarded ([`HOP_BY_HOP`]).
-fn is_hop_by_hop(name: &[u8]) -> bool {
-    HOP_BY_HOP
-        .iter()
-        .any(|h| h.as_bytes().eq_ignore_ascii_case(name))
-}
-
-fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-fn trim(s: &[u8]) -> &[u8] {
-    s.trim_ascii()
-}
-
-/// A Content-Length value: digits only.
-fn parse_length(v: &[u8]) -> Option<u64> {
-    let v = trim(v);
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(v).ok()?.parse().ok()
-}
-
 enum Read {
     Data,
     Eof,
@@ -839,11 +822,13 @@ async fn read_until(client: &mut TcpStream, inb: &mut Vec<u8>, deadline: Instant
 }
 
 /// Completes when the client closes or resets the connection; when it sends more instead (a
-/// pipelined request), never: that data stays where it is for the next request.
+/// pipelined request), never: that data stays where it is for the next request. A peek, not
+/// readiness alone: readiness left over from reading the request would say "readable" forever
+/// and hide the close (the client's socket then sat in CLOSE-WAIT while the pod worked).
 async fn closed(client: &TcpStream) {
-    match client.ready(Interest::READABLE).await {
-        Ok(r) if r.is_read_closed() || r.is_error() => {}
-        Err(_) => {}
+    let mut b = [0u8; 1];
+    match client.peek(&mut b).await {
+        Ok(0) | Err(_) => {}
         Ok(_) => std::future::pending().await,
     }
 }
@@ -853,15 +838,25 @@ async fn closed(client: &TcpStream) {
 pub struct Prefixed {
     prefix: Bytes,
     stream: TcpStream,
+    /// Bytes came from the client since the last write to it: a request is being read. hyper
+    /// has one timer for an idle keep-alive connection and a slow request head; this tells the
+    /// two apart when it fires.
+    reading: Arc<AtomicBool>,
 }
 
 impl Prefixed {
     /// `stream`, whose next bytes are `prefix`.
     pub fn new(prefix: Vec<u8>, stream: TcpStream) -> Self {
         Self {
+            reading: Arc::new(AtomicBool::new(!prefix.is_empty())),
             prefix: Bytes::from(prefix),
             stream,
         }
+    }
+
+    /// True while the client has sent bytes that no answer followed yet.
+    pub fn reading(&self) -> Arc<AtomicBool> {
+        self.reading.clone()
     }
 }
 
@@ -877,7 +872,12 @@ impl AsyncRead for Prefixed {
             buf.put_slice(&head);
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.reading.store(true, Ordering::Relaxed);
+        }
+        r
     }
 }
 
@@ -887,6 +887,7 @@ impl AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.reading.store(false, Ordering::Relaxed);
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
@@ -895,6 +896,7 @@ impl AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.reading.store(false, Ordering::Relaxed);
         Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
 
@@ -1036,20 +1038,5 @@ mod tests {
         let mut out = Vec::new();
         Body::new(Framing::Length(3)).frame(b"abc", &mut out);
         assert_eq!(out, b"abc");
-    }
-
-    #[test]
-    fn content_lengths_are_digits_only() {
-        assert_eq!(parse_length(b" 42 "), Some(42));
-        for bad in [
-            &b""[..],
-            b"-1",
-            b"+1",
-            b"1 2",
-            b"0x10",
-            b"99999999999999999999",
-        ] {
-            assert_eq!(parse_length(bad), None, "{bad:?}");
-        }
     }
 }

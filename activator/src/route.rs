@@ -74,6 +74,12 @@ struct ModelField {
 
 /// The `model` field of an OpenAI-style JSON body.
 pub fn model_from_body(body: &Bytes) -> Result<String, BodyError> {
+    // serde would read `["m"]` as the struct's fields in order: only an object names a model.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(BodyError::InvalidJson(
+            "expected a JSON object with a string \"model\" field".into(),
+        ));
+    }
     let f: ModelField =
         serde_json::from_slice(body).map_err(|e| BodyError::InvalidJson(e.to_string()))?;
     match f.model {
@@ -148,5 +154,19 @@ mod tests {
             model_from_body(&b(r#"{"model":3}"#)),
             Err(BodyError::InvalidJson(_))
         ));
+        for not_an_object in [r#"["m"]"#, r#""m""#, r#" [{"model":"m"}]"#, "null"] {
+            assert!(
+                matches!(
+                    model_from_body(&b(not_an_object)),
+                    Err(BodyError::InvalidJson(_))
+                ),
+                "{not_an_object}"
+            );
+        }
+        assert!(matches!(
+            model_from_body(&b(r#"{"model":["m"]}"#)),
+            Err(BodyError::InvalidJson(_))
+        ));
+        assert_eq!(model_from_body(&b(r#" {"model":"m"}"#)), Ok("m".into()));
     }
 }

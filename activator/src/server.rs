@@ -22,13 +22,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::park::{GoneReason, Parking, park};
 use crate::proxy::{Peer, Proxy};
-use crate::relay::{self, Prefixed};
+use crate::relay::{self, Prefixed, RelayOptions};
 
 /// Options of the proxy listener.
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
-    /// A client must send its complete request head within this (slow-client protection).
+    /// A client must send its complete request head within this once its first byte arrived
+    /// (slow-client protection; counted as `rejected_requests_total{reason="header_timeout"}`).
     pub header_read_timeout: Duration,
+    /// An idle client connection waits this long for its next request, then is closed (not a
+    /// rejection). On connections hyper serves, hyper has one timer for both, so this one
+    /// bounds their slow heads too.
+    pub keep_alive_timeout: Duration,
     /// Max bytes of a request head (HTTP/1 buffer, HTTP/2 header list); beyond it 431.
     pub max_header_bytes: usize,
     /// On shutdown, how long queued and in-flight requests may take to finish.
@@ -42,6 +47,7 @@ impl Default for ServerOptions {
     fn default() -> Self {
         Self {
             header_read_timeout: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(75),
             max_header_bytes: 64 * 1024,
             drain_timeout: Duration::from_secs(30),
             relay: true,
@@ -164,34 +170,36 @@ pub async fn serve_proxy(
         // Held from accept on, so a drain waits for parked requests too.
         let watcher = graceful.watcher();
         let stopping = stopping.clone();
-        let header_timeout = opts.header_read_timeout;
-        let relay = opts.relay;
+        let relay_opts = RelayOptions {
+            header_timeout: opts.header_read_timeout,
+            keep_alive_timeout: opts.keep_alive_timeout,
+            max_header_bytes: opts.max_header_bytes,
+            forward: opts.relay,
+        };
         tokio::spawn(async move {
             let metrics = proxy.metrics().clone();
-            let res = match park(stream, &proxy, header_timeout, &stopping).await {
-                Parking::Gone(GoneReason::HeaderTimeout) => {
-                    metrics.rejected("header_timeout");
+            let mut reading = None;
+            let res = match park(stream, &proxy, relay_opts.keep_alive_timeout, &stopping).await {
+                Parking::Gone(GoneReason::Idle | GoneReason::Closed | GoneReason::Stopping) => {
                     return;
                 }
-                Parking::Gone(GoneReason::Closed | GoneReason::Stopping) => return,
                 Parking::Serve(mut stream, None) => {
-                    let prefix = if relay {
-                        match Box::pin(relay::serve(
-                            &mut stream,
-                            &proxy,
-                            &peer,
-                            header_timeout,
-                            &stopping,
-                        ))
-                        .await
-                        {
-                            relay::End::Closed => return,
-                            relay::End::HandOff(prefix) => prefix,
-                        }
-                    } else {
-                        Vec::new()
+                    // Every first head is checked here, relay on or off (one policy, one
+                    // error shape); with the relay on, it forwards what it can.
+                    let prefix = match Box::pin(relay::serve(
+                        &mut stream,
+                        &proxy,
+                        &peer,
+                        &relay_opts,
+                        &stopping,
+                    ))
+                    .await
+                    {
+                        relay::End::Closed => return,
+                        relay::End::HandOff(prefix) => prefix,
                     };
                     let stream = Prefixed::new(prefix, stream);
+                    reading = Some(stream.reading());
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let (proxy, peer) = (proxy.clone(), peer.clone());
                         async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
@@ -230,7 +238,11 @@ pub async fn serve_proxy(
                         metrics.rejected("header_too_large");
                     } else if h.is_parse() {
                         metrics.rejected("malformed_http");
-                    } else if h.is_timeout() {
+                    } else if h.is_timeout()
+                        && reading.as_ref().is_none_or(|r| r.load(Ordering::Relaxed))
+                    {
+                        // hyper's one timer fired while a request was arriving: a slow head. An
+                        // idle keep-alive connection closing is not a rejection.
                         metrics.rejected("header_timeout");
                     }
                 }
@@ -264,12 +276,18 @@ fn proxy_builder(opts: &ServerOptions, keep_alive: bool) -> auto::Builder<TokioE
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(opts.header_read_timeout)
+        // hyper's timer covers the wait for a keep-alive connection's next request as well as
+        // its head: the idle allowance bounds both (the first head of a connection gets the
+        // shorter header timeout in the relay).
+        .header_read_timeout(opts.keep_alive_timeout.max(opts.header_read_timeout))
         .max_buf_size(opts.max_header_bytes.max(8192))
+        // The pod's answer is passed on; the proxy adds no Date of its own (nor does the relay).
+        .auto_date_header(false)
         .keep_alive(keep_alive);
     builder
         .http2()
         .timer(TokioTimer::new())
+        .auto_date_header(false)
         .max_header_list_size(opts.max_header_bytes as u32);
     builder
 }

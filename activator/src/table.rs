@@ -419,12 +419,7 @@ mod tests {
             model_name: name.into(),
             hostnames: vec![],
             created,
-            limits: Limits {
-                container_concurrency: 0,
-                queue_depth: 10,
-                queue_bytes: 1000,
-                queue_deadline: Duration::from_secs(300),
-            },
+            limits: Limits::with_queue(0, 10, 1000, Duration::from_secs(300)),
         }
     }
 

@@ -8,9 +8,13 @@
 //! takes only its pod's pool lock, and a connection goes back to the pool when its response body
 //! ends (see [`Conn`]).
 //!
-//! A pooled connection the pod has closed in the meantime is found out before the request is
-//! written: hyper hands the untouched request back ([`SendRequest::try_send_request`]) and the
-//! next connection is tried. A request is never re-sent once any byte of it was written.
+//! A pooled connection the pod has closed in the meantime is usually found out before the
+//! request is written: hyper hands the untouched request back ([`SendRequest::try_send_request`])
+//! and the next connection is tried. When the pod closes it just as the request goes out (a pod
+//! shutting down closes its idle keep-alive connections), the exchange fails with no byte of an
+//! answer: a request whose body can be sent again (buffered, or none) is then sent once more on
+//! a fresh connection, as nginx and hyper-util's pool do. Otherwise a request is never re-sent
+//! once any byte of it was written.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -27,6 +31,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::body::ReqBody;
+use crate::forward::RESPONSE_HEAD_BYTES;
+use crate::metrics::{Event, ModelMetrics};
 
 /// A pod that does not accept a connection within this is treated like one that refused it.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -185,20 +191,44 @@ impl Upstream {
         self.idle[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Closes every idle connection (the pod is leaving: none of them may take a request).
+    pub fn drop_idle(&self) {
+        for pool in self.idle.iter() {
+            pool.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+        for pool in self.raw.iter() {
+            pool.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+    }
+
     /// Sends `req` (origin-form URI, `Host` set) on a pooled connection or a new one. The
     /// returned [`Conn`] must live as long as the response body is read: dropping it gives the
     /// connection back to the pool.
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<ReqBody>,
+        metrics: &ModelMetrics,
     ) -> Result<(Response<Incoming>, Conn), SendError> {
         while let Some(mut tx) = self.checkout() {
+            let replay = replayable(&req);
             match tx.try_send_request(req).await {
                 Ok(resp) => return Ok((resp, self.conn(tx))),
                 Err(mut e) => match e.take_message() {
                     // The pod closed this idle connection; nothing was written: next one.
                     Some(r) => req = r,
-                    None => return Err(SendError::Failed(e.into_error())),
+                    None => {
+                        let error = e.into_error();
+                        match replay {
+                            Some(r) if closed_before_answer(&error) => {
+                                tracing::debug!(pod = %self.addr, %error, "a reused connection closed before any answer: sending again on a fresh one");
+                                metrics.count(Event::StaleRetry);
+                                req = r;
+                                // The pod is likely closing every idle connection: a fresh one.
+                                break;
+                            }
+                            _ => return Err(SendError::Failed(error)),
+                        }
+                    }
                 },
             }
         }
@@ -245,6 +275,8 @@ impl Upstream {
     async fn connect(&self) -> std::io::Result<SendRequest<ReqBody>> {
         let stream = self.connect_raw().await?;
         let (tx, conn) = http1::Builder::new()
+            // The same answer-head limit as the relay's (the forwarding policy's).
+            .max_buf_size(RESPONSE_HEAD_BYTES)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(std::io::Error::other)?;
@@ -287,6 +319,29 @@ impl Upstream {
         }
         idle.push_back(Idle { tx, since: now });
     }
+}
+
+/// A copy of `req` to send again, when its body can be replayed: buffered, or none at all.
+fn replayable(req: &Request<ReqBody>) -> Option<Request<ReqBody>> {
+    let body = match req.body() {
+        ReqBody::Full(b) => ReqBody::Full(b.clone()),
+        b if hyper::body::Body::is_end_stream(b) => ReqBody::Full(None),
+        _ => return None,
+    };
+    let mut copy = Request::new(body);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
+}
+
+/// The exchange failed before any answer came back: the connection closed or broke under it.
+fn closed_before_answer(e: &hyper::Error) -> bool {
+    e.is_incomplete_message()
+        || e.is_canceled()
+        || e.is_body_write_aborted()
+        || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
 }
 
 /// True when an idle socket has nothing to read: neither data nor the pod's close. The
@@ -337,6 +392,51 @@ mod tests {
     use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
+
+    fn mm() -> ModelMetrics {
+        crate::Metrics::register(&mut prometheus_client::registry::Registry::default()).model(
+            crate::metrics::ModelLabels {
+                namespace: "ns".into(),
+                deployment: "m".into(),
+                model: "m".into(),
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn a_request_on_a_connection_closed_under_it_is_sent_again() {
+        // The pod answers the first request of each connection, then reads the next one and
+        // closes without answering: a pod shutting down as a reused connection is written to.
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = conns.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.expect("accept");
+                c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                    let _ = s.read(&mut buf).await;
+                    // dropped: closed with the second request unanswered
+                });
+            }
+        });
+        let up = Upstream::new(addr);
+        let m = mm();
+        for _ in 0..3 {
+            let (resp, conn) = up.send(get("/"), &m).await.expect("answer");
+            assert_eq!(body(resp).await, "ok");
+            drop(conn);
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(m.count_of(Event::StaleRetry), 2);
+        assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
 
     fn get(path: &str) -> Request<ReqBody> {
         Request::builder()
@@ -389,7 +489,7 @@ mod tests {
         let (addr, conns) = server(100).await;
         let up = Upstream::new(addr);
         for _ in 0..5 {
-            let (resp, conn) = up.send(get("/")).await.expect("answer");
+            let (resp, conn) = up.send(get("/"), &mm()).await.expect("answer");
             assert_eq!(body(resp).await, "ok");
             drop(conn);
             // The connection may need its task to run once more before it is reusable.
@@ -403,8 +503,8 @@ mod tests {
     async fn concurrent_exchanges_get_their_own_connections() {
         let (addr, conns) = server(100).await;
         let up = Upstream::new(addr);
-        let (r1, c1) = up.send(get("/a")).await.expect("answer");
-        let (r2, c2) = up.send(get("/b")).await.expect("answer");
+        let (r1, c1) = up.send(get("/a"), &mm()).await.expect("answer");
+        let (r2, c2) = up.send(get("/b"), &mm()).await.expect("answer");
         assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 2);
         assert_eq!(body(r1).await, "ok");
         assert_eq!(body(r2).await, "ok");
@@ -419,7 +519,7 @@ mod tests {
         let (addr, conns) = server(1).await;
         let up = Upstream::new(addr);
         for _ in 0..3 {
-            let (resp, conn) = up.send(get("/")).await.expect("answer");
+            let (resp, conn) = up.send(get("/"), &mm()).await.expect("answer");
             assert_eq!(body(resp).await, "ok");
             drop(conn);
             // Let the connection task see the pod's close.
@@ -434,7 +534,7 @@ mod tests {
         let addr = l.local_addr().expect("addr");
         drop(l);
         let up = Upstream::new(addr);
-        match up.send(get("/x")).await {
+        match up.send(get("/x"), &mm()).await {
             Err(SendError::NotSent { req, error }) => {
                 assert_eq!(req.uri().path(), "/x");
                 assert!(error.contains(&addr.to_string()), "{error}");
@@ -458,7 +558,7 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(5)).await;
         });
         let up = Upstream::new(addr);
-        let (resp, conn) = up.send(get("/")).await.expect("answer");
+        let (resp, conn) = up.send(get("/"), &mm()).await.expect("answer");
         drop(resp);
         drop(conn);
         tokio::time::sleep(Duration::from_millis(50)).await;

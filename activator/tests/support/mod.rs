@@ -336,12 +336,24 @@ impl Activator {
             model_name: name.into(),
             hostnames: vec![],
             created: Some(0),
-            limits: Limits {
-                container_concurrency: cc,
-                queue_depth: depth,
-                queue_bytes: 1 << 20,
-                queue_deadline: deadline,
-            },
+            limits: Limits::with_queue(cc, depth, 1 << 20, deadline),
+        });
+        key
+    }
+
+    /// Adds a model `name` in namespace `ns` (Deployment `name`) with these limits, e.g. short
+    /// `response_timeout` / `idle_timeout` for timeout tests.
+    pub fn model_with(&self, ns: &str, name: &str, limits: Limits) -> ModelKey {
+        let key = ModelKey {
+            namespace: ns.into(),
+            deployment: name.into(),
+        };
+        self.table.upsert_model(ModelSpec {
+            key: key.clone(),
+            model_name: name.into(),
+            hostnames: vec![],
+            created: Some(0),
+            limits,
         });
         key
     }

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use crate::global::{
-    GRACE_RANGE, HOUR, MAX_REPLICAS, MAX_TARGET, METRICS, MIN_TARGET, QUEUE_DEADLINE_RANGE,
-    STABLE_WINDOW_RANGE,
+    ACTIVATOR_TIMEOUT_RANGE, GRACE_RANGE, HOUR, MAX_REPLICAS, MAX_TARGET, METRICS, MIN_TARGET,
+    QUEUE_DEADLINE_RANGE, STABLE_WINDOW_RANGE,
 };
 use crate::keys::{self, ANNOTATIONS};
 use crate::parse::{
@@ -102,6 +102,8 @@ impl DeploymentSettings {
             port: None,
             container_concurrency: 0,
             queue_deadline: global.activator.queue_deadline,
+            response_timeout: global.activator.response_timeout,
+            idle_timeout: global.activator.idle_timeout,
             metric_source: MetricSource::Activator,
         };
         let mut o = Overrides::default();
@@ -157,6 +159,14 @@ impl DeploymentSettings {
                 }
                 "queue-deadline" => duration_in(v, QUEUE_DEADLINE_RANGE.0, QUEUE_DEADLINE_RANGE.1)
                     .map(|d| s.queue_deadline = d),
+                "response-timeout" => {
+                    duration_in(v, ACTIVATOR_TIMEOUT_RANGE.0, ACTIVATOR_TIMEOUT_RANGE.1)
+                        .map(|d| s.response_timeout = d)
+                }
+                "idle-timeout" => {
+                    duration_in(v, ACTIVATOR_TIMEOUT_RANGE.0, ACTIVATOR_TIMEOUT_RANGE.1)
+                        .map(|d| s.idle_timeout = d)
+                }
                 "metric-source" => one_of(v, &[("activator", false), ("pod", true)])
                     .map(|pod| o.metric_source_pod = Some(pod)),
                 "pod-metric-name" => name_rule(is_metric_name(v), keys::METRIC_NAME)
@@ -301,6 +311,8 @@ mod tests {
                     "zeroscale.dev/panic-threshold-percentage" => "200",
                     "zeroscale.dev/scale-to-zero-grace-period" => "30s",
                     "zeroscale.dev/queue-deadline" => "5m",
+                    "zeroscale.dev/response-timeout" => "10m",
+                    "zeroscale.dev/idle-timeout" => "5m",
                     "zeroscale.dev/scale-down-delay" => "0s",
                     _ => "1",
                 }

@@ -29,6 +29,9 @@ pub(crate) const HOUR: Duration = secs(3600);
 pub(crate) const STABLE_WINDOW_RANGE: (Duration, Duration) = (secs(6), HOUR);
 pub(crate) const GRACE_RANGE: (Duration, Duration) = (secs(1), HOUR);
 pub(crate) const QUEUE_DEADLINE_RANGE: (Duration, Duration) = (secs(1), HOUR);
+/// Range of the response and idle timeouts: an LLM's prefill of a long prompt can take minutes,
+/// so the bound is generous.
+pub(crate) const ACTIVATOR_TIMEOUT_RANGE: (Duration, Duration) = (secs(1), secs(24 * 3600));
 
 impl Default for GlobalConfig {
     fn default() -> Self {
@@ -53,6 +56,8 @@ impl Default for ActivatorConfig {
             queue_deadline: secs(300),
             max_routing_body_bytes: 1 << 20,
             wake_resend_interval: secs(10),
+            response_timeout: secs(600),
+            idle_timeout: secs(300),
         }
     }
 }
@@ -185,6 +190,16 @@ fn apply(cfg: &mut GlobalConfig, good: &GlobalConfig, key: &str, v: &str) -> Res
             &mut a.queue_deadline,
             ga.queue_deadline,
             duration_in(v, QUEUE_DEADLINE_RANGE.0, QUEUE_DEADLINE_RANGE.1),
+        ),
+        "activator-response-timeout" => set(
+            &mut a.response_timeout,
+            ga.response_timeout,
+            duration_in(v, ACTIVATOR_TIMEOUT_RANGE.0, ACTIVATOR_TIMEOUT_RANGE.1),
+        ),
+        "activator-idle-timeout" => set(
+            &mut a.idle_timeout,
+            ga.idle_timeout,
+            duration_in(v, ACTIVATOR_TIMEOUT_RANGE.0, ACTIVATOR_TIMEOUT_RANGE.1),
         ),
         "activator-max-routing-body-bytes" => set(
             &mut a.max_routing_body_bytes,

@@ -41,6 +41,7 @@ pub(crate) const STABLE_WINDOW: &str = "6s..=1h";
 pub(crate) const GRACE: &str = "1s..=1h";
 pub(crate) const HOUR_OR_LESS: &str = "0s..=1h";
 pub(crate) const QUEUE_DEADLINE: &str = "1s..=1h";
+pub(crate) const ACTIVATOR_TIMEOUT: &str = "1s..=24h";
 pub(crate) const METRIC: &str = "concurrency or rps";
 pub(crate) const AGGREGATION: &str = "linear or weighted-exponential";
 pub(crate) const METRIC_SOURCE: &str = "activator or pod";
@@ -208,6 +209,18 @@ pub const CONFIGMAP_KEYS: &[KeyDoc] = &[
         "How long a held request may wait for a ready pod before it is answered 504.",
     ),
     k(
+        "activator-response-timeout",
+        "10m",
+        ACTIVATOR_TIMEOUT,
+        "Longest a pod may take, after the request was sent to it, to send the head of its answer; past it the client gets 504.",
+    ),
+    k(
+        "activator-idle-timeout",
+        "5m",
+        ACTIVATOR_TIMEOUT,
+        "Longest a request body (to the pod) or an answer body (a stream back) may pause without a byte before the transfer is cut.",
+    ),
+    k(
         "activator-max-routing-body-bytes",
         "1Mi",
         "1Ki..=1Gi",
@@ -336,6 +349,18 @@ pub const ANNOTATIONS: &[KeyDoc] = &[
         "ConfigMap activator-queue-deadline",
         QUEUE_DEADLINE,
         "How long a request for this model may wait for a ready pod.",
+    ),
+    k(
+        "zeroscale.dev/response-timeout",
+        "ConfigMap activator-response-timeout",
+        ACTIVATOR_TIMEOUT,
+        "How long this model's pods may take to send the head of an answer before the client gets 504.",
+    ),
+    k(
+        "zeroscale.dev/idle-timeout",
+        "ConfigMap activator-idle-timeout",
+        ACTIVATOR_TIMEOUT,
+        "Longest pause without a byte in a request or answer body (stream) of this model before it is cut.",
     ),
     k(
         "zeroscale.dev/metric-source",

@@ -87,6 +87,11 @@ pub struct ActivatorConfig {
     pub max_routing_body_bytes: usize,
     /// Re-send a wake signal if a model still has no endpoint after this long.
     pub wake_resend_interval: Duration,
+    /// How long a pod may take to send the head of its answer before a 504 (default 10 minutes).
+    pub response_timeout: Duration,
+    /// How long a request or answer body (a stream) may go without a byte before it is cut
+    /// (default 5 minutes).
+    pub idle_timeout: Duration,
 }
 
 /// The global configuration: built-in defaults overlaid with the ConfigMap's data.
@@ -144,6 +149,10 @@ pub struct DeploymentSettings {
     pub container_concurrency: u32,
     /// Queue deadline for this model.
     pub queue_deadline: Duration,
+    /// Time to the first byte of a pod's answer for this model.
+    pub response_timeout: Duration,
+    /// Longest pause within a request or answer body for this model.
+    pub idle_timeout: Duration,
     /// Concurrency source.
     pub metric_source: MetricSource,
 }

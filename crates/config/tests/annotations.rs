@@ -58,11 +58,15 @@ fn without_annotations_the_global_values_apply() {
         ("min-scale", "1"),
         ("stable-window", "2m"),
         ("activator-queue-deadline", "1m"),
+        ("activator-response-timeout", "20m"),
+        ("activator-idle-timeout", "45s"),
     ]);
     let (s, errors) = DeploymentSettings::resolve(&g, &map(&[("zeroscale.dev/enabled", "true")]));
     assert!(errors.is_empty());
     assert_eq!(s.scaling, g.scaling);
     assert_eq!(s.queue_deadline, Duration::from_secs(60));
+    assert_eq!(s.response_timeout, Duration::from_secs(1200));
+    assert_eq!(s.idle_timeout, Duration::from_secs(45));
     assert_eq!(s.model_name, None);
     assert_eq!(s.hostnames, Vec::<String>::new());
     assert_eq!((s.service.as_deref(), s.port.as_deref()), (None, None));
@@ -101,6 +105,8 @@ fn annotations_override_the_global_values() {
             ("zeroscale.dev/port", "http"),
             ("zeroscale.dev/container-concurrency", "20"),
             ("zeroscale.dev/queue-deadline", "90s"),
+            ("zeroscale.dev/response-timeout", "30m"),
+            ("zeroscale.dev/idle-timeout", "2m30s"),
             ("other.io/ignored", "whatever"),
         ]),
     );
@@ -122,9 +128,50 @@ fn annotations_override_the_global_values() {
     assert_eq!(s.port.as_deref(), Some("http"));
     assert_eq!(s.container_concurrency, 20);
     assert_eq!(s.queue_deadline, Duration::from_secs(90));
+    assert_eq!(s.response_timeout, Duration::from_secs(1800));
+    assert_eq!(s.idle_timeout, Duration::from_secs(150));
     // Keys without an annotation keep the global value.
     assert_eq!(p.max_scale_up_rate, g.scaling.max_scale_up_rate);
     assert_eq!(p.enable_scale_to_zero, g.scaling.enable_scale_to_zero);
+}
+
+#[test]
+fn timeout_annotations_override_the_configmap_and_fall_back_to_it() {
+    let g = global(&[
+        ("activator-response-timeout", "20m"),
+        ("activator-idle-timeout", "1m"),
+    ]);
+    let resolve_with = |pairs: &[(&str, &str)]| DeploymentSettings::resolve(&g, &map(pairs));
+
+    let (s, errors) = resolve_with(&[("zeroscale.dev/response-timeout", "24h")]);
+    assert_eq!(errors, vec![]);
+    assert_eq!(s.response_timeout, Duration::from_secs(86_400));
+    assert_eq!(s.idle_timeout, Duration::from_secs(60), "the ConfigMap's");
+
+    let (s, errors) = resolve_with(&[("zeroscale.dev/idle-timeout", "1s")]);
+    assert_eq!(errors, vec![]);
+    assert_eq!(
+        s.response_timeout,
+        Duration::from_secs(1200),
+        "the ConfigMap's"
+    );
+    assert_eq!(s.idle_timeout, Duration::from_secs(1));
+
+    // A bad annotation falls back to the ConfigMap's value, not the built-in default.
+    let (s, errors) = resolve_with(&[
+        ("zeroscale.dev/response-timeout", "25h"),
+        ("zeroscale.dev/idle-timeout", "0s"),
+    ]);
+    let texts: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        texts,
+        [
+            r#"zeroscale.dev/idle-timeout: "0s" is invalid: expected a duration in 1s..=24h"#,
+            r#"zeroscale.dev/response-timeout: "25h" is invalid: expected a duration in 1s..=24h"#,
+        ]
+    );
+    assert_eq!(s.response_timeout, Duration::from_secs(1200));
+    assert_eq!(s.idle_timeout, Duration::from_secs(60));
 }
 
 #[test]
@@ -223,6 +270,16 @@ const BAD: &[(&str, &str, &[&str])] = &[
     ("port", "a-very-long-port-name", &["1-15 characters"]),
     ("container-concurrency", "1001", &["0..=1000"]),
     ("queue-deadline", "2h", &["1s..=1h"]),
+    ("response-timeout", "0s", &["1s..=24h"]),
+    ("response-timeout", "25h", &["1s..=24h"]),
+    ("response-timeout", "600", &["without a unit", "1s..=24h"]),
+    ("idle-timeout", "500ms", &["1s..=24h"]),
+    ("idle-timeout", "1d", &["unknown unit \"d\"", "1s..=24h"]),
+    (
+        "idle-timeout",
+        "five minutes",
+        &["not a duration", "1s..=24h"],
+    ),
     ("metric-source", "prometheus", &["activator or pod"]),
 ];
 
@@ -288,6 +345,11 @@ fn unknown_zeroscale_annotations_name_the_nearest_one() {
         ("zeroscale.dev/stable-window", "zeroscale.dev/window"),
         ("zeroscale.dev/hostname", "zeroscale.dev/hostnames"),
         ("zeroscale.dev/model", "zeroscale.dev/model-name"),
+        ("zeroscale.dev/idle_timeout", "zeroscale.dev/idle-timeout"),
+        (
+            "zeroscale.dev/response-timout",
+            "zeroscale.dev/response-timeout",
+        ),
     ] {
         let (_, errors) = resolve(&[(typo, "1")]);
         assert_eq!(errors.len(), 1, "{typo}");

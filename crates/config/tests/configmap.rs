@@ -54,6 +54,8 @@ fn defaults_match_knative_and_the_brief() {
     assert_eq!(c.activator.queue_deadline, Duration::from_secs(300));
     assert_eq!(c.activator.max_routing_body_bytes, 1 << 20);
     assert_eq!(c.activator.wake_resend_interval, Duration::from_secs(10));
+    assert_eq!(c.activator.response_timeout, Duration::from_secs(600));
+    assert_eq!(c.activator.idle_timeout, Duration::from_secs(300));
 }
 
 #[test]
@@ -97,6 +99,8 @@ fn every_key_is_applied() {
         ("activator-queue-deadline", "30s"),
         ("activator-max-routing-body-bytes", "256Ki"),
         ("activator-wake-resend-interval", "3s"),
+        ("activator-response-timeout", "20m"),
+        ("activator-idle-timeout", "90s"),
     ]);
     let s = &c.scaling;
     assert_eq!(s.metric, Metric::Rps);
@@ -130,6 +134,54 @@ fn every_key_is_applied() {
     assert_eq!(c.activator.queue_deadline, Duration::from_secs(30));
     assert_eq!(c.activator.max_routing_body_bytes, 256 << 10);
     assert_eq!(c.activator.wake_resend_interval, Duration::from_secs(3));
+    assert_eq!(c.activator.response_timeout, Duration::from_secs(1200));
+    assert_eq!(c.activator.idle_timeout, Duration::from_secs(90));
+}
+
+#[test]
+fn activator_timeouts_accept_their_whole_range() {
+    for key in ["activator-response-timeout", "activator-idle-timeout"] {
+        for (value, want) in [
+            ("1s", Duration::from_secs(1)),
+            ("1h30m", Duration::from_secs(5400)),
+            ("24h", Duration::from_secs(86_400)),
+            (" 2m\n", Duration::from_secs(120)),
+        ] {
+            let c = parse_ok(&[(key, value)]);
+            let a = &c.activator;
+            let (got, other, other_default) = if key == "activator-response-timeout" {
+                (a.response_timeout, a.idle_timeout, Duration::from_secs(300))
+            } else {
+                (a.idle_timeout, a.response_timeout, Duration::from_secs(600))
+            };
+            assert_eq!(got, want, "{key}={value:?}");
+            assert_eq!(other, other_default, "{key} must not set the other timeout");
+        }
+    }
+}
+
+#[test]
+fn a_bad_activator_timeout_keeps_its_last_good_value() {
+    let (last_good, errors) = parse(&[
+        ("activator-response-timeout", "30m"),
+        ("activator-idle-timeout", "2m"),
+    ]);
+    assert!(errors.is_empty(), "{errors:?}");
+    let data = map(&[
+        ("activator-response-timeout", "25h"),
+        ("activator-idle-timeout", "300"),
+    ]);
+    let (cfg, errors) = GlobalConfig::from_configmap(&data, &last_good);
+    let texts: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        texts,
+        [
+            r#"activator-idle-timeout: "300" is invalid: "300" is not a duration: a number without a unit; write e.g. 30s, 1m30s or 500ms; expected a duration in 1s..=24h"#,
+            r#"activator-response-timeout: "25h" is invalid: expected a duration in 1s..=24h"#,
+        ]
+    );
+    assert_eq!(cfg.activator.response_timeout, Duration::from_secs(1800));
+    assert_eq!(cfg.activator.idle_timeout, Duration::from_secs(120));
 }
 
 #[test]
@@ -270,6 +322,36 @@ const BAD_VALUES: &[(&str, &str, &[&str])] = &[
     ("activator-queue-deadline", "0s", &["1s..=1h"]),
     ("activator-max-routing-body-bytes", "2Gi", &["1Ki..=1Gi"]),
     ("activator-wake-resend-interval", "11m", &["100ms..=10m"]),
+    ("activator-response-timeout", "0s", &["1s..=24h"]),
+    ("activator-response-timeout", "999ms", &["1s..=24h"]),
+    ("activator-response-timeout", "24h1s", &["1s..=24h"]),
+    (
+        "activator-response-timeout",
+        "600",
+        &["without a unit", "1s..=24h"],
+    ),
+    (
+        "activator-response-timeout",
+        "10 minutes",
+        &["not a duration", "1s..=24h"],
+    ),
+    (
+        "activator-response-timeout",
+        "",
+        &["empty duration", "1s..=24h"],
+    ),
+    ("activator-idle-timeout", "0", &["1s..=24h"]),
+    (
+        "activator-idle-timeout",
+        "2d",
+        &["unknown unit \"d\"", "1s..=24h"],
+    ),
+    (
+        "activator-idle-timeout",
+        "-5m",
+        &["not a duration", "1s..=24h"],
+    ),
+    ("activator-idle-timeout", "48h", &["1s..=24h"]),
 ];
 
 #[test]
@@ -350,6 +432,8 @@ fn unknown_keys_name_the_nearest_known_key() {
         ("min_scale", "min-scale"),
         ("scale-to-zero-grace", "scale-to-zero-grace-period"),
         ("activator-queue-deadlin", "activator-queue-deadline"),
+        ("activator-response-timout", "activator-response-timeout"),
+        ("activator-idle-timeout-seconds", "activator-idle-timeout"),
         (
             "container-concurrency-target",
             "container-concurrency-target-default",

@@ -547,6 +547,12 @@ impl<'h> ResponsePlan<'h> {
     }
 }
 
+/// The size of a head's header lines as they were sent (`name: value\r\n`), for a head hyper
+/// parsed: its read buffer limit is not an exact bound on the head.
+pub fn header_bytes(h: &HeaderMap) -> usize {
+    h.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum()
+}
+
 /// A `Content-Length` value: one decimal number, nothing else.
 pub fn parse_length(v: &[u8]) -> Option<u64> {
     let v = v.trim_ascii();

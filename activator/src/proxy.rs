@@ -270,10 +270,32 @@ impl Proxy {
                 .into();
         }
         parts.version = Version::HTTP_11;
-        let mut out = Request::from_parts(parts, body);
-
         let metrics = model.gate().metrics();
         let (response_timeout, idle_timeout) = model.gate().timeouts();
+        // A small body is read whole before it is sent, as the relay does: then it can be sent
+        // again if the pod closes a reused connection under it. (Not before the slot: a waiting
+        // request's body stays with the client.)
+        let body = match body {
+            ReqBody::Stream(b, timer)
+                if hyper::body::Body::size_hint(&b)
+                    .exact()
+                    .is_some_and(|n| n > 0 && n <= crate::relay::BODY_BYTES as u64) =>
+            {
+                match ReqBody::Stream(b, timer).collect().await {
+                    Ok(c) => ReqBody::Full(Some(c.to_bytes())),
+                    Err(e) => {
+                        if let Some(t) = e.downcast_ref::<IdleTimeout>() {
+                            metrics.count(Event::IdleTimeout);
+                            return Err(ProxyError::BodyTimeout(t.0));
+                        }
+                        return Err(ProxyError::ClientBody(e.to_string()));
+                    }
+                }
+            }
+            b => b,
+        };
+        let mut out = Request::from_parts(parts, body);
+
         let deadline = tokio::time::Instant::now() + response_timeout;
         let mut tried = Vec::new();
         let (mut resp, conn) = loop {
@@ -341,6 +363,10 @@ impl Proxy {
             return Ok(Response::from_parts(parts, RespBody::Full(None)));
         }
         let (mut parts, inner) = resp.into_parts();
+        if forward::header_bytes(&parts.headers) > forward::RESPONSE_HEAD_BYTES {
+            let e = forward::BadAnswer::TooLarge.to_string();
+            return Err(backend_failed(model, &permit, e));
+        }
         let answer = forward::check_response(
             parts.status.as_u16(),
             if parts.version == Version::HTTP_10 {

@@ -152,9 +152,23 @@ pub async fn serve(
         let total = plan.head_len + plan.body_len;
         while inb.len() < total {
             inb.reserve(total - inb.len());
-            match read_until(client, &mut inb, deadline).await {
+            // A pause longer than the model's idle timeout cuts the request, as on hyper's path.
+            let idle = plan.model.gate().timeouts().1;
+            let paused = Instant::now() + idle;
+            match read_until(client, &mut inb, deadline.min(paused)).await {
                 Read::Data => {}
                 Read::Eof | Read::Error => return End::Closed,
+                Read::Timeout if paused <= deadline => {
+                    plan.model.gate().metrics().count(Event::IdleTimeout);
+                    let e = ProxyError::BodyTimeout(idle);
+                    tracing::debug!(model = %plan.model.key(), error = %e, "request body cut");
+                    let resp = rescue(&e);
+                    plan.model.gate().metrics().answered(resp.status().as_u16());
+                    let _ = client
+                        .write_all(&encode_local(resp, false, true).await)
+                        .await;
+                    return End::Closed;
+                }
                 // A slow body: hyper streams it.
                 Read::Timeout => return End::HandOff(inb),
             }

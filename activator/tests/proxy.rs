@@ -17,8 +17,28 @@ use zeroscale_activator::wake::Waker;
 
 const LONG: Duration = Duration::from_secs(300);
 
-async fn plain() -> Activator {
-    Activator::start(Arc::new(NoWake), ServerOptions::default()).await
+/// The activator with the relay on (the default) or off (every request through hyper).
+fn opts(relay: bool) -> ServerOptions {
+    ServerOptions {
+        relay,
+        ..ServerOptions::default()
+    }
+}
+
+async fn plain(relay: bool) -> Activator {
+    Activator::start(Arc::new(NoWake), opts(relay)).await
+}
+
+/// Every scenario runs on both request paths, so a difference between them fails a test.
+macro_rules! on_both_paths {
+    ($($name:ident),* $(,)?) => {
+        mod relay {
+            $(#[tokio::test] async fn $name() { super::$name(true).await })*
+        }
+        mod hyper_path {
+            $(#[tokio::test] async fn $name() { super::$name(false).await })*
+        }
+    };
 }
 
 fn empty() -> Full<Bytes> {
@@ -29,9 +49,8 @@ fn json(s: &str) -> Full<Bytes> {
     Full::new(Bytes::from(s.to_string()))
 }
 
-#[tokio::test]
-async fn routes_by_host_path_and_body() {
-    let act = plain().await;
+async fn routes_by_host_path_and_body(relay: bool) {
+    let act = plain(relay).await;
     let (b1, b2) = (Backend::start("one").await, Backend::start("two").await);
     let k1 = act.model("ns", "one", 0, 10, LONG);
     let k2 = act.model("ns", "two", 0, 10, LONG);
@@ -110,9 +129,8 @@ async fn routes_by_host_path_and_body() {
     assert_eq!(m1.gate().metrics().answered_count(200), 5);
 }
 
-#[tokio::test]
-async fn bad_requests_get_clear_json_errors() {
-    let act = plain().await;
+async fn bad_requests_get_clear_json_errors(relay: bool) {
+    let act = plain(relay).await;
     let b = Backend::start("one").await;
     let k = act.model("ns", "one", 0, 10, LONG);
     act.table.set_endpoints(&k, vec![b.endpoint()]);
@@ -218,11 +236,10 @@ async fn bad_requests_get_clear_json_errors() {
     assert_eq!(act.metrics.rejected_count("invalid_json"), 1);
 }
 
-#[tokio::test]
-async fn queued_at_zero_wakes_and_drains_in_order() {
+async fn queued_at_zero_wakes_and_drains_in_order(relay: bool) {
     let rec = WakeRecorder::start().await;
     let waker = Waker::new(&rec.url, Duration::from_secs(3600)).unwrap();
-    let act = Activator::start(Arc::new(waker), ServerOptions::default()).await;
+    let act = Activator::start(Arc::new(waker), opts(relay)).await;
     let k = act.model("models", "llama", 1, 100, LONG);
     let model = act.table.get(&k).unwrap();
     let b = Backend::start("pod").await;
@@ -263,12 +280,11 @@ async fn queued_at_zero_wakes_and_drains_in_order() {
     assert_eq!(model.gate().metrics().wake_signals.get(), 1);
 }
 
-#[tokio::test]
-async fn wake_is_retried_with_backoff_while_refused() {
+async fn wake_is_retried_with_backoff_while_refused(relay: bool) {
     let rec = WakeRecorder::start().await;
     rec.fail.store(true, Ordering::SeqCst);
     let waker = Waker::new(&rec.url, Duration::from_secs(3600)).unwrap();
-    let act = Activator::start(Arc::new(waker), ServerOptions::default()).await;
+    let act = Activator::start(Arc::new(waker), opts(relay)).await;
     let k = act.model("models", "m", 1, 100, LONG);
     let c = client();
     let url = act.url("/v1/models/m");
@@ -287,9 +303,8 @@ async fn wake_is_retried_with_backoff_while_refused() {
     assert_eq!(t.await.unwrap().status, StatusCode::OK);
 }
 
-#[tokio::test]
-async fn queue_full_is_503_and_deadline_is_504() {
-    let act = plain().await;
+async fn queue_full_is_503_and_deadline_is_504(relay: bool) {
+    let act = plain(relay).await;
     let k = act.model("ns", "m", 1, 2, Duration::from_millis(300));
     let model = act.table.get(&k).unwrap();
     let c = client();
@@ -316,9 +331,8 @@ async fn queue_full_is_503_and_deadline_is_504() {
     assert_eq!(model.gate().metrics().answered_count(503), 1);
 }
 
-#[tokio::test]
-async fn client_gone_leaves_the_queue() {
-    let act = plain().await;
+async fn client_gone_leaves_the_queue(relay: bool) {
+    let act = plain(relay).await;
     let k = act.model("ns", "m", 1, 10, LONG);
     let model = act.table.get(&k).unwrap();
     let mut s = tokio::net::TcpStream::connect(act.addr).await.unwrap();
@@ -340,9 +354,8 @@ async fn client_gone_leaves_the_queue() {
 /// reach the pod intact (head and body, which stayed in the socket), be answered, and then the
 /// connection closes (a parked connection serves one request). A connection to a model with a
 /// ready pod is not parked and stays open.
-#[tokio::test]
-async fn a_request_parked_at_zero_reaches_the_pod_intact() {
-    let act = plain().await;
+async fn a_request_parked_at_zero_reaches_the_pod_intact(relay: bool) {
+    let act = plain(relay).await;
     let k = act.model("ns", "m", 1, 10, LONG);
     let model = act.table.get(&k).unwrap();
     let b = Backend::start("pod").await;
@@ -395,9 +408,8 @@ async fn a_request_parked_at_zero_reaches_the_pod_intact() {
     assert_eq!(b.count.load(Ordering::SeqCst), 3);
 }
 
-#[tokio::test]
-async fn per_pod_concurrency_holds_under_200_concurrent_requests() {
-    let act = plain().await;
+async fn per_pod_concurrency_holds_under_200_concurrent_requests(relay: bool) {
+    let act = plain(relay).await;
     let k = act.model("ns", "m", 2, 1000, LONG);
     let pods = [
         Backend::start("a").await,
@@ -437,9 +449,8 @@ async fn per_pod_concurrency_holds_under_200_concurrent_requests() {
     assert!(m.gate().in_flight().iter().all(|(_, n)| *n == 0));
 }
 
-#[tokio::test]
-async fn refused_connection_is_retried_on_another_pod() {
-    let act = plain().await;
+async fn refused_connection_is_retried_on_another_pod(relay: bool) {
+    let act = plain(relay).await;
     let k = act.model("ns", "m", 0, 10, LONG);
     let good = Backend::start("good").await;
     let dead = refusing_addr().await;
@@ -462,9 +473,8 @@ async fn refused_connection_is_retried_on_another_pod() {
     assert_eq!(good.count.load(Ordering::SeqCst), 4);
 }
 
-#[tokio::test]
-async fn failure_after_sending_is_502_and_not_retried() {
-    let act = plain().await;
+async fn failure_after_sending_is_502_and_not_retried(relay: bool) {
+    let act = plain(relay).await;
     let k = act.model("ns", "m", 0, 10, LONG);
     let good = Backend::start("good").await;
     let (reset, accepted) = resetting_backend().await;
@@ -496,9 +506,59 @@ async fn failure_after_sending_is_502_and_not_retried() {
     );
 }
 
-#[tokio::test]
-async fn sse_chunks_flow_one_by_one() {
-    let act = plain().await;
+async fn a_request_on_a_connection_the_pod_closes_is_sent_again(relay: bool) {
+    // A pod shutting down closes its idle keep-alive connections, racing the next request
+    // written to one: it reads that request and closes without answering. The request was
+    // never answered, so it goes again on a fresh connection and the client sees a 200.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = conns.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            seen.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                let _ = s.read(&mut buf).await; // the next request: dropped unanswered
+            });
+        }
+    });
+    let act = plain(relay).await;
+    let k = act.model("ns", "m", 0, 10, LONG);
+    act.table.set_endpoints(&k, vec![ep(addr, true)]);
+    let c = client();
+    for i in 0..4 {
+        let a = send(
+            &c,
+            get(&act.url("/v1/models/m:predict"))
+                .method(Method::POST)
+                .body(json("{\"x\":1}"))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::OK, "request {i}: {:?}", a.body);
+        assert_eq!(a.body, "ok");
+    }
+    let m = act.table.get(&k).unwrap();
+    assert_eq!(
+        m.gate()
+            .metrics()
+            .count_of(zeroscale_activator::metrics::Event::StaleRetry),
+        3,
+        "every request after the first met a connection closed under it"
+    );
+    assert_eq!(conns.load(Ordering::SeqCst), 4);
+}
+
+async fn sse_chunks_flow_one_by_one(relay: bool) {
+    let act = plain(relay).await;
     let k = act.model("ns", "m", 0, 10, LONG);
     let b = Backend::start("pod").await;
     let (tx, rx) = tokio::sync::mpsc::channel(1);
@@ -551,9 +611,8 @@ async fn sse_chunks_flow_one_by_one() {
     .await;
 }
 
-#[tokio::test]
-async fn hop_by_hop_headers_are_removed_and_forwarded_for_is_set() {
-    let act = plain().await;
+async fn hop_by_hop_headers_are_removed_and_forwarded_for_is_set(relay: bool) {
+    let act = plain(relay).await;
     let k = act.model("ns", "m", 0, 10, LONG);
     let b = Backend::start("pod").await;
     act.table.set_endpoints(&k, vec![b.endpoint()]);
@@ -586,9 +645,8 @@ async fn hop_by_hop_headers_are_removed_and_forwarded_for_is_set() {
     );
 }
 
-#[tokio::test]
-async fn websocket_upgrade_passes_through() {
-    let act = plain().await;
+async fn websocket_upgrade_passes_through(relay: bool) {
+    let act = plain(relay).await;
     let k = act.model("ns", "m", 0, 10, LONG);
     let b = Backend::start("pod").await;
     act.table.set_endpoints(&k, vec![b.endpoint()]);
@@ -616,7 +674,13 @@ async fn websocket_upgrade_passes_through() {
 /// a pod appears; a shutdown drains a request in flight and reports it drained.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_threads_share_the_queue_and_drain() {
-    let mut act = Activator::start_on(Arc::new(NoWake), ServerOptions::default(), 2).await;
+    for relay in [true, false] {
+        worker_threads_share_the_queue_and_drain_on(relay).await;
+    }
+}
+
+async fn worker_threads_share_the_queue_and_drain_on(relay: bool) {
+    let mut act = Activator::start_on(Arc::new(NoWake), opts(relay), 2).await;
     let k = act.model("ns", "m", 2, 100, LONG);
     let model = act.table.get(&k).unwrap();
     let b = Backend::start("pod").await;
@@ -658,9 +722,8 @@ async fn worker_threads_share_the_queue_and_drain() {
     assert!(drained, "every worker drained in time");
 }
 
-#[tokio::test]
-async fn h2c_clients_are_served() {
-    let act = plain().await;
+async fn h2c_clients_are_served(relay: bool) {
+    let act = plain(relay).await;
     let k = act.model("ns", "m", 0, 10, LONG);
     let b = Backend::start("pod").await;
     act.table.set_endpoints(&k, vec![b.endpoint()]);
@@ -680,9 +743,8 @@ async fn h2c_clients_are_served() {
     assert_eq!(a.json()["headers"]["host"], act.addr.to_string());
 }
 
-#[tokio::test]
-async fn graceful_shutdown_finishes_in_flight_requests() {
-    let mut act = plain().await;
+async fn graceful_shutdown_finishes_in_flight_requests(relay: bool) {
+    let mut act = plain(relay).await;
     let k = act.model("ns", "m", 0, 10, LONG);
     let b = Backend::start("pod").await;
     b.set_delay(Duration::from_millis(300));
@@ -700,9 +762,8 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     );
 }
 
-#[tokio::test]
-async fn admin_endpoints() {
-    let act = plain().await;
+async fn admin_endpoints(relay: bool) {
+    let act = plain(relay).await;
     let k = act.model("ns", "m", 0, 10, LONG);
     let b = Backend::start("pod").await;
     act.table.set_endpoints(&k, vec![b.endpoint()]);
@@ -760,13 +821,12 @@ async fn admin_endpoints() {
     find("zeroscale_activator_pod_requests_in_flight");
 }
 
-#[tokio::test]
-async fn drain_timeout_answers_waiting_requests_with_503() {
+async fn drain_timeout_answers_waiting_requests_with_503(relay: bool) {
     let mut act = Activator::start(
         Arc::new(NoWake),
         ServerOptions {
             drain_timeout: Duration::from_millis(200),
-            ..ServerOptions::default()
+            ..opts(relay)
         },
     )
     .await;
@@ -786,14 +846,13 @@ async fn drain_timeout_answers_waiting_requests_with_503() {
     );
 }
 
-#[tokio::test]
-async fn malformed_and_oversized_heads_get_4xx_and_are_counted() {
+async fn malformed_and_oversized_heads_get_4xx_and_are_counted(relay: bool) {
     let act = Activator::start(
         Arc::new(NoWake),
         ServerOptions {
             max_header_bytes: 16 * 1024,
             header_read_timeout: Duration::from_millis(300),
-            ..ServerOptions::default()
+            ..opts(relay)
         },
     )
     .await;
@@ -806,11 +865,15 @@ async fn malformed_and_oversized_heads_get_4xx_and_are_counted() {
     };
     let head = exchange(b"GARBAGE\r\n\r\n".to_vec()).await;
     assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    // The same JSON error shape as every other answer of ours, on both paths.
+    assert!(head.contains("content-type: application/json"), "{head}");
+    assert!(head.contains(r#""type":"malformed_http""#), "{head}");
     let mut big = b"GET / HTTP/1.1\r\nhost: x\r\nx-big: ".to_vec();
     big.extend(std::iter::repeat_n(b'a', 64 * 1024));
     big.extend(b"\r\n\r\n");
     let head = exchange(big).await;
     assert!(head.starts_with("HTTP/1.1 431"), "{head}");
+    assert!(head.contains(r#""type":"header_too_large""#), "{head}");
     // A slow client that never finishes its head is cut off.
     let head = exchange(b"GET / HTTP/1.1\r\nhost: x\r\n".to_vec()).await;
     assert!(!head.starts_with("HTTP/1.1 200"), "{head}");
@@ -822,11 +885,10 @@ async fn malformed_and_oversized_heads_get_4xx_and_are_counted() {
     .await;
 }
 
-#[tokio::test]
-async fn a_large_streamed_upload_may_wait_at_zero() {
+async fn a_large_streamed_upload_may_wait_at_zero(relay: bool) {
     // The queue's byte bound covers what the activator holds; a streamed body stays with the
     // client while it waits, so a body larger than the bound still queues.
-    let act = plain().await;
+    let act = plain(relay).await;
     let k = act.model("ns", "m", 1, 10, LONG);
     let model = act.table.get(&k).unwrap();
     let c = client();
@@ -849,3 +911,26 @@ async fn a_large_streamed_upload_may_wait_at_zero() {
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.json()["body"].as_str().unwrap().len(), 2 << 20);
 }
+
+on_both_paths!(
+    a_request_on_a_connection_the_pod_closes_is_sent_again,
+    routes_by_host_path_and_body,
+    bad_requests_get_clear_json_errors,
+    queued_at_zero_wakes_and_drains_in_order,
+    wake_is_retried_with_backoff_while_refused,
+    queue_full_is_503_and_deadline_is_504,
+    client_gone_leaves_the_queue,
+    a_request_parked_at_zero_reaches_the_pod_intact,
+    per_pod_concurrency_holds_under_200_concurrent_requests,
+    refused_connection_is_retried_on_another_pod,
+    failure_after_sending_is_502_and_not_retried,
+    sse_chunks_flow_one_by_one,
+    hop_by_hop_headers_are_removed_and_forwarded_for_is_set,
+    websocket_upgrade_passes_through,
+    h2c_clients_are_served,
+    graceful_shutdown_finishes_in_flight_requests,
+    admin_endpoints,
+    drain_timeout_answers_waiting_requests_with_503,
+    malformed_and_oversized_heads_get_4xx_and_are_counted,
+    a_large_streamed_upload_may_wait_at_zero,
+);

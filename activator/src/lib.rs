@@ -8,8 +8,10 @@
 
 pub mod balance;
 pub mod body;
+pub mod chunked;
 pub mod error;
 pub mod forward;
+pub mod handoff;
 pub mod k8s;
 pub mod metrics;
 pub mod park;

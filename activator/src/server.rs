@@ -20,9 +20,11 @@ use tokio::net::TcpListener;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::error::rescue;
+use crate::handoff::{Checks, HandOff};
 use crate::park::{GoneReason, Parking, park};
 use crate::proxy::{Peer, Proxy};
-use crate::relay::{self, Prefixed, RelayOptions};
+use crate::relay::{self, RelayOptions};
 
 /// Options of the proxy listener.
 #[derive(Clone, Debug)]
@@ -178,7 +180,7 @@ pub async fn serve_proxy(
         };
         tokio::spawn(async move {
             let metrics = proxy.metrics().clone();
-            let mut reading = None;
+            let mut handed_off = false;
             let res = match park(stream, &proxy, relay_opts.keep_alive_timeout, &stopping).await {
                 Parking::Gone(GoneReason::Idle | GoneReason::Closed | GoneReason::Stopping) => {
                     return;
@@ -198,11 +200,24 @@ pub async fn serve_proxy(
                         relay::End::Closed => return,
                         relay::End::HandOff(prefix) => prefix,
                     };
-                    let stream = Prefixed::new(prefix, stream);
-                    reading = Some(stream.reading());
+                    // hyper serves the rest, each head checked before hyper reads it; a refused
+                    // one comes to the service as a stand-in request and is answered here.
+                    let checks = Checks {
+                        metrics: metrics.clone(),
+                        max_header_bytes: relay_opts.max_header_bytes,
+                        header_timeout: relay_opts.header_timeout,
+                    };
+                    let (stream, refused) = HandOff::new(prefix, stream, checks);
+                    handed_off = true;
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let (proxy, peer) = (proxy.clone(), peer.clone());
-                        async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+                        let refusal = refused.lock().unwrap_or_else(|e| e.into_inner()).take();
+                        async move {
+                            Ok::<_, Infallible>(match refusal {
+                                Some(e) => rescue(&e),
+                                None => proxy.handle(req, peer).await,
+                            })
+                        }
                     });
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                     // Boxed here, so a parked connection's task does not carry hyper's
@@ -238,11 +253,9 @@ pub async fn serve_proxy(
                         metrics.rejected("header_too_large");
                     } else if h.is_parse() {
                         metrics.rejected("malformed_http");
-                    } else if h.is_timeout()
-                        && reading.as_ref().is_none_or(|r| r.load(Ordering::Relaxed))
-                    {
-                        // hyper's one timer fired while a request was arriving: a slow head. An
-                        // idle keep-alive connection closing is not a rejection.
+                    } else if h.is_timeout() && !handed_off {
+                        // On a handed-off connection the hand-off counts slow heads itself and
+                        // hyper's timer only ends idle keep-alive waits: not a rejection.
                         metrics.rejected("header_timeout");
                     }
                 }

@@ -1438,6 +1438,58 @@ async fn no_date_is_added_to_a_pod_answer(relay: bool) {
 // ---------------------------------------------------------------------------------------------
 
 /// Each scenario as `relay_path::name` and `hyper_path::name`.
+/// Case 18: On a connection hyper already serves (a body-routed request went first), a later
+/// head the policy refuses or hyper could not parse still gets the JSON error, never reaches
+/// the pod, and ends the connection; a good head before it is served normally.
+async fn later_heads_on_a_hyper_connection_get_the_same_errors(relay: bool) {
+    let f = fixture(opts(relay)).await;
+    let mut fails = Vec::new();
+    let routed = "POST /v1/chat/completions HTTP/1.1\r\nHost: zeroscale-activator\r\n\
+                  Content-Length: 13\r\n\r\n{\"model\":\"m\"}";
+    for (what, bad, status) in [
+        ("invalid header name", &b"GET /v1/models/m HTTP/1.1\r\nBad Header: x\r\n\r\n"[..], 400),
+        ("two Hosts", b"GET /v1/models/m HTTP/1.1\r\nHost: m.ns\r\nHost: x\r\n\r\n", 400),
+        (
+            "Connection: content-length",
+            b"POST /v1/models/m HTTP/1.1\r\nHost: m.ns\r\nConnection: content-length\r\nContent-Length: 29\r\n\r\nGET /v1/models/m HTTP/1.1\r\n\r\n",
+            400,
+        ),
+        ("CONNECT", b"CONNECT m.ns:80 HTTP/1.1\r\nHost: m.ns:80\r\n\r\n", 405),
+    ] {
+        let mut c = Client::connect(f.act.addr).await;
+        c.send(routed.as_bytes()).await;
+        match c.answer().await {
+            Ok(a) if a.status == 200 => {}
+            Ok(a) => {
+                fails.push(format!("{what}: the routed request got {}", a.text()));
+                continue;
+            }
+            Err(e) => {
+                fails.push(format!("{what}: the routed request: {e}"));
+                continue;
+            }
+        }
+        let before = f.pod.seen();
+        c.send(bad).await;
+        match c.answer().await {
+            Ok(a) => {
+                if let Err(e) = check_error(&a, &[status], None) {
+                    fails.push(format!("{what}: {e}"));
+                }
+            }
+            Err(e) => fails.push(format!("{what}: {e}")),
+        }
+        if c.until_eof(Duration::from_secs(2)).await.is_err() {
+            fails.push(format!("{what}: the connection stayed open after the refusal"));
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        if f.pod.seen().1 != before.1 {
+            fails.push(format!("{what}: the pod saw {:?} -> {:?}", before, f.pod.seen()));
+        }
+    }
+    report(&format!("relay={relay}"), fails);
+}
+
 macro_rules! on_both_paths {
     ($($name:ident),* $(,)?) => {
         mod relay_path {
@@ -1477,4 +1529,5 @@ on_both_paths!(
     stalled_answer_body_cuts_the_client,
     broken_pod_answers_are_502_without_its_address,
     no_date_is_added_to_a_pod_answer,
+    later_heads_on_a_hyper_connection_get_the_same_errors,
 );

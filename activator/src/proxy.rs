@@ -21,8 +21,10 @@ use crate::route;
 use crate::table::{Addressed, Model, Table};
 use crate::upstream::SendError;
 
-/// How many other pods a request whose connection failed is tried on.
-pub(crate) const MAX_CONNECT_RETRIES: usize = 2;
+/// How many connection attempts a request gets when pods refuse them (each refusing pod is
+/// ejected for a moment, and the request tries another pod or waits in the queue); nothing of
+/// the request was sent, so trying again is always safe.
+pub(crate) const MAX_CONNECT_ATTEMPTS: usize = 16;
 /// How often a request is sent again on a fresh connection to the same pod after a reused one
 /// closed before any byte of an answer.
 pub(crate) const MAX_STALE_RETRIES: usize = 1;
@@ -296,7 +298,7 @@ impl Proxy {
         };
         let mut out = Request::from_parts(parts, body);
 
-        let deadline = tokio::time::Instant::now() + response_timeout;
+        let mut deadline = tokio::time::Instant::now() + response_timeout;
         let mut tried = Vec::new();
         let (mut resp, conn) = loop {
             // Boxed: inline, this future would make every request waiting in a queue as big
@@ -311,18 +313,37 @@ impl Proxy {
                     tracing::warn!(model = %model.key(), pod = %permit.addr(), ?response_timeout, "no answer within response-timeout: 504");
                     return Err(ProxyError::ResponseTimeout(response_timeout));
                 }
-                // Nothing of the request reached the pod: another pod may take it.
-                Ok(Err(SendError::NotSent { error, req })) if tried.len() < MAX_CONNECT_RETRIES => {
+                // Nothing of the request reached the pod (a pod that stopped listening is still
+                // in its EndpointSlice for a moment): eject it, and try another pod or wait in
+                // the queue for one, as a request that just arrived would.
+                Ok(Err(SendError::NotSent { error, req }))
+                    if tried.len() + 1 < MAX_CONNECT_ATTEMPTS =>
+                {
+                    permit.eject();
                     tried.push(permit.addr());
-                    match permit.try_other(&tried) {
+                    metrics.count(Event::ConnectRetry);
+                    out = *req;
+                    permit = match permit.try_other(&tried) {
                         Some(p) => {
                             tracing::debug!(model = %model.key(), failed = %permit.addr(), next = %p.addr(), %error, "connect failed, retrying on another pod");
-                            metrics.count(Event::ConnectRetry);
-                            permit = p;
-                            out = *req;
+                            p
                         }
-                        None => return Err(backend_failed(model, &permit, error)),
-                    }
+                        None => {
+                            tracing::debug!(model = %model.key(), failed = %permit.addr(), %error, "connect failed and no other pod has room: back to the queue");
+                            drop(permit);
+                            let p = match model.gate().admit(bytes)? {
+                                Admit::Ready(p) => p,
+                                Admit::Queued(t) => {
+                                    if t.needs_wake() {
+                                        self.table.wake_sink().wake(model);
+                                    }
+                                    t.wait().await?
+                                }
+                            };
+                            deadline = tokio::time::Instant::now() + response_timeout;
+                            p
+                        }
+                    };
                 }
                 Ok(Err(SendError::NotSent { error, .. })) => {
                     return Err(backend_failed(model, &permit, error));

@@ -101,13 +101,20 @@ struct Pod {
     eligible: bool,
     /// Kept (ineligible) after it left the endpoint list while requests are still on it.
     gone: bool,
+    /// Refused a connection: takes no new request for a moment ([`EJECT_FOR`]).
+    ejected: bool,
     in_flight: u32,
     gauge: Gauge,
 }
 
+/// How long a pod that refused a connection gets no new request. A pod that stopped listening
+/// (shutting down, crashed) stays in the EndpointSlice for a moment after; without this, the
+/// requests of that moment would keep trying it.
+pub const EJECT_FOR: Duration = Duration::from_secs(2);
+
 impl Slot for Pod {
     fn eligible(&self) -> bool {
-        self.eligible
+        self.eligible && !self.ejected
     }
     fn in_flight(&self) -> u32 {
         self.in_flight
@@ -221,7 +228,7 @@ impl Gate {
     /// already under way).
     pub fn set_endpoints(&self, endpoints: &[Endpoint]) -> bool {
         let mut st = self.lock();
-        let had_ready = st.pods.iter().any(|p| p.eligible);
+        let had_ready = st.pods.iter().any(Slot::eligible);
         let mut old = std::mem::take(&mut st.pods);
         let mut pods = Vec::with_capacity(endpoints.len());
         for ep in endpoints {
@@ -244,6 +251,7 @@ impl Gate {
                     upstream: Upstream::new(ep.addr),
                     eligible,
                     gone: false,
+                    ejected: false,
                     in_flight: 0,
                     gauge: self.metrics.pod(ep.addr.ip().to_string()),
                 });
@@ -260,12 +268,12 @@ impl Gate {
         }
         st.pods = pods;
         self.dispatch(&mut st);
-        had_ready && !st.queue.is_empty() && !st.pods.iter().any(|p| p.eligible)
+        had_ready && !st.queue.is_empty() && !st.pods.iter().any(Slot::eligible)
     }
 
     /// True when a pod is ready and not terminating.
     pub fn has_ready(&self) -> bool {
-        self.lock().pods.iter().any(|p| p.eligible)
+        self.lock().pods.iter().any(Slot::eligible)
     }
 
     /// Requests waiting now.
@@ -327,7 +335,7 @@ impl Gate {
                 upstream: a.upstream,
             }));
         }
-        let has_ready = st.pods.iter().any(|p| p.eligible);
+        let has_ready = st.pods.iter().any(Slot::eligible);
         if st.queue.len() >= st.limits.queue_depth
             || st.queued_bytes.saturating_add(bytes) > st.limits.queue_bytes
         {
@@ -399,6 +407,28 @@ impl Gate {
         }
     }
 
+    /// Takes `addr` out of rotation for [`EJECT_FOR`]: it refused a connection.
+    fn eject(self: &Arc<Self>, addr: SocketAddr) {
+        let mut st = self.lock();
+        let Some(p) = st.pods.iter_mut().find(|p| p.addr == addr && !p.ejected) else {
+            return;
+        };
+        p.ejected = true;
+        tracing::info!(model = %self.metrics.labels.model, namespace = %self.metrics.labels.namespace, pod = %addr, "pod refused a connection: no new requests for {EJECT_FOR:?}");
+        drop(st);
+        let gate = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(EJECT_FOR).await;
+            if let Some(gate) = gate.upgrade() {
+                let mut st = gate.lock();
+                if let Some(p) = st.pods.iter_mut().find(|p| p.addr == addr) {
+                    p.ejected = false;
+                }
+                gate.dispatch(&mut st);
+            }
+        });
+    }
+
     fn release(&self, addr: SocketAddr) {
         let mut st = self.lock();
         self.put_slot(&mut st, addr);
@@ -447,6 +477,12 @@ impl Permit {
     /// The pod's connections.
     pub fn upstream(&self) -> &Arc<Upstream> {
         &self.upstream
+    }
+
+    /// Takes this permit's pod out of rotation for a moment ([`EJECT_FOR`]): it refused the
+    /// connection.
+    pub fn eject(&self) {
+        self.gate.eject(self.addr);
     }
 
     /// Another pod with room right now, not one of `exclude`; used to retry a request whose

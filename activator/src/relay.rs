@@ -47,7 +47,7 @@ use crate::chunked::Chunks;
 use crate::error::{ProxyError, rescue};
 use crate::forward::{self, BadAnswer, Framing, RequestBody, Version, Wire};
 use crate::metrics::Event;
-use crate::proxy::{MAX_CONNECT_RETRIES, MAX_STALE_RETRIES, Peer, Proxy};
+use crate::proxy::{MAX_CONNECT_ATTEMPTS, MAX_STALE_RETRIES, Peer, Proxy};
 use crate::queue::Permit;
 use crate::table::{Addressed, Model};
 use crate::upstream::Upstream;
@@ -182,8 +182,11 @@ pub async fn serve(
         let outcome = exchange(client, &plan, permit, &out, close).await;
         drop(held);
         match outcome {
-            Ok(()) if !close => {}
-            Ok(()) | Err(Abort) => return End::Closed,
+            // Every pod with room refused a connection and nothing was sent: hyper's path
+            // queues the request, whole in `inb`, until a pod can take it.
+            Ok(Next::Queue) => return End::HandOff(inb),
+            Ok(Next::Answered) if !close => {}
+            Ok(Next::Answered) | Err(Abort) => return End::Closed,
         }
         inb.drain(..total);
     }
@@ -276,6 +279,23 @@ fn plan(inb: &[u8], proxy: &Proxy, peer: &Peer, out: &mut Vec<u8>) -> Parsed {
 #[derive(Debug)]
 struct Abort;
 
+/// How an exchange ended.
+#[derive(Debug)]
+enum Next {
+    /// The client has its answer.
+    Answered,
+    /// No pod took a connection and nothing was sent: the request must wait in the queue.
+    Queue,
+}
+
+/// Why no answer head came back.
+enum Failed {
+    /// Answer the client with this.
+    Answer(ProxyError),
+    /// No pod could be reached and nothing was sent: queue the request.
+    Queue,
+}
+
 /// Sends `req` (head and body) to the permit's pod and copies the answer to the client.
 async fn exchange(
     client: &mut TcpStream,
@@ -283,7 +303,7 @@ async fn exchange(
     mut permit: Permit,
     req: &[u8],
     close: bool,
-) -> Result<(), Abort> {
+) -> Result<Next, Abort> {
     let gate = plan.model.gate();
     let metrics = gate.metrics();
     let (response_timeout, idle_timeout) = gate.timeouts();
@@ -297,7 +317,11 @@ async fn exchange(
     };
     let (mut pod, head, mut buf) = match started {
         Ok(x) => x,
-        Err(e) => return answer_error(client, plan, e, close).await,
+        Err(Failed::Answer(e)) => {
+            answer_error(client, plan, e, close).await?;
+            return Ok(Next::Answered);
+        }
+        Err(Failed::Queue) => return Ok(Next::Queue),
     };
     metrics.answered(head.status);
 
@@ -357,7 +381,7 @@ async fn exchange(
     if reusable && !body.eof_ends() {
         permit.upstream().put_raw(pod);
     }
-    Ok(())
+    Ok(Next::Answered)
 }
 
 /// Writes to a client that must take the bytes within `idle` (a client that stops reading
@@ -378,7 +402,7 @@ async fn start(
     permit: &mut Permit,
     req: &[u8],
     response_timeout: Duration,
-) -> Result<(TcpStream, Head, Vec<u8>), ProxyError> {
+) -> Result<(TcpStream, Head, Vec<u8>), Failed> {
     let metrics = plan.model.gate().metrics();
     let deadline = Instant::now() + response_timeout;
     let mut tried = Vec::new();
@@ -386,19 +410,40 @@ async fn start(
     loop {
         let (mut pod, reused) = match send(permit.upstream(), req, stale > 0).await {
             Ok(x) => x,
-            Err(error) => {
-                if tried.len() < MAX_CONNECT_RETRIES {
-                    tried.push(permit.addr());
-                    if let Some(p) = permit.try_other(&tried) {
+            // A reused connection broke while the request was written: the pod never got it
+            // whole. Again on a fresh connection, like a stale one.
+            Err(SendFail::Broken(error)) if stale < MAX_STALE_RETRIES => {
+                tracing::debug!(model = %plan.model.key(), pod = %permit.addr(), %error, "a reused connection broke under the request: sending again on a fresh one");
+                metrics.count(Event::StaleRetry);
+                stale += 1;
+                continue;
+            }
+            Err(SendFail::Broken(error)) => {
+                tracing::warn!(model = %plan.model.key(), pod = %permit.addr(), %error, "request failed: 502");
+                return Err(Failed::Answer(ProxyError::Backend(error)));
+            }
+            Err(SendFail::Connect(error)) => {
+                // Nothing was sent: eject the pod and try another, or let the queue hold the
+                // request (hyper's path does the same).
+                permit.eject();
+                tried.push(permit.addr());
+                metrics.count(Event::ConnectRetry);
+                if tried.len() >= MAX_CONNECT_ATTEMPTS {
+                    tracing::warn!(model = %plan.model.key(), pod = %permit.addr(), %error, "request failed: 502");
+                    return Err(Failed::Answer(ProxyError::Backend(error)));
+                }
+                match permit.try_other(&tried) {
+                    Some(p) => {
                         tracing::debug!(model = %plan.model.key(), failed = %permit.addr(), next = %p.addr(), %error, "connect failed, retrying on another pod");
-                        metrics.count(Event::ConnectRetry);
                         *permit = p;
                         stale = 0;
                         continue;
                     }
+                    None => {
+                        tracing::debug!(model = %plan.model.key(), failed = %permit.addr(), %error, "connect failed and no other pod has room: to the queue");
+                        return Err(Failed::Queue);
+                    }
                 }
-                tracing::warn!(model = %plan.model.key(), pod = %permit.addr(), %error, "request failed: 502");
-                return Err(ProxyError::Backend(error));
             }
         };
         let mut buf = Vec::with_capacity(READ_CHUNK);
@@ -412,7 +457,9 @@ async fn start(
             Err(_) => {
                 metrics.count(Event::ResponseTimeout);
                 tracing::warn!(model = %plan.model.key(), pod = %permit.addr(), ?response_timeout, "no answer within response-timeout: 504");
-                return Err(ProxyError::ResponseTimeout(response_timeout));
+                return Err(Failed::Answer(ProxyError::ResponseTimeout(
+                    response_timeout,
+                )));
             }
             Ok(Err(HeadError::Closed(error)))
                 if reused && buf.is_empty() && stale < MAX_STALE_RETRIES =>
@@ -423,31 +470,53 @@ async fn start(
             }
             Ok(Err(e)) => {
                 tracing::warn!(model = %plan.model.key(), pod = %permit.addr(), error = %e, "request failed: 502");
-                return Err(ProxyError::Backend(format!("{}: {e}", permit.addr())));
+                return Err(Failed::Answer(ProxyError::Backend(format!(
+                    "{}: {e}",
+                    permit.addr()
+                ))));
             }
         }
     }
 }
 
+/// Why a request could not be written.
+enum SendFail {
+    /// No connection took any of it (refused, timed out, closed at once): the pod is not
+    /// listening.
+    Connect(String),
+    /// A connection broke partway through the request.
+    Broken(String),
+}
+
 /// Writes `req` on a pooled connection (unless `fresh`) or a new one; true when it was reused.
-/// A pooled connection that fails before any byte is written is dropped and the next one tried;
-/// the error says why no connection took it.
-async fn send(up: &Arc<Upstream>, req: &[u8], fresh: bool) -> Result<(TcpStream, bool), String> {
+/// A pooled connection that fails before any byte is written is dropped and the next one tried.
+async fn send(up: &Arc<Upstream>, req: &[u8], fresh: bool) -> Result<(TcpStream, bool), SendFail> {
     while let Some(mut s) = if fresh { None } else { up.take_raw() } {
         match write_first(&mut s, req).await {
             Ok(()) => return Ok((s, true)),
             Err(Sent::Nothing) => continue,
-            Err(Sent::Partly(e)) => return Err(format!("writing to {} failed: {e}", up.addr())),
+            Err(Sent::Partly(e)) => {
+                return Err(SendFail::Broken(format!(
+                    "writing to {} failed: {e}",
+                    up.addr()
+                )));
+            }
         }
     }
     let mut s = up
         .connect_raw()
         .await
-        .map_err(|e| format!("connecting to {} failed: {e}", up.addr()))?;
+        .map_err(|e| SendFail::Connect(format!("connecting to {} failed: {e}", up.addr())))?;
     match write_first(&mut s, req).await {
         Ok(()) => Ok((s, false)),
-        Err(Sent::Nothing) => Err(format!("the connection to {} failed", up.addr())),
-        Err(Sent::Partly(e)) => Err(format!("writing to {} failed: {e}", up.addr())),
+        Err(Sent::Nothing) => Err(SendFail::Connect(format!(
+            "the connection to {} failed",
+            up.addr()
+        ))),
+        Err(Sent::Partly(e)) => Err(SendFail::Broken(format!(
+            "writing to {} failed: {e}",
+            up.addr()
+        ))),
     }
 }
 

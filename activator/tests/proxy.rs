@@ -473,6 +473,56 @@ async fn refused_connection_is_retried_on_another_pod(relay: bool) {
     assert_eq!(good.count.load(Ordering::SeqCst), 4);
 }
 
+async fn a_request_whose_pods_all_refuse_waits_for_one_that_listens(relay: bool) {
+    // Pods that stopped listening stay in their EndpointSlice for a moment (a scale-down, a
+    // crash). Nothing of the request was sent to them, so it waits for a pod, as it would at
+    // zero, instead of failing with 502; the refusing pods are ejected meanwhile.
+    let act = plain(relay).await;
+    let k = act.model("ns", "m", 0, 10, LONG);
+    let model = act.table.get(&k).unwrap();
+    let dead: Vec<_> = [
+        refusing_addr().await,
+        refusing_addr().await,
+        refusing_addr().await,
+    ]
+    .into_iter()
+    .map(|a| ep(a, true))
+    .collect();
+    act.table.set_endpoints(&k, dead.clone());
+    let c = client();
+    let url = act.url("/v1/models/m:predict");
+    let t = tokio::spawn(async move {
+        send(
+            &c,
+            get(&url)
+                .method(Method::POST)
+                .body(json("{\"x\":1}"))
+                .unwrap(),
+        )
+        .await
+    });
+    until("the request waits in the queue", || {
+        model.gate().queued() == 1
+    })
+    .await;
+    assert!(!model.gate().has_ready(), "every refusing pod is ejected");
+    let good = Backend::start("good").await;
+    let mut eps = dead;
+    eps.push(good.endpoint());
+    act.table.set_endpoints(&k, eps);
+    let a = t.await.unwrap();
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    assert_eq!(a.served_by(), "good");
+    assert_eq!(a.json()["body"], "{\"x\":1}");
+    assert_eq!(
+        model
+            .gate()
+            .metrics()
+            .count_of(zeroscale_activator::metrics::Event::ConnectRetry),
+        3
+    );
+}
+
 async fn failure_after_sending_is_502_and_not_retried(relay: bool) {
     let act = plain(relay).await;
     let k = act.model("ns", "m", 0, 10, LONG);
@@ -913,6 +963,7 @@ async fn a_large_streamed_upload_may_wait_at_zero(relay: bool) {
 }
 
 on_both_paths!(
+    a_request_whose_pods_all_refuse_waits_for_one_that_listens,
     a_request_on_a_connection_the_pod_closes_is_sent_again,
     routes_by_host_path_and_body,
     bad_requests_get_clear_json_errors,

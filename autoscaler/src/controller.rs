@@ -7,13 +7,13 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::events::{Recorder, Reporter};
@@ -24,12 +24,14 @@ use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tracing::Instrument;
 use zeroscale_config::GlobalConfig;
 
 use crate::DeploymentKey;
 use crate::apply::Applier;
+use crate::beat;
+use crate::health::{self, Health, LeaderStatus, WatchHealth};
 use crate::index::{DeploymentView, Index, Notice, PodTarget, Source};
 use crate::metrics::Metrics;
 use crate::scrape::{self, Deriver, EndpointScrape, Round};
@@ -50,6 +52,9 @@ pub struct Settings {
     pub lease_name: String,
     /// Lease duration: a standby takes over at most this long after the leader dies.
     pub lease_duration: Duration,
+    /// A leader that has not renewed the Lease for this long stops writing (and a replica whose
+    /// API server has not answered for this long reports not ready). Below `lease_duration`.
+    pub renew_deadline: Duration,
     /// This replica's identity in the Lease and in Events.
     pub identity: String,
     /// Timeout of one API write (scale patch, wake, Event).
@@ -71,6 +76,89 @@ enum Input {
     Round(Round),
     PodMetric(DeploymentKey, Instant, Option<f64>),
     Applied(DeploymentKey, u32, bool),
+}
+
+/// Server-side timeout of every watch call: a healthy watch is re-established (a fresh 2xx
+/// response, a sign of life) at least this often. kube-runtime also drops a watch silent for
+/// longer (plus a margin) and reconnects.
+pub const WATCH_TIMEOUT_SECS: u32 = 60;
+
+/// A watch without any sign of life for this long is hung: two re-watches missed, roughly.
+pub const WATCH_SILENT_AFTER: Duration = Duration::from_secs(WATCH_TIMEOUT_SECS as u64 + 30);
+
+/// A read timeout for the Kubernetes client that never fires on a healthy watch (the server
+/// ends those after [`WATCH_TIMEOUT_SECS`]) but bounds every call that hangs, including the
+/// Lease renewals kube-lease-manager makes without a timeout of their own.
+pub const CLIENT_READ_TIMEOUT: Duration = Duration::from_secs(WATCH_TIMEOUT_SECS as u64 + 15);
+
+/// Retry delays of a failing watch: 0.5 s doubling to at most 5 s, reset by the next event.
+/// Shorter than kube-runtime's default (up to 30 s) so the watches, and with them readiness,
+/// come back within seconds of the API server; a handful of watches per replica keeps the
+/// load of retrying small.
+#[derive(Debug)]
+pub struct WatchBackoff {
+    next: Duration,
+}
+
+impl WatchBackoff {
+    const FIRST: Duration = Duration::from_millis(500);
+    const MAX: Duration = Duration::from_secs(5);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let delay = self.next;
+        self.next = (delay * 2).min(Self::MAX);
+        Some(delay)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+fn watch_config() -> watcher::Config {
+    watcher::Config::default().timeout(WATCH_TIMEOUT_SECS)
+}
+
+/// A client for the watch `what`: registered on the health board, its successful responses
+/// and their chunks mark the watch alive.
+fn watch_client(client: &Client, health: &Arc<Health>, what: &str) -> Client {
+    health.with(|b| b.watches.insert(what.to_owned(), WatchHealth::new(now())));
+    let (board, name) = (health.clone(), what.to_owned());
+    beat::client(
+        client,
+        Arc::new(move || {
+            let at = now();
+            board.with(|b| {
+                if let Some(w) = b.watches.get_mut(&name) {
+                    w.alive(at);
+                }
+            });
+        }),
+    )
+}
+
+/// An error item of watch `what` starts (or continues) its failing streak; events need no
+/// bookkeeping here, the watch's client saw them arrive.
+fn observe<T>(health: &Health, what: &str, item: &Result<T, watcher::Error>) {
+    if let Err(e) = item {
+        health.with(|b| {
+            if let Some(w) = b.watches.get_mut(what) {
+                w.error(now(), e.to_string());
+            }
+        });
+    }
 }
 
 fn view(d: &Deployment) -> Option<DeploymentView> {
@@ -95,32 +183,37 @@ fn hpa_key(h: &HorizontalPodAutoscaler) -> Option<(DeploymentKey, Option<Deploym
     Some((key, target))
 }
 
-/// Forwards a watch stream into the control loop; errors are logged (the watcher retries with
-/// backoff on its own).
+/// Forwards a watch stream into the control loop (what `wrap` turns into an input) and keeps
+/// the watch's health on the board; errors are logged (the watcher retries with backoff on
+/// its own).
 async fn forward<K, S>(
-    what: &'static str,
+    what: String,
     stream: S,
+    health: Arc<Health>,
     tx: mpsc::Sender<Input>,
-    wrap: impl Fn(Event<K>) -> Input,
+    wrap: impl Fn(Event<K>) -> Option<Input>,
 ) where
     S: Stream<Item = Result<Event<K>, watcher::Error>>,
 {
     let mut stream = std::pin::pin!(stream);
     let mut failing = false;
     while let Some(item) = stream.next().await {
+        observe(&health, &what, &item);
         match item {
             Ok(ev) => {
                 if failing {
-                    tracing::info!(watch = what, "watch recovered");
+                    tracing::info!(watch = %what, "watch recovered");
                     failing = false;
                 }
-                if tx.send(wrap(ev)).await.is_err() {
+                if let Some(input) = wrap(ev)
+                    && tx.send(input).await.is_err()
+                {
                     return;
                 }
             }
             Err(e) => {
                 if !failing {
-                    tracing::warn!(watch = what, error = %e, "watch failed; retrying with backoff");
+                    tracing::warn!(watch = %what, error = %e, "watch failed; retrying with backoff");
                 }
                 failing = true;
             }
@@ -303,13 +396,24 @@ async fn pod_scrape_loop(
     }
 }
 
+/// How often the leader renews the Lease (and every replica reads it): a few times per renew
+/// deadline, so one slow or failed call does not cost the leadership.
+pub fn renew_interval(renew_deadline: Duration) -> Duration {
+    (renew_deadline / 4).max(Duration::from_millis(200))
+}
+
 /// Builds the leader election, retrying while the API server is unreachable.
 async fn start_lease(
     client: &Client,
     settings: &Settings,
 ) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
     let duration = settings.lease_duration.as_secs().max(2);
-    let grace = (duration / 3).max(1);
+    // kube-lease-manager renews `grace` seconds before expiry, i.e. `duration - grace` after
+    // the last renewal: keep that well inside the renew deadline.
+    let every = renew_interval(settings.renew_deadline)
+        .as_secs()
+        .clamp(1, duration - 1);
+    let grace = duration - every;
     let mut backoff = Duration::from_millis(200);
     loop {
         let built = LeaseManagerBuilder::new(client.clone(), &settings.lease_name)
@@ -340,6 +444,115 @@ async fn start_lease(
     }
 }
 
+/// The time the health board is judged in: tokio's clock, so tests can pause it.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Reads the Lease every [`renew_interval`], each read with a timeout, and records on the
+/// board whether the API server answered and when this replica last renewed. This is how
+/// renewals become visible: kube-lease-manager reports only changes of holder.
+async fn poll_lease(client: Client, settings: Settings, health: Arc<Health>, wake: Arc<Notify>) {
+    let api: Api<Lease> = Api::namespaced(client, &settings.namespace);
+    let every = renew_interval(settings.renew_deadline);
+    let timeout = settings.api_timeout.min(every.max(Duration::from_secs(1)));
+    loop {
+        let sent = tokio::time::Instant::now();
+        match tokio::time::timeout(timeout, api.get_opt(&settings.lease_name)).await {
+            Ok(Ok(lease)) => {
+                let at = now();
+                let spec = lease.and_then(|l| l.spec);
+                let ours = spec
+                    .as_ref()
+                    .is_some_and(|s| s.holder_identity.as_deref() == Some(&settings.identity));
+                let renewed = spec
+                    .and_then(|s| s.renew_time)
+                    .filter(|_| ours)
+                    .map(|t| health::renewed_at(at, SystemTime::now(), t.0.into()));
+                health.with(|b| b.lease.record_read(sent.into_std(), at, renewed));
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "reading the Lease failed"),
+            Err(_) => tracing::debug!(?timeout, "reading the Lease timed out"),
+        }
+        wake.notify_one();
+        tokio::time::sleep_until(sent + every).await;
+    }
+}
+
+/// Turns leader election and Lease reads into what the rest of the process sees: the leader
+/// gauge, the lost-leadership counter, and one log line per change of leadership or
+/// readiness. Wakes up at each renew deadline so a lapse is acted on at once.
+async fn supervise_lease(
+    mut elected: watch::Receiver<bool>,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    wake: Arc<Notify>,
+    identity: String,
+) {
+    let mut status = LeaderStatus::Standby;
+    let mut reasons: Vec<String> = Vec::new();
+    let mut election_open = true;
+    let initially = *elected.borrow_and_update();
+    health.with(|b| b.lease.set_elected(initially, now()));
+    loop {
+        let at = now();
+        let (next, next_reasons, deadline, renew_deadline) = health.with(|b| {
+            (
+                b.lease.status_at(at),
+                b.not_ready_at(at),
+                b.lease.next_deadline(at),
+                b.lease.renew_deadline,
+            )
+        });
+        if !next.same_as(status) {
+            metrics.leader.set(i64::from(next.may_write()));
+            match (status, next) {
+                (LeaderStatus::Leading, LeaderStatus::Lost { unrenewed_for }) => {
+                    metrics.leader_lost.inc();
+                    tracing::warn!(%identity, "{}", health::lost_message(unrenewed_for, renew_deadline));
+                }
+                (LeaderStatus::Lost { .. }, LeaderStatus::Leading) => {
+                    tracing::info!(%identity, "leadership regained: lease renewed; writing again");
+                }
+                (_, LeaderStatus::Leading) => tracing::info!(%identity, "leadership acquired"),
+                (_, LeaderStatus::Standby) => {
+                    tracing::info!(%identity, "standing by: another replica holds the Lease")
+                }
+                (_, LeaderStatus::Lost { unrenewed_for }) => {
+                    tracing::warn!(%identity, "{}", health::lost_message(unrenewed_for, renew_deadline));
+                }
+            }
+        }
+        status = next;
+        let keys: Vec<String> = next_reasons.iter().map(|r| r.key.clone()).collect();
+        if keys != reasons {
+            if next_reasons.is_empty() {
+                tracing::info!(%identity, "ready");
+            } else {
+                let texts: Vec<&str> = next_reasons.iter().map(|r| r.text.as_str()).collect();
+                tracing::warn!(%identity, reasons = %texts.join("; "), "not ready");
+            }
+            reasons = keys;
+        }
+        let deadline = deadline.map_or_else(
+            || tokio::time::Instant::now() + Duration::from_secs(3600),
+            tokio::time::Instant::from_std,
+        );
+        tokio::select! {
+            changed = elected.changed(), if election_open => {
+                let leading = changed.is_ok() && *elected.borrow_and_update();
+                if changed.is_err() {
+                    tracing::warn!("leader election ended; acting as standby");
+                    election_open = false;
+                }
+                health.with(|b| b.lease.set_elected(leading, now()));
+            }
+            () = wake.notified() => {}
+            () = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
 /// Runs the autoscaler until `shutdown` resolves.
 pub async fn run(
     client: Client,
@@ -352,7 +565,13 @@ pub async fn run(
     let metrics = Arc::new(Metrics::default());
     metrics.register(&mut registry);
     let registry = Arc::new(registry);
-    let ready = Arc::new(AtomicBool::new(false));
+    // Watches failing for as long as a leader may go unrenewed are stale: one knob for both.
+    let health = Arc::new(Health::new(
+        settings.renew_deadline,
+        settings.renew_deadline,
+        WATCH_SILENT_AFTER,
+        now(),
+    ));
     let global = Arc::new(RwLock::new(GlobalConfig::default()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -386,66 +605,77 @@ pub async fn run(
     let mut stores = Vec::new();
     let mut tasks = Vec::new();
     for scope in &scopes {
+        let in_scope = scope.as_deref().unwrap_or("*");
+        let what = format!("deployments/{in_scope}");
+        let c = watch_client(&client, &health, &what);
         let deployments: Api<Deployment> = match scope {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
+            Some(ns) => Api::namespaced(c, ns),
+            None => Api::all(c),
         };
         let (reader, writer) = reflector::store();
         stores.push((scope.clone(), reader));
         let stream = reflect(
             writer,
-            watcher(deployments, watcher::Config::default()).default_backoff(),
+            watcher(deployments, watch_config()).backoff(WatchBackoff::default()),
         );
         let s = scope.clone();
         tasks.push(tokio::spawn(forward(
-            "deployments",
+            what,
             stream,
+            health.clone(),
             tx.clone(),
-            move |e| Input::Deployment(s.clone(), Box::new(e)),
+            move |e| Some(Input::Deployment(s.clone(), Box::new(e))),
         )));
 
+        let what = format!("hpas/{in_scope}");
+        let c = watch_client(&client, &health, &what);
         let hpas: Api<HorizontalPodAutoscaler> = match scope {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
+            Some(ns) => Api::namespaced(c, ns),
+            None => Api::all(c),
         };
         let s = scope.clone();
-        let stream = watcher(hpas, watcher::Config::default()).default_backoff();
+        let stream = watcher(hpas, watch_config()).backoff(WatchBackoff::default());
         tasks.push(tokio::spawn(forward(
-            "hpas",
+            what,
             stream,
+            health.clone(),
             tx.clone(),
-            move |e| Input::Hpa(s.clone(), Box::new(e)),
+            move |e| Some(Input::Hpa(s.clone(), Box::new(e))),
         )));
     }
-    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &settings.namespace);
-    let cm_config = watcher::Config::default().fields(&format!(
+    let what = "configmap".to_owned();
+    let configmaps: Api<ConfigMap> =
+        Api::namespaced(watch_client(&client, &health, &what), &settings.namespace);
+    let cm_config = watch_config().fields(&format!(
         "metadata.name={}",
         zeroscale_config::CONFIGMAP_NAME
     ));
     tasks.push(tokio::spawn(forward(
-        "configmap",
-        watcher(configmaps, cm_config).default_backoff(),
+        what,
+        watcher(configmaps, cm_config).backoff(WatchBackoff::default()),
+        health.clone(),
         tx.clone(),
-        |e| Input::ConfigMap(Box::new(e)),
+        |e| Some(Input::ConfigMap(Box::new(e))),
     )));
 
     let (act_ns, act_name) = settings.activator_service.clone();
-    let slices_api: Api<EndpointSlice> = Api::namespaced(client.clone(), &act_ns);
-    let slice_config =
-        watcher::Config::default().labels(&format!("kubernetes.io/service-name={act_name}"));
+    let what = "activator-endpointslices".to_owned();
+    let slices_api: Api<EndpointSlice> =
+        Api::namespaced(watch_client(&client, &health, &what), &act_ns);
+    let slice_config = watch_config().labels(&format!("kubernetes.io/service-name={act_name}"));
     let (slice_reader, slice_writer) = reflector::store();
     let slice_stream = reflect(
         slice_writer,
-        watcher(slices_api, slice_config).default_backoff(),
+        watcher(slices_api, slice_config).backoff(WatchBackoff::default()),
     );
-    tasks.push(tokio::spawn(async move {
-        let mut s = std::pin::pin!(slice_stream);
-        while let Some(item) = s.next().await {
-            if let Err(e) = item {
-                tracing::warn!(error = %e, "activator EndpointSlice watch failed; retrying with backoff");
-            }
-        }
-    }));
+    // Only the reflector store is used; nothing goes to the control loop.
+    tasks.push(tokio::spawn(forward(
+        what,
+        slice_stream,
+        health.clone(),
+        tx.clone(),
+        |_| None,
+    )));
     let pod_targets = Arc::new(RwLock::new(Vec::new()));
     tasks.push(tokio::spawn(pod_scrape_loop(
         client.clone(),
@@ -478,7 +708,7 @@ pub async fn run(
     )));
     let admin_state = AdminState {
         registry,
-        ready: ready.clone(),
+        health: health.clone(),
     };
     tasks.push(tokio::spawn(server::serve(
         metrics_listener,
@@ -486,7 +716,22 @@ pub async fn run(
         stopped(),
     )));
 
-    let (leader_rx, lease_task) = start_lease(&client, &settings).await;
+    let wake_supervisor = Arc::new(Notify::new());
+    tasks.push(tokio::spawn(poll_lease(
+        client.clone(),
+        settings.clone(),
+        health.clone(),
+        wake_supervisor.clone(),
+    )));
+    let (elected_rx, lease_task) = start_lease(&client, &settings).await;
+    // Holds the election's receiver: aborting it at shutdown releases the Lease.
+    tasks.push(tokio::spawn(supervise_lease(
+        elected_rx,
+        health.clone(),
+        metrics.clone(),
+        wake_supervisor,
+        settings.identity.clone(),
+    )));
 
     let control = ControlLoop {
         index: Index::new(&scopes),
@@ -494,8 +739,8 @@ pub async fn run(
         applier,
         metrics: metrics.clone(),
         global,
-        ready,
-        leader: leader_rx,
+        health,
+        synced: false,
         tx: tx.clone(),
         buffered_configmap: None,
         pod_targets,
@@ -509,8 +754,8 @@ pub async fn run(
     for t in &tasks {
         t.abort();
     }
-    // Dropping the leader receiver (inside the control loop) makes the lease task release
-    // the Lease so a standby takes over at once; give it a moment.
+    // Aborting the supervisor dropped the election's receiver, which makes the lease task
+    // release the Lease so a standby takes over at once; give it a moment.
     let _ = tokio::time::timeout(Duration::from_secs(3), lease_task).await;
     Ok(())
 }
@@ -521,8 +766,10 @@ struct ControlLoop {
     applier: Applier,
     metrics: Arc<Metrics>,
     global: Arc<RwLock<GlobalConfig>>,
-    ready: Arc<AtomicBool>,
-    leader: watch::Receiver<bool>,
+    /// Readiness and the write gate (leadership within the renew deadline).
+    health: Arc<Health>,
+    /// Last `is_synced` put on the board.
+    synced: bool,
     tx: mpsc::Sender<Input>,
     /// The ConfigMap as listed during a re-list, applied at its end.
     buffered_configmap: Option<Option<BTreeMap<String, String>>>,
@@ -542,19 +789,6 @@ impl ControlLoop {
                     None => return,
                 },
                 _ = ticker.tick() => self.tick(),
-                changed = self.leader.changed() => {
-                    if changed.is_err() {
-                        tracing::warn!("leader election ended; acting as standby");
-                        self.metrics.leader.set(0);
-                        // Keep serving wakes and metrics, but never steady-state writes.
-                        let (_tx, rx) = watch::channel(false);
-                        self.leader = rx;
-                    } else {
-                        let leading = *self.leader.borrow();
-                        self.metrics.leader.set(i64::from(leading));
-                        tracing::info!(identity = %self.settings.identity, leading, "leadership changed");
-                    }
-                }
             }
             let every = self.index.global().tick_interval;
             if every != tick_every {
@@ -562,7 +796,11 @@ impl ControlLoop {
                 ticker = tokio::time::interval(every);
                 ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             }
-            self.ready.store(self.index.is_synced(), Ordering::Relaxed);
+            let synced = self.index.is_synced();
+            if synced != self.synced {
+                self.synced = synced;
+                self.health.with(|b| b.synced = synced);
+            }
         }
     }
 
@@ -676,7 +914,7 @@ impl ControlLoop {
         for report in &out.reports {
             self.metrics.observe_report(report);
         }
-        let leading = *self.leader.borrow();
+        let leading = self.health.may_write_at(now());
         for intent in out.intents {
             if !leading {
                 // A standby decides (to keep its state warm) but never writes.
@@ -685,11 +923,13 @@ impl ControlLoop {
             }
             let applier = self.applier.clone();
             let tx = self.tx.clone();
-            let leader = self.leader.clone();
+            let health = self.health.clone();
             let span = tracing::info_span!("apply", deployment = %intent.key, from = intent.from, to = intent.to);
             tokio::spawn(
                 async move {
-                    let leading = *leader.borrow();
+                    // Checked again right before the write: the renew deadline may have passed
+                    // since the tick.
+                    let leading = health.may_write_at(now());
                     let ok = applier.apply(&intent, leading).await.is_ok();
                     let _ = tx
                         .send(Input::Applied(intent.key.clone(), intent.to, ok))
@@ -735,6 +975,88 @@ mod tests {
             ),
             metadata: Default::default(),
         })
+    }
+
+    /// Lets spawned tasks run; on the paused clock this also moves time by `d`.
+    async fn settle(d: Duration) {
+        tokio::time::sleep(d).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_that_cannot_renew_stops_writing_and_counts_it() {
+        let deadline = Duration::from_secs(10);
+        let health = Arc::new(Health::new(deadline, deadline, WATCH_SILENT_AFTER, now()));
+        let metrics = Arc::new(Metrics::default());
+        let wake = Arc::new(Notify::new());
+        let (elected_tx, elected_rx) = watch::channel(false);
+        let task = tokio::spawn(supervise_lease(
+            elected_rx,
+            health.clone(),
+            metrics.clone(),
+            wake.clone(),
+            "me".into(),
+        ));
+        health.with(|b| b.synced = true);
+
+        elected_tx.send(true).unwrap();
+        settle(Duration::from_millis(10)).await;
+        assert_eq!(metrics.leader.get(), 1);
+        assert!(health.may_write_at(now()));
+
+        // No renewal and no Lease read: the deadline passes with no other input.
+        settle(Duration::from_secs(10)).await;
+        assert_eq!(
+            metrics.leader.get(),
+            0,
+            "still leader past the renew deadline"
+        );
+        assert_eq!(metrics.leader_lost.get(), 1);
+        assert!(!health.may_write_at(now()));
+        let reasons = health.not_ready_at(now());
+        assert!(
+            reasons.iter().any(|r| r.key == "lost-leadership"
+                && r.text.starts_with("lost leadership: lease not renewed for")),
+            "{reasons:?}"
+        );
+
+        // A renewal seen again: writing resumes and readiness returns.
+        let at = now();
+        health.with(|b| b.lease.record_read(at, at, Some(at)));
+        wake.notify_one();
+        settle(Duration::from_millis(10)).await;
+        assert_eq!(metrics.leader.get(), 1);
+        assert_eq!(metrics.leader_lost.get(), 1, "counted once per loss");
+        assert!(health.may_write_at(now()));
+        assert!(health.not_ready_at(now()).is_empty());
+
+        // Losing the election is not a lost leadership.
+        elected_tx.send(false).unwrap();
+        settle(Duration::from_millis(10)).await;
+        assert_eq!(metrics.leader.get(), 0);
+        assert_eq!(metrics.leader_lost.get(), 1);
+        task.abort();
+    }
+
+    #[test]
+    fn watch_retries_back_off_to_five_seconds_and_reset() {
+        use kube::runtime::utils::Backoff;
+        let mut b = WatchBackoff::default();
+        let delays: Vec<u64> = b.by_ref().take(6).map(|d| d.as_millis() as u64).collect();
+        assert_eq!(delays, [500, 1000, 2000, 4000, 5000, 5000]);
+        b.reset();
+        assert_eq!(b.next(), Some(Duration::from_millis(500)));
+    }
+
+    #[test]
+    fn renewals_come_well_inside_the_renew_deadline() {
+        assert_eq!(
+            renew_interval(Duration::from_secs(10)),
+            Duration::from_millis(2500)
+        );
+        assert_eq!(
+            renew_interval(Duration::from_millis(400)),
+            Duration::from_millis(200)
+        );
     }
 
     #[test]

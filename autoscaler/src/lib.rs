@@ -7,11 +7,17 @@
 //! - [`scrape`]: activator (and pod) metrics, parsed and turned into samples;
 //! - [`apply`]: the small controller that patches scales (leader only) and records Events;
 //! - [`wake`]: `POST /v1/wake`, the fast 0 -> N path any replica serves;
+//! - [`beat`]: a client wrapper that turns a watch's responses and bookmarks into signs of
+//!   life;
+//! - [`health`]: the renew deadline and watch staleness (pure, time passed in), behind the
+//!   write gate and `/readyz`;
 //! - [`controller`]: the wiring of watchers, reflectors, the Lease and the loops;
 //! - [`server`]: the HTTP endpoints (wake API, `/metrics`, `/healthz`, `/readyz`).
 
 pub mod apply;
+pub mod beat;
 pub mod controller;
+pub mod health;
 pub mod index;
 pub mod metrics;
 pub mod scrape;

@@ -57,6 +57,11 @@ struct Args {
     /// Lease duration in seconds: a standby takes over at most this long after the leader dies.
     #[arg(long, env = "ZEROSCALE_LEASE_DURATION", default_value_t = 15)]
     lease_duration: u64,
+    /// Renew deadline in seconds (fractions allowed): a leader that has not renewed the Lease
+    /// for this long stops writing and reports not ready. Must be below the lease duration;
+    /// defaults to 2/3 of it (client-go's RenewDeadline 10s for LeaseDuration 15s).
+    #[arg(long, env = "ZEROSCALE_LEASE_RENEW_DEADLINE")]
+    lease_renew_deadline: Option<f64>,
     /// Identity in the Lease and in Events; defaults to the hostname and process id.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -92,6 +97,7 @@ async fn main() -> anyhow::Result<()> {
         activator_metrics_port,
         lease_name,
         lease_duration,
+        lease_renew_deadline,
         identity,
         api_timeout_ms,
     } = Args::parse();
@@ -99,7 +105,19 @@ async fn main() -> anyhow::Result<()> {
     let (act_ns, act_name) = activator_service.split_once('/').with_context(|| {
         format!("--activator-service {activator_service:?} must be namespace/name")
     })?;
-    let config = match kubeconfig {
+    let lease = Duration::from_secs(lease_duration);
+    let renew_deadline = match lease_renew_deadline {
+        None => lease * 2 / 3,
+        Some(secs) => Duration::try_from_secs_f64(secs)
+            .ok()
+            .filter(|d| !d.is_zero() && *d < lease)
+            .with_context(|| {
+                format!(
+                    "--lease-renew-deadline {secs} must be above 0 and below --lease-duration {lease_duration}"
+                )
+            })?,
+    };
+    let mut config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(&path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
@@ -111,6 +129,10 @@ async fn main() -> anyhow::Result<()> {
             .await
             .context("no in-cluster config or kubeconfig found")?,
     };
+    // Bounds every API call that could hang (kube-lease-manager's have no timeout); long
+    // enough that a healthy watch never trips it.
+    config.read_timeout = Some(controller::CLIENT_READ_TIMEOUT);
+    config.reset_reader_on_write = true;
     let client = kube::Client::try_from(config).context("building the Kubernetes client")?;
     let api = tokio::net::TcpListener::bind(api_listen)
         .await
@@ -124,7 +146,8 @@ async fn main() -> anyhow::Result<()> {
         activator_service: (act_ns.to_owned(), act_name.to_owned()),
         activator_metrics_port,
         lease_name,
-        lease_duration: Duration::from_secs(lease_duration),
+        lease_duration: lease,
+        renew_deadline,
         identity: identity.unwrap_or_else(default_identity),
         api_timeout: Duration::from_millis(api_timeout_ms),
     };

@@ -90,8 +90,10 @@ pub struct Metrics {
     pub wakes: Family<ResultLabels, Counter>,
     /// Wake request received -> scale PATCH about to be sent.
     pub wake_to_patch: Histogram,
-    /// 1 while this replica holds the leader Lease.
+    /// 1 while this replica holds the leader Lease and renewed it within the renew deadline.
     pub leader: Gauge,
+    /// Times this replica stopped writing because it could not renew the Lease in time.
+    pub leader_lost: Counter,
     /// Ticks skipped because a watch was re-listing.
     pub ticks_skipped_unsynced: Counter,
     /// Managed (opted-in) Deployments.
@@ -114,6 +116,7 @@ impl Default for Metrics {
             wakes: Default::default(),
             wake_to_patch: latency_histogram(),
             leader: Default::default(),
+            leader_lost: Default::default(),
             ticks_skipped_unsynced: Default::default(),
             managed_deployments: Default::default(),
         }
@@ -182,8 +185,13 @@ impl Metrics {
         );
         r.register(
             "leader",
-            "1 while this replica holds the leader Lease",
+            "1 while this replica holds the leader Lease and renewed it within the renew deadline",
             self.leader.clone(),
+        );
+        r.register(
+            "leader_lost",
+            "Leaderships lost because the Lease was not renewed within the renew deadline",
+            self.leader_lost.clone(),
         );
         r.register(
             "ticks_skipped_unsynced",

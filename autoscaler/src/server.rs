@@ -4,7 +4,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -24,6 +23,7 @@ use tracing::Instrument;
 use zeroscale_config::GlobalConfig;
 
 use crate::apply::{Applier, deployment_ref};
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::wake::{self, WakeError};
 
@@ -85,8 +85,8 @@ fn respond(
 pub struct AdminState {
     /// The registry holding every metric.
     pub registry: Arc<Registry>,
-    /// True once every watch has listed completely.
-    pub ready: Arc<AtomicBool>,
+    /// Readiness: watches synced and fresh, API server reachable, leadership not lapsed.
+    pub health: Arc<Health>,
 }
 
 /// Handles one request on the metrics port.
@@ -109,14 +109,19 @@ pub async fn admin(state: AdminState, req: Request<Incoming>) -> Response<Full<B
         }
         (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n"),
         (&Method::GET, "/readyz") => {
-            if state.ready.load(Ordering::Relaxed) {
+            let reasons = state
+                .health
+                .not_ready_at(tokio::time::Instant::now().into_std());
+            if reasons.is_empty() {
                 respond(StatusCode::OK, "text/plain", "ready\n")
             } else {
-                respond(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    "watches not synced yet\n",
-                )
+                // One reason a line, so a probe's log shows them all.
+                let mut body = String::new();
+                for r in &reasons {
+                    body.push_str(&r.text);
+                    body.push('\n');
+                }
+                respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", body)
             }
         }
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),

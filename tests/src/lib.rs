@@ -43,10 +43,14 @@
 //!   is still alive (leak check by environment marker).
 //! - Pod commands: `command[0]` is looked up on `PATH`, with the workspace's `target/<profile>/`
 //!   first, so `command: ["sample-model"]` runs the freshly built binary.
+//! - [`traffic`] runs the add-on's binaries as local processes (several activators, one
+//!   autoscaler) and bounded load against them; `ZEROSCALE_BIN_ACTIVATOR=<path>` (any
+//!   `ZEROSCALE_BIN_<NAME>`) makes it run another build, e.g. a saved copy from before a fix.
 //! - Logs: set `RUST_LOG` for the harness; `ZEROSCALE_KEEP=1` keeps the cluster dir (component
 //!   logs in `logs/`, pod logs in `pods/<namespace>_<pod>.log`).
 
 pub mod demo;
+pub mod traffic;
 
 use std::future::Future;
 use std::process::ExitCode;

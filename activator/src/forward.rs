@@ -47,6 +47,20 @@ pub const HOP_BY_HOP: [&str; 9] = [
 /// bytes; a longer head is answered 502).
 pub const RESPONSE_HEAD_BYTES: usize = 64 * 1024;
 
+/// The largest request body read whole before it is sent (by the relay, and by hyper's path
+/// once the request has its slot), so it can be sent again when a reused pod connection closes
+/// under it; larger bodies are streamed.
+pub const REPLAYABLE_BODY_BYTES: usize = 16 * 1024;
+
+/// How many connection attempts a request gets when pods refuse them (each refusing pod is
+/// ejected for a moment, and the request tries another pod or waits in the queue); nothing of
+/// the request was sent, so trying again is always safe.
+pub const MAX_CONNECT_ATTEMPTS: usize = 16;
+
+/// How often a request is sent again on a fresh connection to the same pod after a reused one
+/// closed before any byte of an answer.
+pub const MAX_STALE_RETRIES: usize = 1;
+
 /// Headers a `Connection` option can never remove: they frame or route the message.
 const PROTECTED: [&str; 3] = ["content-length", "transfer-encoding", "host"];
 

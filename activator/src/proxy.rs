@@ -21,14 +21,6 @@ use crate::route;
 use crate::table::{Addressed, Model, Table};
 use crate::upstream::SendError;
 
-/// How many connection attempts a request gets when pods refuse them (each refusing pod is
-/// ejected for a moment, and the request tries another pod or waits in the queue); nothing of
-/// the request was sent, so trying again is always safe.
-pub(crate) const MAX_CONNECT_ATTEMPTS: usize = 16;
-/// How often a request is sent again on a fresh connection to the same pod after a reused one
-/// closed before any byte of an answer.
-pub(crate) const MAX_STALE_RETRIES: usize = 1;
-
 /// The client end of a connection, as the proxy tells pods about it (`X-Forwarded-For`);
 /// made once per connection.
 #[derive(Clone, Debug)]
@@ -281,7 +273,7 @@ impl Proxy {
             ReqBody::Stream(b, timer)
                 if hyper::body::Body::size_hint(&b)
                     .exact()
-                    .is_some_and(|n| n > 0 && n <= crate::relay::BODY_BYTES as u64) =>
+                    .is_some_and(|n| n > 0 && n <= forward::REPLAYABLE_BODY_BYTES as u64) =>
             {
                 match ReqBody::Stream(b, timer).collect().await {
                     Ok(c) => ReqBody::Full(Some(c.to_bytes())),
@@ -317,7 +309,7 @@ impl Proxy {
                 // in its EndpointSlice for a moment): eject it, and try another pod or wait in
                 // the queue for one, as a request that just arrived would.
                 Ok(Err(SendError::NotSent { error, req }))
-                    if tried.len() + 1 < MAX_CONNECT_ATTEMPTS =>
+                    if tried.len() + 1 < forward::MAX_CONNECT_ATTEMPTS =>
                 {
                     permit.eject();
                     tried.push(permit.addr());

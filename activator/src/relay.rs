@@ -46,8 +46,9 @@ use crate::body::RespBody;
 use crate::chunked::Chunks;
 use crate::error::{ProxyError, rescue};
 use crate::forward::{self, BadAnswer, Framing, RequestBody, Version, Wire};
+use crate::forward::{MAX_CONNECT_ATTEMPTS, MAX_STALE_RETRIES};
 use crate::metrics::Event;
-use crate::proxy::{MAX_CONNECT_ATTEMPTS, MAX_STALE_RETRIES, Peer, Proxy};
+use crate::proxy::{Peer, Proxy};
 use crate::queue::Permit;
 use crate::table::{Addressed, Model};
 use crate::upstream::Upstream;
@@ -56,7 +57,7 @@ use crate::upstream::Upstream;
 /// [`RelayOptions::max_header_bytes`].
 pub const HEAD_BYTES: usize = crate::park::PEEK_BYTES;
 /// The largest request body the relay buffers; a larger one is streamed by hyper.
-pub const BODY_BYTES: usize = 16 * 1024;
+pub const BODY_BYTES: usize = forward::REPLAYABLE_BODY_BYTES;
 /// Header lines parsed per head (hyper's default limit).
 const MAX_HEADERS: usize = 100;
 /// Bytes read from a pod per system call.

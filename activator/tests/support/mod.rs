@@ -327,18 +327,7 @@ impl Activator {
         depth: usize,
         deadline: Duration,
     ) -> ModelKey {
-        let key = ModelKey {
-            namespace: ns.into(),
-            deployment: name.into(),
-        };
-        self.table.upsert_model(ModelSpec {
-            key: key.clone(),
-            model_name: name.into(),
-            hostnames: vec![],
-            created: Some(0),
-            limits: Limits::with_queue(cc, depth, 1 << 20, deadline),
-        });
-        key
+        self.model_with(ns, name, Limits::with_queue(cc, depth, 1 << 20, deadline))
     }
 
     /// Adds a model `name` in namespace `ns` (Deployment `name`) with these limits, e.g. short

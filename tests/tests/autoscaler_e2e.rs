@@ -62,6 +62,10 @@ fn main() -> std::process::ExitCode {
             "apiserver_restart_no_spurious_scale_down",
             apiserver_restart_no_spurious_scale_down,
         ),
+        test(
+            "apiserver_outage_stops_writes_and_readiness",
+            apiserver_outage_stops_writes_and_readiness,
+        ),
     ])
 }
 
@@ -927,6 +931,185 @@ async fn apiserver_restart_no_spurious_scale_down(_ctx: Ctx) -> anyhow::Result<(
     .await
     .with_context(|| a.tail())?;
     drop(a);
+    Ok(())
+}
+
+/// `/readyz` of one replica: status and body (0 and the error when it does not answer).
+async fn readyz(a: &Autoscaler) -> (u16, String) {
+    match zeroscale_testkit::http_client::get(a.metrics, "/readyz").await {
+        Ok(r) => (r.status.as_u16(), r.text()),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// The lines of a metrics exposition whose name starts with one of `prefixes` (all samples of
+/// those families, labels included), sorted.
+fn samples(text: &str, prefixes: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && prefixes.iter().any(|p| l.starts_with(p)))
+        .map(str::to_owned)
+        .collect();
+    out.sort();
+    out
+}
+
+/// What the applier has written (or tried to): scale patches by result and decisions.
+const WRITE_COUNTERS: &[&str] = &[
+    "zeroscale_autoscaler_scale_patches_total",
+    "zeroscale_autoscaler_decisions_total",
+];
+
+/// (9) Two autoscalers, kube-apiserver stopped for 20 s: past the renew deadline both are not
+/// ready, the leader stops writing (logged once, gauge 0, counted); nothing is written while no
+/// replica leads; after the restart both are ready, one leads, and decisions resume.
+async fn apiserver_outage_stops_writes_and_readiness(_ctx: Ctx) -> anyhow::Result<()> {
+    const LOST: &str = "lost leadership: lease not renewed for";
+    const OUTAGE: Duration = Duration::from_secs(20);
+    // A cluster of its own: stopping the shared API server would disturb other tests.
+    let cluster = zeroscale_testkit::LocalCluster::start().await?;
+    let client = cluster.client();
+    let ns = "outage";
+    let nsobj: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(json!({"metadata": {"name": ns}}))?;
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .create(&PostParams::default(), &nsobj)
+        .await?;
+    let fake = FakeActivator::start(ns).await?;
+    fake.publish(&client, ns).await?;
+    put_config(
+        &client,
+        ns,
+        &fast_config(&[("scale-to-zero-grace-period", "120s")]),
+    )
+    .await?;
+    create_model(&client, ns, "m", 1, &[ON]).await?;
+    fake.set("m", 130.0, 0.0);
+    // `start_on` passes --lease-duration=4: renew deadline 2.67 s.
+    let a = Autoscaler::start_on(&cluster, ns, "a").await?;
+    let b = Autoscaler::start_on(&cluster, ns, "b").await?;
+    wait_replicas(&client, ns, "m", 2, Duration::from_secs(30), &a).await?;
+    // Exactly one leader, and its 1 -> 2 patch counted, before the write counters are taken.
+    let (leader, before) = eventually(
+        "one leader, its patch counted",
+        Duration::from_secs(20),
+        || {
+            let (a, b) = (&a, &b);
+            async move {
+                let leader = match (a.is_leader().await, b.is_leader().await) {
+                    (true, false) => a,
+                    (false, true) => b,
+                    _ => return Ok(None),
+                };
+                let texts = [a.metrics_text().await?, b.metrics_text().await?];
+                let patched =
+                    leader.metrics_text().await?.lines().any(|l| {
+                        l == "zeroscale_autoscaler_scale_patches_total{result=\"success\"} 1"
+                    });
+                Ok(patched.then(|| {
+                    (
+                        std::ptr::eq(leader, a),
+                        texts.map(|t| samples(&t, WRITE_COUNTERS)),
+                    )
+                }))
+            }
+        },
+    )
+    .await?;
+    let (old, standby) = if leader { (&a, &b) } else { (&b, &a) };
+
+    cluster.stop_apiserver().await;
+    let stopped = Instant::now();
+    // Idle from now: a replica that still wrote would scale down (and count the attempt).
+    fake.set("m", 0.0, 0.0);
+    eventually(
+        &format!(
+            "both not ready, the leader lost its leadership\nold leader:\n{}\nstandby:\n{}",
+            old.tail(),
+            standby.tail()
+        ),
+        Duration::from_secs(10),
+        || async {
+            let (old_status, old_body) = readyz(old).await;
+            let (sb_status, sb_body) = readyz(standby).await;
+            let old_metrics = old.metrics_text().await?;
+            let sb_metrics = standby.metrics_text().await?;
+            let has = |t: &str, l: &str| t.lines().any(|x| x == l);
+            Ok((old_status == 503
+                && old_body.contains("kubernetes API unreachable:")
+                && old_body.contains(LOST)
+                && sb_status == 503
+                && sb_body.contains("kubernetes API unreachable:")
+                && has(&old_metrics, "zeroscale_autoscaler_leader 0")
+                && has(&old_metrics, "zeroscale_autoscaler_leader_lost_total 1")
+                && has(&sb_metrics, "zeroscale_autoscaler_leader 0"))
+            .then_some(()))
+        },
+    )
+    .await?;
+    let (_, sb_body) = readyz(standby).await;
+    ensure!(
+        !sb_body.contains("lost leadership"),
+        "the standby never led, yet reports: {sb_body}"
+    );
+    // The log line itself, once; the `not ready` lines quote the reason too (the log has ANSI
+    // colours, so match on the message, not on `reasons=`).
+    let log = std::fs::read_to_string(&old.log)?;
+    let lost_lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(LOST) && !l.contains("not ready"))
+        .collect();
+    ensure!(
+        lost_lines.len() == 1,
+        "expected one {LOST:?} log line, found {}:\n{}",
+        lost_lines.len(),
+        lost_lines.join("\n")
+    );
+
+    // Load back a full stable window (6 s) before the restart, so the windows hold 130 again
+    // when a leader can write: nothing is due then, and any write counted is an outage write.
+    let refill = OUTAGE - Duration::from_secs(8);
+    tokio::time::sleep(refill.saturating_sub(stopped.elapsed())).await;
+    fake.set("m", 130.0, 0.0);
+    tokio::time::sleep(OUTAGE.saturating_sub(stopped.elapsed())).await;
+    cluster.start_apiserver().await?;
+    fake.set("m", 130.0, 0.0);
+    let restarted = Instant::now();
+    eventually(
+        &format!(
+            "both ready again, one leader\nold leader:\n{}\nstandby:\n{}",
+            old.tail(),
+            standby.tail()
+        ),
+        Duration::from_secs(45),
+        || async {
+            let ready = readyz(&a).await.0 == 200 && readyz(&b).await.0 == 200;
+            Ok((ready && (a.is_leader().await != b.is_leader().await)).then_some(()))
+        },
+    )
+    .await?;
+    eprintln!(
+        "outage: both ready, one leader {:?} after the restart",
+        restarted.elapsed()
+    );
+    let now = spec_replicas(&client, ns, "m").await?;
+    ensure!(now == 2, "m changed to {now} across the outage");
+    let after = [
+        samples(&a.metrics_text().await?, WRITE_COUNTERS),
+        samples(&b.metrics_text().await?, WRITE_COUNTERS),
+    ];
+    ensure!(
+        after == before,
+        "write counters changed across the outage (a, b):\nbefore {before:?}\nafter  {after:?}"
+    );
+
+    // Decisions resume: more load scales up.
+    fake.set("m", 250.0, 0.0);
+    record_replicas(&client, ns, "m", Duration::from_secs(30), |s| {
+        s.last().is_some_and(|r| *r >= 4)
+    })
+    .await
+    .with_context(|| format!("a:\n{}\nb:\n{}", a.tail(), b.tail()))?;
     Ok(())
 }
 

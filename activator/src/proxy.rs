@@ -16,7 +16,7 @@ use crate::error::{ProxyError, rescue};
 use crate::forward;
 use crate::metrics::{Event, Held, Metrics, ModelMetrics};
 use crate::park::Parked;
-use crate::queue::{Admit, Permit, QueueError};
+use crate::queue::{Admit, Permit};
 use crate::route;
 use crate::table::{Addressed, Model, Table};
 use crate::upstream::SendError;
@@ -145,7 +145,31 @@ impl Proxy {
         };
         // Counts the client leaving while the pod works (hyper drops this future then).
         let watch = ClientGone(Some(model.gate().metrics()));
-        let resp = match self.forward(&model, req, bytes, peer, held, admitted).await {
+        // Admission and the wait in the queue are here, not in a nested async fn: every layer
+        // of async fn keeps its own copy of its arguments' space, and a waiting request pays
+        // for each. What follows admission is boxed (`send`), so a waiting request carries
+        // none of it.
+        let admitted = match admitted {
+            Some(outcome) => outcome.map_err(ProxyError::from),
+            None => match model.gate().admit(bytes) {
+                Ok(Admit::Ready(p)) => Ok(p),
+                Ok(Admit::Queued(t)) => {
+                    if t.needs_wake() {
+                        self.table.wake_sink().wake(&model);
+                    }
+                    t.wait().await.map_err(ProxyError::from)
+                }
+                Err(e) => Err(e.into()),
+            },
+        };
+        let sent = match admitted {
+            Ok(permit) => {
+                let send = Box::pin(self.send(&model, req, bytes, peer, held, permit));
+                send.await
+            }
+            Err(e) => Err(e),
+        };
+        let resp = match sent {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(model = %model.key(), error = %e, "request failed");
@@ -202,28 +226,16 @@ impl Proxy {
         }
     }
 
-    async fn forward(
+    /// Sends an admitted request to its pod and returns the pod's answer.
+    async fn send(
         &self,
         model: &Arc<Model>,
         req: Request<ReqBody>,
         bytes: u64,
         peer: Peer,
         held: Held,
-        admitted: Option<Result<Permit, QueueError>>,
+        mut permit: Permit,
     ) -> Result<Response<RespBody>, ProxyError> {
-        let mut permit = match admitted {
-            Some(outcome) => outcome?,
-            None => match model.gate().admit(bytes)? {
-                Admit::Ready(p) => p,
-                Admit::Queued(t) => {
-                    if t.needs_wake() {
-                        self.table.wake_sink().wake(model);
-                    }
-                    t.wait().await?
-                }
-            },
-        };
-
         let (mut parts, body) = req.into_parts();
         // Checked in `respond`: this cannot fail, but a refusal is answered, never forwarded.
         let plan = forward::check_request(
@@ -275,7 +287,10 @@ impl Proxy {
                     .exact()
                     .is_some_and(|n| n > 0 && n <= forward::REPLAYABLE_BODY_BYTES as u64) =>
             {
-                match ReqBody::Stream(b, timer).collect().await {
+                // Boxed, like every await after the queue: inline, each would make every
+                // request waiting in a queue as big as one being sent.
+                let collect = Box::pin(ReqBody::Stream(b, timer).collect());
+                match collect.await {
                     Ok(c) => ReqBody::Full(Some(c.to_bytes())),
                     Err(e) => {
                         if let Some(t) = e.downcast_ref::<IdleTimeout>() {
@@ -295,9 +310,11 @@ impl Proxy {
         let (mut resp, conn) = loop {
             // Boxed: inline, this future would make every request waiting in a queue as big
             // as one being sent (measured: +1.3 KiB per queued HTTP/2 request).
-            let sent =
-                tokio::time::timeout_at(deadline, Box::pin(permit.upstream().send(out, metrics)))
-                    .await;
+            let sending = Box::pin(tokio::time::timeout_at(
+                deadline,
+                permit.upstream().send(out, metrics),
+            ));
+            let sent = sending.await;
             match sent {
                 Ok(Ok(r)) => break r,
                 Err(_) => {
@@ -329,7 +346,8 @@ impl Proxy {
                                     if t.needs_wake() {
                                         self.table.wake_sink().wake(model);
                                     }
-                                    t.wait().await?
+                                    let wait = Box::pin(t.wait());
+                                    wait.await?
                                 }
                             };
                             deadline = tokio::time::Instant::now() + response_timeout;

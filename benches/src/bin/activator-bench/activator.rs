@@ -52,7 +52,12 @@ pub fn add_model(table: &Table, name: &str, limits: Limits) -> ModelKey {
 /// per-pod concurrency.
 pub fn default_limits(queue_depth: Option<usize>) -> Limits {
     let d = ActivatorConfig::default();
-    Limits::with_queue(0, queue_depth.unwrap_or(d.queue_depth), d.queue_bytes, d.queue_deadline)
+    Limits::with_queue(
+        0,
+        queue_depth.unwrap_or(d.queue_depth),
+        d.queue_bytes,
+        d.queue_deadline,
+    )
 }
 
 /// A ready endpoint.

@@ -120,11 +120,11 @@ impl Proxy {
     ) -> Response<RespBody> {
         // The same policy the relay applies, over hyper's parse (it catches what hyper lets
         // through: a second Host, Connection naming a framing header, CONNECT, ...).
-        if let Err(r) =
-            forward::check_request(req.method().as_str().as_bytes(), version_of(&req), || {
-                req.headers().iter()
-            })
-        {
+        if let Err(r) = forward::check_request(
+            req.method().as_str().as_bytes(),
+            version(req.version()),
+            || req.headers().iter(),
+        ) {
             let e = ProxyError::from(r);
             tracing::debug!(peer = %peer.addr, error = %e, "request refused");
             self.metrics.rejected(e.reason());
@@ -143,8 +143,6 @@ impl Proxy {
             Some(p) if Arc::ptr_eq(&model, &p.model) => (p.held, Some(p.outcome)),
             _ => (model.gate().metrics().integral.hold(), None),
         };
-        // Counts the client leaving while the pod works (hyper drops this future then).
-        let watch = ClientGone(Some(model.gate().metrics()));
         // Admission and the wait in the queue are here, not in a nested async fn: every layer
         // of async fn keeps its own copy of its arguments' space, and a waiting request pays
         // for each. What follows admission is boxed (`send`), so a waiting request carries
@@ -164,8 +162,13 @@ impl Proxy {
         };
         let sent = match admitted {
             Ok(permit) => {
+                // Counts the client leaving while the pod works (hyper drops this future then);
+                // one that leaves while queued is counted as abandoned by its ticket.
+                let watch = ClientGone(Some(model.gate().metrics()));
                 let send = Box::pin(self.send(&model, req, bytes, peer, held, permit));
-                send.await
+                let sent = send.await;
+                watch.disarm();
+                sent
             }
             Err(e) => Err(e),
         };
@@ -176,7 +179,6 @@ impl Proxy {
                 rescue(&e)
             }
         };
-        watch.disarm();
         model.gate().metrics().answered(resp.status().as_u16());
         resp
     }
@@ -240,7 +242,7 @@ impl Proxy {
         // Checked in `respond`: this cannot fail, but a refusal is answered, never forwarded.
         let plan = forward::check_request(
             parts.method.as_str().as_bytes(),
-            version_of_parts(&parts),
+            version(parts.version),
             || parts.headers.iter(),
         )?;
         let upgrade = plan.upgrade;
@@ -400,11 +402,7 @@ impl Proxy {
         }
         let answer = forward::check_response(
             parts.status.as_u16(),
-            if parts.version == Version::HTTP_10 {
-                forward::Version::Http10
-            } else {
-                forward::Version::Http11
-            },
+            version(parts.version),
             false,
             parts.headers.iter(),
         );
@@ -465,14 +463,6 @@ fn find_source<'e, T: std::error::Error + 'static>(
         cur = c.source();
     }
     None
-}
-
-fn version_of<B>(req: &Request<B>) -> forward::Version {
-    version(req.version())
-}
-
-fn version_of_parts(parts: &http::request::Parts) -> forward::Version {
-    version(parts.version)
 }
 
 fn version(v: Version) -> forward::Version {

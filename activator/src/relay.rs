@@ -138,9 +138,7 @@ pub async fn serve(
             };
             tracing::debug!(peer = %peer.addr(), error = %refused, "request refused");
             proxy.metrics().rejected(refused.reason());
-            let _ = client
-                .write_all(&encode_local(rescue(&refused), false, true).await)
-                .await;
+            answer_and_close(client, &refused).await;
             return End::Closed;
         };
         if !opts.forward {
@@ -160,11 +158,8 @@ pub async fn serve(
                     plan.model.gate().metrics().count(Event::IdleTimeout);
                     let e = ProxyError::BodyTimeout(idle);
                     tracing::debug!(model = %plan.model.key(), error = %e, "request body cut");
-                    let resp = rescue(&e);
-                    plan.model.gate().metrics().answered(resp.status().as_u16());
-                    let _ = client
-                        .write_all(&encode_local(resp, false, true).await)
-                        .await;
+                    plan.model.gate().metrics().answered(e.status().as_u16());
+                    answer_and_close(client, &e).await;
                     return End::Closed;
                 }
                 // A slow body: hyper streams it.
@@ -177,11 +172,13 @@ pub async fn serve(
             return End::HandOff(inb);
         };
         let held = gate.metrics().integral.hold();
-        proxy.metrics().relayed();
         out.extend_from_slice(&inb[plan.head_len..total]);
         let close = plan.close || stopping.is_cancelled();
         let outcome = exchange(client, &plan, permit, &out, close).await;
         drop(held);
+        if !matches!(outcome, Ok(Next::Queue)) {
+            proxy.metrics().relayed();
+        }
         match outcome {
             // Every pod with room refused a connection and nothing was sent: hyper's path
             // queues the request, whole in `inb`, until a pod can take it.
@@ -548,6 +545,13 @@ async fn write_first(s: &mut TcpStream, mut req: &[u8]) -> Result<(), Sent> {
         first = false;
     }
     Ok(())
+}
+
+/// Answers an error of our own before a pod was chosen, then the connection closes.
+async fn answer_and_close(client: &mut TcpStream, err: &ProxyError) {
+    let _ = client
+        .write_all(&encode_local(rescue(err), false, true).await)
+        .await;
 }
 
 /// Answers a request the relay could not forward, the way the hyper path does.

@@ -348,6 +348,20 @@ async fn client_gone_leaves_the_queue(relay: bool) {
         model.gate().metrics().integral.current() == 0
     })
     .await;
+    // Routed by body, the request waits on hyper's path (not parked): leaving is counted once,
+    // as abandoned; client-gone counts forwarded requests only.
+    let mut s = tokio::net::TcpStream::connect(act.addr).await.unwrap();
+    s.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 13\r\n\r\n{\"model\":\"m\"}",
+    )
+    .await
+    .unwrap();
+    until("queued", || model.gate().queued() == 1).await;
+    drop(s);
+    until("left the queue", || model.gate().queued() == 0).await;
+    assert_eq!(model.gate().metrics().abandoned.get(), 2);
+    use zeroscale_activator::metrics::Event;
+    assert_eq!(model.gate().metrics().count_of(Event::ClientGone), 0);
 }
 
 /// A new connection's first request at zero waits before hyper reads it (`park`): it must still

@@ -430,27 +430,10 @@ async fn start(
                 return Err(Failed::Answer(ProxyError::Backend(error)));
             }
             Err(SendFail::Connect(error)) => {
-                // Nothing was sent: eject the pod and try another, or let the queue hold the
-                // request (hyper's path does the same).
-                permit.eject();
-                tried.push(permit.addr());
-                metrics.count(Event::ConnectRetry);
-                if tried.len() >= MAX_CONNECT_ATTEMPTS {
-                    tracing::warn!(model = %plan.model.key(), pod = %permit.addr(), %error, "request failed: 502");
-                    return Err(Failed::Answer(ProxyError::Backend(error)));
-                }
-                match permit.try_other(&tried) {
-                    Some(p) => {
-                        tracing::debug!(model = %plan.model.key(), failed = %permit.addr(), next = %p.addr(), %error, "connect failed, retrying on another pod");
-                        *permit = p;
-                        stale = 0;
-                        continue;
-                    }
-                    None => {
-                        tracing::debug!(model = %plan.model.key(), failed = %permit.addr(), %error, "connect failed and no other pod has room: to the queue");
-                        return Err(Failed::Queue);
-                    }
-                }
+                // Nothing was sent: another pod, or the queue (hyper's path does the same).
+                other_pod(plan, permit, &mut tried, error)?;
+                stale = 0;
+                continue;
             }
         };
         let mut buf = Vec::with_capacity(READ_CHUNK);
@@ -468,12 +451,19 @@ async fn start(
                     response_timeout,
                 )));
             }
-            Ok(Err(HeadError::Closed(error)))
+            Ok(Err(HeadError::Closed(error) | HeadError::Reset(error)))
                 if reused && buf.is_empty() && stale < MAX_STALE_RETRIES =>
             {
                 tracing::debug!(model = %plan.model.key(), pod = %permit.addr(), %error, "a reused connection closed before any answer: sending again on a fresh one");
                 metrics.count(Event::StaleRetry);
                 stale += 1;
+            }
+            // Reset before any byte of an answer: the pod closed with the request unread (a
+            // pod shutting down resets what waits in its accept queue; one that read the
+            // request and died would have closed with a FIN). Like a refused connection.
+            Ok(Err(HeadError::Reset(error))) if buf.is_empty() => {
+                other_pod(plan, permit, &mut tried, error)?;
+                stale = 0;
             }
             Ok(Err(e)) => {
                 tracing::warn!(model = %plan.model.key(), pod = %permit.addr(), error = %e, "request failed: 502");
@@ -482,6 +472,35 @@ async fn start(
                     permit.addr()
                 ))));
             }
+        }
+    }
+}
+
+/// The pod did not take the request (refused the connection, or reset it unread): ejects it
+/// and moves `permit` to another pod with room. `Failed::Queue` when none has room (the request
+/// waits in the queue), a 502 when the attempts are used up.
+fn other_pod(
+    plan: &Plan,
+    permit: &mut Permit,
+    tried: &mut Vec<std::net::SocketAddr>,
+    error: String,
+) -> Result<(), Failed> {
+    permit.eject();
+    tried.push(permit.addr());
+    plan.model.gate().metrics().count(Event::ConnectRetry);
+    if tried.len() >= MAX_CONNECT_ATTEMPTS {
+        tracing::warn!(model = %plan.model.key(), pod = %permit.addr(), %error, "request failed: 502");
+        return Err(Failed::Answer(ProxyError::Backend(error)));
+    }
+    match permit.try_other(tried) {
+        Some(p) => {
+            tracing::debug!(model = %plan.model.key(), failed = %permit.addr(), next = %p.addr(), %error, "the pod did not take the request, trying another");
+            *permit = p;
+            Ok(())
+        }
+        None => {
+            tracing::debug!(model = %plan.model.key(), failed = %permit.addr(), %error, "the pod did not take the request and no other pod has room: to the queue");
+            Err(Failed::Queue)
         }
     }
 }
@@ -621,6 +640,9 @@ enum HeadError {
     /// The connection closed or failed (nothing may have been read).
     #[error("{0}")]
     Closed(String),
+    /// The pod reset the connection.
+    #[error("{0}")]
+    Reset(String),
     /// The pod's head is refused.
     #[error(transparent)]
     Bad(#[from] BadAnswer),
@@ -658,6 +680,9 @@ async fn read_response_head(
                 ));
             }
             Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                return Err(HeadError::Reset(format!("reading its answer failed: {e}")));
+            }
             Err(e) => return Err(HeadError::Closed(format!("reading its answer failed: {e}"))),
         }
     }

@@ -241,6 +241,7 @@ impl Upstream {
                 });
             }
         };
+        let replay = replayable(&req);
         match tx.try_send_request(req).await {
             Ok(resp) => Ok((resp, self.conn(tx))),
             Err(mut e) => match e.take_message() {
@@ -248,7 +249,20 @@ impl Upstream {
                     error: format!("the connection to {} failed: {}", self.addr, e.error()),
                     req: Box::new(r),
                 }),
-                None => Err(SendError::Failed(e.into_error())),
+                None => {
+                    let error = e.into_error();
+                    match replay {
+                        // Reset before any answer: the pod closed with the request unread (a
+                        // pod shutting down resets what waits in its accept queue; one that
+                        // read it and died would have closed with a FIN). Like a refused
+                        // connection: the caller tries another pod or the queue.
+                        Some(r) if reset(&error) => Err(SendError::NotSent {
+                            error: format!("{} reset the connection unread: {error}", self.addr),
+                            req: Box::new(r),
+                        }),
+                        _ => Err(SendError::Failed(error)),
+                    }
+                }
             },
         }
     }
@@ -342,6 +356,20 @@ fn closed_before_answer(e: &hyper::Error) -> bool {
         || e.is_canceled()
         || e.is_body_write_aborted()
         || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+}
+
+/// The pod reset the connection (an `ECONNRESET` somewhere in the error's chain).
+fn reset(e: &hyper::Error) -> bool {
+    let mut cur = std::error::Error::source(e);
+    while let Some(c) = cur {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionReset)
+        {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
 }
 
 /// True when an idle socket has nothing to read: neither data nor the pod's close. The

@@ -537,6 +537,51 @@ async fn a_request_whose_pods_all_refuse_waits_for_one_that_listens(relay: bool)
     );
 }
 
+async fn a_request_a_pod_resets_unread_goes_to_another_pod(relay: bool) {
+    // A pod shutting down closes its listener; connections still in its accept queue are reset
+    // with the request unread. That request was never taken: it goes to another pod (the
+    // resetting one is ejected), as after a refused connection.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let resets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let r = resets.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            r.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                // Let the request arrive, leave it unread, close with a reset.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let _ = s.set_zero_linger();
+                drop(s);
+            });
+        }
+    });
+    let act = plain(relay).await;
+    let k = act.model("ns", "m", 0, 10, LONG);
+    let good = Backend::start("good").await;
+    act.table
+        .set_endpoints(&k, vec![ep(addr, true), good.endpoint()]);
+    let c = client();
+    for i in 0..4 {
+        let a = send(
+            &c,
+            get(&act.url("/v1/models/m:predict"))
+                .method(Method::POST)
+                .body(json("{\"x\":1}"))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::OK, "request {i}: {:?}", a.body);
+        assert_eq!(a.served_by(), "good");
+    }
+    assert!(
+        resets.load(Ordering::SeqCst) >= 1,
+        "the resetting pod got a request"
+    );
+    assert_eq!(good.count.load(Ordering::SeqCst), 4);
+}
+
 async fn failure_after_sending_is_502_and_not_retried(relay: bool) {
     let act = plain(relay).await;
     let k = act.model("ns", "m", 0, 10, LONG);
@@ -977,6 +1022,7 @@ async fn a_large_streamed_upload_may_wait_at_zero(relay: bool) {
 }
 
 on_both_paths!(
+    a_request_a_pod_resets_unread_goes_to_another_pod,
     a_request_whose_pods_all_refuse_waits_for_one_that_listens,
     a_request_on_a_connection_the_pod_closes_is_sent_again,
     routes_by_host_path_and_body,

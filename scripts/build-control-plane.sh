@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Builds etcd, kube-apiserver and kube-controller-manager from the Go module proxy, pinned by
-# version and cached under $ZEROSCALE_CACHE (default ~/.cache/zeroscale). A second run reuses them.
+# Builds etcd and the Kubernetes binaries (kube-apiserver, kube-controller-manager, kube-scheduler,
+# the node's kubelet and kube-proxy, and kubectl) from the Go module proxy, pinned by version and cached under
+# $ZEROSCALE_CACHE (default ~/.cache/zeroscale). A second run reuses them; a binary missing from the
+# cache (say, one added by a newer version of this script) is built alone.
 #
 # Prints the directory holding the binaries on its last line of stdout.
 set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 K8S_VERSION="${K8S_VERSION:-v1.36.3}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
@@ -14,22 +19,19 @@ BIN="$OUT/bin"
 log() { echo "build-control-plane: $*" >&2; }
 die() { echo "build-control-plane: error: $*" >&2; exit 1; }
 
-if [[ -x "$BIN/etcd" && -x "$BIN/kube-apiserver" && -x "$BIN/kube-controller-manager" ]]; then
+K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
+missing=()
+for cmd in "${K8S_CMDS[@]}"; do [[ -x "$BIN/$cmd" ]] || missing+=("$cmd"); done
+if [[ -x "$BIN/etcd" && ${#missing[@]} == 0 ]]; then
   log "cached: $BIN"
   echo "$BIN"
   exit 0
 fi
 
-command -v go >/dev/null 2>&1 || die "Go is not installed or not on PATH. Install Go >= 1.25 (https://go.dev/doc/install, or Debian's golang-go) and re-run."
+ensure_go
 GOVER=$(go env GOVERSION)
-case "$GOVER" in
-  go1.2[5-9]*|go1.[3-9][0-9]*) ;;
-  *) die "Go $GOVER is too old: kubernetes $K8S_VERSION needs Go >= 1.25. Install a newer Go and re-run." ;;
-esac
-PROXY=$(go env GOPROXY)
-[[ "$PROXY" == "off" || -z "$PROXY" ]] && die "GOPROXY is '$PROXY': the build fetches modules from a Go module proxy. Set GOPROXY=https://proxy.golang.org,direct (or your mirror)."
 if ! go list -m "k8s.io/kubernetes@$K8S_VERSION" >/dev/null 2>&1; then
-  die "the Go module proxy ($PROXY) does not answer for k8s.io/kubernetes@$K8S_VERSION: check network access to the proxy, or set GOPROXY to a reachable mirror."
+  die "the Go module proxy ($(go env GOPROXY)) does not answer for k8s.io/kubernetes@$K8S_VERSION: check network access to the proxy, or set GOPROXY to a reachable mirror."
 fi
 
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
@@ -39,6 +41,7 @@ trap 'rm -rf "$WORK"' EXIT
 start=$(date +%s)
 
 # --- etcd: its main package is go.etcd.io/etcd/server/v3 (server/main.go) ---
+if [[ ! -x "$BIN/etcd" ]]; then
 log "etcd $ETCD_VERSION"
 mkdir -p "$WORK/etcd"
 cat > "$WORK/etcd/go.mod" <<MOD
@@ -53,8 +56,10 @@ MOD
 (cd "$WORK/etcd" && go mod tidy >&2 && \
   go build -trimpath -ldflags "-s -w" -o "$BIN/etcd.tmp" go.etcd.io/etcd/server/v3 >&2)
 mv "$BIN/etcd.tmp" "$BIN/etcd"
+fi
 
-# --- kube-apiserver and kube-controller-manager ---
+# --- the Kubernetes binaries ---
+if ((${#missing[@]})); then
 # k8s.io/kubernetes requires its staging modules (k8s.io/api, ...) at v0.0.0 and replaces them with
 # ./staging paths, which only apply inside its own repo. Generate the replace list from its go.mod.
 log "kubernetes $K8S_VERSION"
@@ -70,8 +75,7 @@ mkdir -p "$WORK/k8s"
   echo "require k8s.io/kubernetes $K8S_VERSION"
   echo
   echo "tool ("
-  echo "	k8s.io/kubernetes/cmd/kube-apiserver"
-  echo "	k8s.io/kubernetes/cmd/kube-controller-manager"
+  for cmd in "${K8S_CMDS[@]}"; do echo "	k8s.io/kubernetes/cmd/$cmd"; done
   echo ")"
   echo
   echo "replace ("
@@ -90,15 +94,16 @@ for p in $VPKG $CPKG; do
   LDFLAGS+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$MINOR -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
 done
 (cd "$WORK/k8s" && go mod tidy >&2)
-for cmd in kube-apiserver kube-controller-manager; do
+for cmd in "${missing[@]}"; do
   log "go build $cmd"
   (cd "$WORK/k8s" && go build -trimpath -ldflags "$LDFLAGS" -o "$BIN/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd" >&2)
   mv "$BIN/$cmd.tmp" "$BIN/$cmd"
 done
+fi
 
 end=$(date +%s)
 {
-  echo "k8s=$K8S_VERSION etcd=$ETCD_VERSION go=$GOVER built=$(date -u +%FT%TZ) seconds=$((end - start))"
+  echo "k8s=$K8S_VERSION etcd=$ETCD_VERSION go=$GOVER built=$(date -u +%FT%TZ) seconds=$((end - start)) built_now=${missing[*]}"
   du -sh "$BIN" | awk '{print "bin_size=" $1}'
 } > "$OUT/BUILD-INFO"
 log "done in $((end - start))s: $(tr '\n' ' ' < "$OUT/BUILD-INFO")"

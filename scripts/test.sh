@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one test command (also what CI runs, via .ci/run). On a fresh machine with Rust and Go it
-# installs what is missing (iproute2/util-linux via apt-get, rustfmt/clippy via rustup), builds
-# etcd + kube-apiserver + kube-controller-manager from source if they are not cached, then runs:
+# installs what is missing (iproute2/util-linux, runc, CNI plugins, iptables, buildah, musl-tools via
+# apt-get; rustfmt/clippy and the musl target via rustup), builds etcd, the Kubernetes binaries,
+# containerd and CoreDNS from source if they are not cached, builds the images, then runs:
 # cargo fmt --check, clippy -D warnings, the build, and every test (unit, component, end-to-end;
 # the e2e binaries re-exec themselves into a private network namespace).
 #
@@ -28,10 +29,20 @@ for comp in rustfmt clippy; do
 done
 echo "cargo: $(cargo --version); ip: $(command -v ip); unshare: $(command -v unshare)"
 
-section "control plane (etcd, kube-apiserver, kube-controller-manager)"
+section "Kubernetes (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl)"
 ZEROSCALE_K8S_BIN=$(./scripts/build-control-plane.sh </dev/null | tail -n 1)
 export ZEROSCALE_K8S_BIN
 echo "using $ZEROSCALE_K8S_BIN"
+
+section "node (containerd, CoreDNS; runc, CNI plugins, iptables from Debian)"
+ZEROSCALE_NODE_BIN=$(./scripts/build-node.sh </dev/null | tail -n 1)
+export ZEROSCALE_NODE_BIN
+echo "using $ZEROSCALE_NODE_BIN"
+
+section "images (zeroscale, sample-model, pause: the Dockerfile's stages, built by buildah)"
+ZEROSCALE_IMAGES=$(./scripts/build-images.sh </dev/null | tail -n 1)
+export ZEROSCALE_IMAGES
+echo "using $ZEROSCALE_IMAGES"
 
 scope=(--workspace)
 if [[ -n "${ZEROSCALE_TEST_PACKAGES:-}" ]]; then

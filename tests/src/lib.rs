@@ -68,6 +68,7 @@ use kube::{Api, Client};
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::json;
 use tokio::sync::OnceCell;
+use zeroscale_testkit::ClusterOptions;
 pub use zeroscale_testkit::LocalCluster;
 
 /// Time limit of one e2e test.
@@ -75,6 +76,7 @@ pub const TEST_TIMEOUT: Duration = Duration::from_secs(300);
 
 struct Shared {
     cluster: OnceCell<Arc<LocalCluster>>,
+    options: ClusterOptions,
     seq: AtomicU32,
 }
 
@@ -96,7 +98,11 @@ impl Ctx {
         let c = self
             .shared
             .cluster
-            .get_or_try_init(|| async { LocalCluster::start().await.map(Arc::new) })
+            .get_or_try_init(|| async {
+                LocalCluster::start_with(self.shared.options.clone())
+                    .await
+                    .map(Arc::new)
+            })
             .await
             .context("starting the shared LocalCluster")?;
         Ok(c.clone())
@@ -156,6 +162,23 @@ where
 /// The `main` of an e2e test binary: enters the network namespace, runs the selected tests one
 /// at a time, tears the shared cluster down and checks that no process leaked.
 pub fn run(tests: Vec<E2eTest>) -> ExitCode {
+    run_with(tests, ClusterOptions::default())
+}
+
+/// [`run`], with a shared cluster that has a real node (containerd, runc, CNI, kubelet,
+/// kube-proxy, CoreDNS) instead of the process kubelet; the leak check also covers the node's
+/// mounts, cgroups and network devices.
+pub fn run_on_real_node(tests: Vec<E2eTest>) -> ExitCode {
+    run_with(
+        tests,
+        ClusterOptions {
+            real_node: true,
+            ..ClusterOptions::default()
+        },
+    )
+}
+
+fn run_with(tests: Vec<E2eTest>, options: ClusterOptions) -> ExitCode {
     zeroscale_testkit::netns::ensure_private_netns();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -175,6 +198,7 @@ pub fn run(tests: Vec<E2eTest>) -> ExitCode {
     );
     let shared = Arc::new(Shared {
         cluster: OnceCell::new(),
+        options,
         seq: AtomicU32::new(0),
     });
     let trials = tests
@@ -205,7 +229,16 @@ pub fn run(tests: Vec<E2eTest>) -> ExitCode {
     match cluster {
         Some(Ok(c)) => {
             let marker = c.marker().to_owned();
+            let node = c.node_leak_keys();
             rt.block_on(async move { drop(c) });
+            let node_left = LocalCluster::node_leaks(&node);
+            if !node_left.is_empty() {
+                eprintln!(
+                    "LEAK: the real node left behind after the cluster was dropped:\n{}",
+                    node_left.join("\n")
+                );
+                code = ExitCode::FAILURE;
+            }
             let left = zeroscale_testkit::process::processes_with_marker(&marker);
             if !left.is_empty() {
                 eprintln!(

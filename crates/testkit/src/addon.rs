@@ -141,16 +141,99 @@ pub struct Applied {
 struct Kustomization {
     #[serde(default)]
     resources: Vec<String>,
+    #[serde(default)]
+    images: Vec<ImageOverride>,
+}
+
+/// One entry of a kustomization's `images:` list: containers whose image is `name` (with any
+/// tag or digest) get `new_name` and `new_tag` instead.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+pub struct ImageOverride {
+    /// The image name as the manifests write it.
+    pub name: String,
+    /// Replacement name (registry/repository); the same name if absent.
+    #[serde(default, rename = "newName")]
+    pub new_name: Option<String>,
+    /// Replacement tag; the original tag if absent.
+    #[serde(default, rename = "newTag")]
+    pub new_tag: Option<String>,
+}
+
+impl ImageOverride {
+    /// The image `image` becomes, if this entry names it.
+    pub fn rewrite(&self, image: &str) -> Option<String> {
+        let (name, tag) = split_image(image);
+        if name != self.name {
+            return None;
+        }
+        let name = self.new_name.as_deref().unwrap_or(name);
+        Some(match (self.new_tag.as_deref(), tag) {
+            (Some(t), _) => format!("{name}:{t}"),
+            (None, Some(t)) => format!("{name}{t}"),
+            (None, None) => name.to_owned(),
+        })
+    }
+}
+
+/// `registry/repo` and its `:tag` / `@digest` suffix (with the separator), if any. A colon
+/// before the last slash belongs to a registry port.
+fn split_image(image: &str) -> (&str, Option<&str>) {
+    if let Some(at) = image.find('@') {
+        return (&image[..at], Some(&image[at..]));
+    }
+    let slash = image.rfind('/').map_or(0, |i| i + 1);
+    match image[slash..].rfind(':') {
+        Some(c) => (&image[..slash + c], Some(&image[slash + c..])),
+        None => (image, None),
+    }
+}
+
+/// Applies `images` to every container and init container of a pod or pod template in `obj`.
+fn rewrite_images(obj: &mut DynamicObject, images: &[ImageOverride]) {
+    fn pod_specs(v: &mut serde_json::Value) -> Vec<&mut serde_json::Value> {
+        // Pod: spec; Deployment and friends: spec.template.spec; CronJob: one level deeper.
+        let Some(spec) = v.get_mut("spec") else {
+            return Vec::new();
+        };
+        if spec.get("containers").is_some() {
+            return vec![spec];
+        }
+        let key = if spec.get("template").is_some() {
+            "template"
+        } else {
+            "jobTemplate"
+        };
+        spec.get_mut(key).map(pod_specs).unwrap_or_default()
+    }
+    for spec in pod_specs(&mut obj.data) {
+        for list in ["initContainers", "containers"] {
+            let Some(cs) = spec.get_mut(list).and_then(|c| c.as_array_mut()) else {
+                continue;
+            };
+            for c in cs {
+                let Some(image) = c.get("image").and_then(|i| i.as_str()) else {
+                    continue;
+                };
+                if let Some(new) = images.iter().find_map(|o| o.rewrite(image)) {
+                    c["image"] = serde_json::Value::String(new);
+                }
+            }
+        }
+    }
+}
+
+fn read_kustomization(dir: &Path) -> Result<Kustomization, AddonError> {
+    let path = dir.join("kustomization.yaml");
+    let text = read(&path)?;
+    serde_yaml_ng::from_str(&text).map_err(|e| AddonError::Parse {
+        path: path.clone(),
+        message: e.to_string(),
+    })
 }
 
 /// Lists the manifest files of a kustomize base in order, following nested bases.
 pub fn kustomization_files(dir: &Path) -> Result<Vec<PathBuf>, AddonError> {
-    let path = dir.join("kustomization.yaml");
-    let text = read(&path)?;
-    let k: Kustomization = serde_yaml_ng::from_str(&text).map_err(|e| AddonError::Parse {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
+    let k = read_kustomization(dir)?;
     let mut files = Vec::new();
     for r in k.resources {
         let p = dir.join(&r);
@@ -161,6 +244,30 @@ pub fn kustomization_files(dir: &Path) -> Result<Vec<PathBuf>, AddonError> {
         }
     }
     Ok(files)
+}
+
+/// Every object of a kustomize base in order, each with the file it came from, after the
+/// `images:` of its own kustomization and of every kustomization above it (as `kubectl apply
+/// -k` renders them).
+pub fn kustomization_objects(dir: &Path) -> Result<Vec<(PathBuf, DynamicObject)>, AddonError> {
+    let k = read_kustomization(dir)?;
+    let mut objects = Vec::new();
+    for r in &k.resources {
+        let p = dir.join(r);
+        if p.is_dir() {
+            objects.extend(kustomization_objects(&p)?);
+        } else {
+            for o in parse_objects(&p)? {
+                objects.push((p.clone(), o));
+            }
+        }
+    }
+    if !k.images.is_empty() {
+        for (_, o) in &mut objects {
+            rewrite_images(o, &k.images);
+        }
+    }
+    Ok(objects)
 }
 
 /// Parses a multi-document YAML file into Kubernetes objects (empty documents skipped).
@@ -188,26 +295,26 @@ pub fn parse_objects(path: &Path) -> Result<Vec<DynamicObject>, AddonError> {
 /// Server-side applies every object of a kustomize base (e.g. `manifests/`), in the order the
 /// base lists them.
 pub async fn apply_kustomization(client: &Client, dir: &Path) -> Result<Vec<Applied>, AddonError> {
-    let mut applied = Vec::new();
-    let mut kinds = HashMap::new();
-    for file in kustomization_files(dir)? {
-        applied.extend(apply_file_with(client, &file, &mut kinds).await?);
-    }
-    Ok(applied)
+    apply_objects(client, kustomization_objects(dir)?).await
 }
 
 /// Server-side applies every object in one YAML file.
 pub async fn apply_file(client: &Client, path: &Path) -> Result<Vec<Applied>, AddonError> {
-    apply_file_with(client, path, &mut HashMap::new()).await
+    let objects = parse_objects(path)?
+        .into_iter()
+        .map(|o| (path.to_owned(), o))
+        .collect();
+    apply_objects(client, objects).await
 }
 
-async fn apply_file_with(
+async fn apply_objects(
     client: &Client,
-    path: &Path,
-    kinds: &mut HashMap<GroupVersionKind, (ApiResource, ApiCapabilities)>,
+    objects: Vec<(PathBuf, DynamicObject)>,
 ) -> Result<Vec<Applied>, AddonError> {
+    let mut kinds: HashMap<GroupVersionKind, (ApiResource, ApiCapabilities)> = HashMap::new();
     let mut applied = Vec::new();
-    for obj in parse_objects(path)? {
+    for (path, obj) in objects {
+        let path = path.as_path();
         let types = obj.types.clone().ok_or_else(|| AddonError::Parse {
             path: path.to_owned(),
             message: format!("object {:?} has no apiVersion/kind", obj.name_any()),
@@ -597,21 +704,38 @@ fn flag_addr(c: &LocalComponent, flag: &str) -> Result<SocketAddr, AddonError> {
         .map_err(|e| AddonError::Manifest(format!("{} {flag}: {e}", c.binary)))
 }
 
-/// A typed object (Deployment, Service, ...) named `name` from the manifest files of a base.
+/// A typed object (Deployment, Service, ...) named `name` from a base, as rendered (its
+/// `images:` applied).
 pub fn manifest_object<K: serde::de::DeserializeOwned + kube::Resource>(
     dir: &Path,
     kind: &str,
     name: &str,
 ) -> Result<K, AddonError> {
-    for file in kustomization_files(dir)? {
-        if let Some(k) = file_object(&file, kind, name)? {
-            return Ok(k);
+    for (path, obj) in kustomization_objects(dir)? {
+        if obj.types.as_ref().is_some_and(|t| t.kind == kind) && obj.name_any() == name {
+            return typed(&path, obj, kind, name);
         }
     }
     Err(AddonError::Manifest(format!(
         "no {kind} {name} in {}",
         dir.display()
     )))
+}
+
+fn typed<K: serde::de::DeserializeOwned>(
+    path: &Path,
+    obj: DynamicObject,
+    kind: &str,
+    name: &str,
+) -> Result<K, AddonError> {
+    let value = serde_json::to_value(&obj).map_err(|e| AddonError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    serde_json::from_value(value).map_err(|e| AddonError::Parse {
+        path: path.to_owned(),
+        message: format!("{kind} {name}: {e}"),
+    })
 }
 
 /// A typed object of `kind` named `name` from one YAML file, if present.
@@ -623,16 +747,7 @@ pub fn file_object<K: serde::de::DeserializeOwned>(
     for obj in parse_objects(path)? {
         let is_kind = obj.types.as_ref().is_some_and(|t| t.kind == kind);
         if is_kind && obj.name_any() == name {
-            let value = serde_json::to_value(&obj).map_err(|e| AddonError::Parse {
-                path: path.to_owned(),
-                message: e.to_string(),
-            })?;
-            return serde_json::from_value(value)
-                .map(Some)
-                .map_err(|e| AddonError::Parse {
-                    path: path.to_owned(),
-                    message: format!("{kind} {name}: {e}"),
-                });
+            return typed(path, obj, kind, name).map(Some);
         }
     }
     Ok(None)

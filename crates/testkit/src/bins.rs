@@ -1,9 +1,13 @@
 //! Finding the binaries the test kit runs.
 //!
-//! - Control plane (etcd, kube-apiserver, kube-controller-manager): `$ZEROSCALE_K8S_BIN` if set,
-//!   else `$ZEROSCALE_CACHE/k8s-<version>-etcd-<version>/bin` with `ZEROSCALE_CACHE` defaulting to
+//! - etcd and the Kubernetes binaries (kube-apiserver, kube-controller-manager, kube-scheduler,
+//!   kubelet, kube-proxy): `$ZEROSCALE_K8S_BIN` if set, else
+//!   `$ZEROSCALE_CACHE/k8s-<version>-etcd-<version>/bin` with `ZEROSCALE_CACHE` defaulting to
 //!   `~/.cache/zeroscale`: where `scripts/build-control-plane.sh` puts them (keep the versions in
 //!   sync with that script).
+//! - The node's containerd, shim, ctr and CoreDNS: `$ZEROSCALE_NODE_BIN`, else the cache dir of
+//!   `scripts/build-node.sh`; its images: `$ZEROSCALE_IMAGES`, else `<target>/images`
+//!   (`scripts/build-images.sh`).
 //! - Workspace binaries (`sample-model`, `activator`, `autoscaler`, ...): next to the running test
 //!   executable, i.e. `target/<profile>/` (the parent of `deps/` or `examples/`). Build them first
 //!   with `cargo build --workspace --bins`.
@@ -15,23 +19,53 @@ pub const K8S_VERSION: &str = "v1.36.3";
 /// etcd version built by `scripts/build-control-plane.sh`.
 pub const ETCD_VERSION: &str = "v3.6.16";
 
-/// Directory holding etcd, kube-apiserver and kube-controller-manager (not checked).
-pub fn k8s_bin_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("ZEROSCALE_K8S_BIN").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d);
-    }
-    let cache = std::env::var_os("ZEROSCALE_CACHE")
+/// containerd version built by `scripts/build-node.sh`.
+pub const CONTAINERD_VERSION: &str = "v2.4.2";
+/// CoreDNS version built by `scripts/build-node.sh`.
+pub const COREDNS_VERSION: &str = "v1.15.0";
+
+fn env_dir(var: &str) -> Option<PathBuf> {
+    std::env::var_os(var)
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| "/root".into());
-            home.join(".cache/zeroscale")
-        });
-    cache
-        .join(format!("k8s-{K8S_VERSION}-etcd-{ETCD_VERSION}"))
-        .join("bin")
+}
+
+fn cache_dir() -> PathBuf {
+    env_dir("ZEROSCALE_CACHE").unwrap_or_else(|| {
+        let home = env_dir("HOME").unwrap_or_else(|| "/root".into());
+        home.join(".cache/zeroscale")
+    })
+}
+
+/// Directory holding etcd and the Kubernetes binaries (not checked).
+pub fn k8s_bin_dir() -> PathBuf {
+    env_dir("ZEROSCALE_K8S_BIN").unwrap_or_else(|| {
+        cache_dir()
+            .join(format!("k8s-{K8S_VERSION}-etcd-{ETCD_VERSION}"))
+            .join("bin")
+    })
+}
+
+/// Directory holding containerd, its shim, ctr and coredns: `$ZEROSCALE_NODE_BIN`, else where
+/// `scripts/build-node.sh` caches them (not checked).
+pub fn node_bin_dir() -> PathBuf {
+    env_dir("ZEROSCALE_NODE_BIN").unwrap_or_else(|| {
+        cache_dir()
+            .join(format!(
+                "node-containerd-{CONTAINERD_VERSION}-coredns-{COREDNS_VERSION}"
+            ))
+            .join("bin")
+    })
+}
+
+/// Directory of the OCI archives `scripts/build-images.sh` writes: `$ZEROSCALE_IMAGES`, else
+/// `images/` in the cargo target dir of the running executable (not checked).
+pub fn images_dir() -> PathBuf {
+    env_dir("ZEROSCALE_IMAGES").unwrap_or_else(|| {
+        workspace_bin_dir()
+            .and_then(|d| d.parent().map(|t| t.join("images")))
+            .unwrap_or_else(|| PathBuf::from("target/images"))
+    })
 }
 
 /// `target/<profile>/` of the running executable, if it looks like a cargo-built one.

@@ -30,6 +30,7 @@ use kube::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::kubelet::{Kubelet, KubeletConfig};
+use crate::node::{NodeConfig, RealNode};
 use crate::process::{self, OwnedChild};
 
 /// Why a local cluster could not start.
@@ -56,6 +57,14 @@ pub enum ClusterError {
     /// Generating certificates failed.
     #[error(transparent)]
     Certs(#[from] crate::certs::CertError),
+    /// The machine lacks something the real node needs.
+    #[error("the real node needs {what}: {fix}")]
+    NodeMissing {
+        /// What is missing.
+        what: String,
+        /// How to get it.
+        fix: String,
+    },
     /// A component exited or did not become ready.
     #[error("{component} did not start: {reason}\n--- last lines of {log} ---\n{tail}")]
     Start {
@@ -89,8 +98,11 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClusterError {
 /// How to start a [`LocalCluster`].
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
-    /// Start the process kubelet (default true).
+    /// Start the process kubelet (default true; ignored with `real_node`).
     pub kubelet: bool,
+    /// Start kube-scheduler and a real node ([`crate::node::RealNode`]: containerd, runc, CNI,
+    /// kubelet, kube-proxy, CoreDNS) instead of the process kubelet (default false).
+    pub real_node: bool,
     /// How long to wait for each component (default 90 s: a loaded 2-core machine is slow).
     pub ready_timeout: Duration,
 }
@@ -99,6 +111,7 @@ impl Default for ClusterOptions {
     fn default() -> Self {
         Self {
             kubelet: true,
+            real_node: false,
             ready_timeout: Duration::from_secs(90),
         }
     }
@@ -109,6 +122,8 @@ struct Parts {
     dir: PathBuf,
     keep: bool,
     kubelet: Option<Kubelet>,
+    node: Option<RealNode>,
+    scheduler: Option<OwnedChild>,
     kcm: Option<OwnedChild>,
     apiserver: Option<OwnedChild>,
     etcd: Option<OwnedChild>,
@@ -119,9 +134,17 @@ impl Drop for Parts {
         if let Some(mut k) = self.kubelet.take() {
             k.shutdown();
         }
+        if let Some(mut n) = self.node.take() {
+            n.shutdown();
+        }
         // SIGKILL: all state lives in etcd's data dir, which goes too, so a graceful stop (about
         // a second for the API server) would buy nothing. `stop_apiserver` stays graceful.
-        for c in [&mut self.kcm, &mut self.apiserver, &mut self.etcd] {
+        for c in [
+            &mut self.scheduler,
+            &mut self.kcm,
+            &mut self.apiserver,
+            &mut self.etcd,
+        ] {
             if let Some(mut c) = c.take() {
                 c.kill();
             }
@@ -184,7 +207,11 @@ impl LocalCluster {
     /// Starts a cluster.
     pub async fn start_with(opts: ClusterOptions) -> Result<Self, ClusterError> {
         let bin_dir = crate::bins::k8s_bin_dir();
-        for b in ["etcd", "kube-apiserver", "kube-controller-manager"] {
+        let mut needed = vec!["etcd", "kube-apiserver", "kube-controller-manager"];
+        if opts.real_node {
+            needed.extend(["kube-scheduler", "kubelet", "kube-proxy"]);
+        }
+        for b in needed {
             if !bin_dir.join(b).is_file() {
                 return Err(ClusterError::MissingBinary {
                     binary: b.into(),
@@ -208,6 +235,8 @@ impl LocalCluster {
             dir: dir.clone(),
             keep,
             kubelet: None,
+            node: None,
+            scheduler: None,
             kcm: None,
             apiserver: None,
             etcd: None,
@@ -239,9 +268,8 @@ impl LocalCluster {
         parts.etcd = Some(spawn(&bin_dir, "etcd", &etcd_args, &marker, &dir)?);
 
         let p = |f: &str| pki.join(f).display().to_string();
-        let apiserver_args = vec![
+        let mut apiserver_args = vec![
             format!("--etcd-servers={etcd_url}"),
-            "--bind-address=127.0.0.1".into(),
             format!("--secure-port={port}"),
             format!("--advertise-address={}", crate::netns::HOST_IP),
             format!("--cert-dir={}", pki.display()),
@@ -253,14 +281,21 @@ impl LocalCluster {
             format!("--service-account-key-file={}", p("sa.pub")),
             format!("--service-account-signing-key-file={}", p("sa.key")),
             "--service-cluster-ip-range=10.96.0.0/16".into(),
-            // No master-lease/endpoint bookkeeping for the `kubernetes` Service: nothing in a
-            // test talks to the API server through it.
-            "--endpoint-reconciler-type=none".into(),
             // Fewer moving parts at startup; a single-user test cluster needs no fairness.
             "--enable-priority-and-fairness=false".into(),
             "--profiling=false".into(),
             "--v=1".into(),
         ];
+        if opts.real_node {
+            // Pods reach the API server in-cluster: the `kubernetes` Service (10.96.0.1:443)
+            // points at HOST_IP:<port>, which kube-proxy forwards to.
+            apiserver_args.push("--bind-address=0.0.0.0".into());
+        } else {
+            // Loopback only, and no endpoint bookkeeping for the `kubernetes` Service: nothing
+            // in a process-kubelet test talks to the API server through it.
+            apiserver_args.push("--bind-address=127.0.0.1".into());
+            apiserver_args.push("--endpoint-reconciler-type=none".into());
+        }
         parts.apiserver = Some(spawn(
             &bin_dir,
             "kube-apiserver",
@@ -279,13 +314,25 @@ impl LocalCluster {
         let client = client_from(&kubeconfig).await?;
         wait_apiserver(&client, port, &mut parts, opts.ready_timeout).await?;
 
+        // The root-CA publisher writes `kube-root-ca.crt` into every namespace: the projected
+        // ServiceAccount volume of a real pod needs it. The disruption controller keeps
+        // PodDisruptionBudget status, which evictions check. With a real node, the node
+        // lifecycle controller lifts the `not-ready` taint the kubelet registers with (and
+        // taints the node again if the kubelet stops).
+        let mut controllers = String::from(
+            "deployment-controller,replicaset-controller,endpointslice-controller,\
+             garbage-collector-controller,namespace-controller,serviceaccount-controller,\
+             root-ca-certificate-publisher-controller,disruption-controller",
+        );
+        if opts.real_node {
+            controllers.push_str(",node-lifecycle-controller");
+        }
         let kcm_args = vec![
             format!("--kubeconfig={}", kubeconfig.display()),
             "--leader-elect=false".into(),
             "--secure-port=0".into(),
-            "--controllers=deployment-controller,replicaset-controller,endpointslice-controller,\
-             garbage-collector-controller,namespace-controller,serviceaccount-controller"
-                .into(),
+            format!("--controllers={controllers}"),
+            format!("--root-ca-file={}", p("ca.crt")),
             "--kube-api-qps=200".into(),
             "--kube-api-burst=400".into(),
             "--v=1".into(),
@@ -298,6 +345,36 @@ impl LocalCluster {
             &dir,
         )?);
         wait_default_service_account(&client, &mut parts, opts.ready_timeout).await?;
+        if opts.real_node {
+            let sched_args = vec![
+                format!("--kubeconfig={}", kubeconfig.display()),
+                "--leader-elect=false".into(),
+                "--secure-port=0".into(),
+                "--v=1".into(),
+            ];
+            parts.scheduler = Some(spawn(
+                &bin_dir,
+                "kube-scheduler",
+                &sched_args,
+                &marker,
+                &dir,
+            )?);
+            parts.node = Some(
+                RealNode::start(
+                    &client,
+                    NodeConfig {
+                        dir: dir.clone(),
+                        marker: marker.clone(),
+                        k8s_bin: bin_dir.clone(),
+                        node_bin: crate::bins::node_bin_dir(),
+                        images: crate::node::read_images(&crate::bins::images_dir())?,
+                        kubeconfig: kubeconfig.clone(),
+                        timeout: opts.ready_timeout,
+                    },
+                )
+                .await?,
+            );
+        }
 
         let cluster = Self {
             parts: Mutex::new(parts),
@@ -310,7 +387,7 @@ impl LocalCluster {
             client,
             ready_timeout: opts.ready_timeout,
         };
-        if opts.kubelet {
+        if opts.kubelet && !opts.real_node {
             cluster.start_kubelet().await?;
         }
         Ok(cluster)
@@ -351,7 +428,38 @@ impl LocalCluster {
         &self.marker
     }
 
-    /// Node name of the process kubelet.
+    /// What the real node left behind after the cluster was dropped: call with the values of
+    /// [`Self::node_leak_keys`] taken before the drop. Empty without a real node.
+    pub fn node_leaks(keys: &Option<(PathBuf, String)>) -> Vec<String> {
+        keys.as_ref()
+            .map(|(dir, cgroup)| crate::node::leaks(dir, cgroup))
+            .unwrap_or_default()
+    }
+
+    /// The real node's dir and cgroup name, to check for leaks after the drop.
+    pub fn node_leak_keys(&self) -> Option<(PathBuf, String)> {
+        let parts = self.lock();
+        parts
+            .node
+            .as_ref()
+            .map(|n| (n.dir().to_path_buf(), n.cgroup().to_owned()))
+    }
+
+    /// Whether this cluster runs a real node (not the process kubelet).
+    pub fn has_real_node(&self) -> bool {
+        self.lock().node.is_some()
+    }
+
+    /// When each step of the real node's start finished, since its start.
+    pub fn node_timings(&self) -> Vec<(&'static str, Duration)> {
+        self.lock()
+            .node
+            .as_ref()
+            .map(|n| n.timings.clone())
+            .unwrap_or_default()
+    }
+
+    /// Node name of the process kubelet or the real node.
     pub fn node_name(&self) -> &'static str {
         crate::kubelet::NODE_NAME
     }
@@ -484,9 +592,14 @@ fn start_error(dir: &Path, component: &str, reason: String) -> ClusterError {
 /// If a component has exited, the error naming it.
 fn exited_component(parts: &mut Parts) -> Option<ClusterError> {
     let dir = parts.dir.clone();
-    for c in [&mut parts.etcd, &mut parts.apiserver, &mut parts.kcm]
-        .into_iter()
-        .flatten()
+    for c in [
+        &mut parts.etcd,
+        &mut parts.apiserver,
+        &mut parts.kcm,
+        &mut parts.scheduler,
+    ]
+    .into_iter()
+    .flatten()
     {
         if let Some(status) = c.exited() {
             return Some(start_error(

@@ -5,6 +5,8 @@
 //! - [`http_client`]: a tiny HTTP client for tests.
 //! - [`LocalCluster`] ([`cluster`]): etcd, kube-apiserver and kube-controller-manager built from
 //!   source (`scripts/build-control-plane.sh`), plus the process [`kubelet`].
+//! - [`node`]: a real node (containerd, runc, CNI, kubelet, kube-proxy, CoreDNS) for
+//!   [`LocalCluster`] with `real_node`.
 //! - [`netns`]: run a test binary inside a private network namespace (pods get 10.244.x.y).
 //! - [`bins`]: where the control-plane and workspace binaries are.
 //! - [`process`]: owned child processes and the leak check.
@@ -16,6 +18,7 @@ pub mod cluster;
 pub mod http_client;
 pub mod kubelet;
 pub mod netns;
+pub mod node;
 pub mod process;
 pub mod sample_model;
 

@@ -4,7 +4,8 @@
 //! loopback interface of a private network namespace, where traffic cannot leave the machine.
 //! [`ensure_private_netns`] is called first in each e2e binary's `main` (and in the
 //! `zeroscale-cluster` binary and the `cluster_timing` example): outside the namespace it re-runs
-//! the same executable with the same arguments under `unshare --net` and exits with its status.
+//! the same executable with the same arguments under `unshare --net --mount` and exits with its
+//! status.
 
 use std::os::unix::fs::MetadataExt as _;
 use std::os::unix::process::ExitStatusExt as _;
@@ -43,8 +44,11 @@ pub fn ensure_private_netns() {
     let mut cmd = tokio::process::Command::new("setpriv");
     // If we die, the namespaced copy dies with us.
     cmd.args(["--pdeathsig", "KILL", "--", "unshare"]);
-    // Unprivileged: a user namespace maps us to root so we may configure the network.
-    cmd.arg(if root { "--net" } else { "-rn" });
+    // Unprivileged: a user namespace maps us to root so we may configure the network. A private
+    // mount namespace too: the real node's mounts (container root filesystems, pod network
+    // namespaces) stay in it and vanish with it, even if we are killed.
+    cmd.arg(if root { "--net" } else { "-rn" })
+        .args(["--mount", "--propagation", "private"]);
     cmd.arg("--")
         .arg(&exe)
         .args(std::env::args_os().skip(1))

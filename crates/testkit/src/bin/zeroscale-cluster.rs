@@ -1,5 +1,5 @@
-//! `zeroscale-cluster`: starts a LocalCluster with the process kubelet inside a private network
-//! namespace, writes its kubeconfig, prints `ready`, and runs until SIGTERM/SIGINT.
+//! `zeroscale-cluster`: starts a LocalCluster (with the process kubelet, or a real node with
+//! `--real-node`) inside a private network namespace, writes its kubeconfig, prints `ready`, and runs until SIGTERM/SIGINT.
 //!
 //! The cluster lives in a private network namespace: processes that want to reach it (or its
 //! pods) must run inside it, as pods or with `nsenter --net=/proc/<pid>/ns/net <cmd>`, where
@@ -24,6 +24,10 @@ struct Args {
     /// Do not start the process kubelet.
     #[arg(long)]
     no_kubelet: bool,
+    /// Start kube-scheduler and a real node (containerd, runc, CNI, kubelet, kube-proxy,
+    /// CoreDNS) instead of the process kubelet.
+    #[arg(long)]
+    real_node: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,6 +36,7 @@ fn main() -> anyhow::Result<()> {
         kubeconfig_out,
         pid_out,
         no_kubelet,
+        real_node,
     } = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -48,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         let mut int = signal(SignalKind::interrupt())?;
         let cluster = LocalCluster::start_with(ClusterOptions {
             kubelet: !no_kubelet,
+            real_node,
             ..ClusterOptions::default()
         })
         .await?;

@@ -45,6 +45,11 @@ struct Args {
     /// On SIGTERM, how long queued and in-flight requests may take to finish.
     #[arg(long, env = "DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     drain_timeout: Duration,
+    /// On SIGTERM, how long to go on accepting new connections with readiness off, before the
+    /// drain: the time Service routing (kube-proxy, load balancers) takes to stop sending new
+    /// connections here. Without it, a connection that arrives in that window is refused.
+    #[arg(long, env = "SHUTDOWN_DELAY", default_value = "5s", value_parser = parse_duration)]
+    shutdown_delay: Duration,
     /// A client must send its request head within this, once its first byte arrived.
     #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     header_read_timeout: Duration,
@@ -83,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
         watch_namespaces,
         kubeconfig,
         drain_timeout,
+        shutdown_delay,
         header_read_timeout,
         keep_alive_timeout,
         max_header_bytes,
@@ -167,8 +173,13 @@ async fn main() -> anyhow::Result<()> {
             .context("starting the proxy workers")?;
     tracing::info!(workers, "proxy workers started");
     shutdown_signal().await;
-    tracing::info!("shutting down: not ready, no new connections");
+    tracing::info!(
+        ?shutdown_delay,
+        "shutting down: not ready; accepting until routing has moved away"
+    );
     ready.store(false, Ordering::SeqCst);
+    tokio::time::sleep(shutdown_delay).await;
+    tracing::info!("no new connections; draining");
     stop.cancel();
     if proxy_workers.wait().await {
         tracing::info!("drained; exiting");

@@ -221,7 +221,10 @@ async fn forward<K, S>(
     }
 }
 
-/// Activator metrics URLs from the EndpointSlices of the activator Service (ready endpoints).
+/// Activator metrics URLs from the EndpointSlices of the activator Service: ready endpoints,
+/// and terminating ones (not ready: an activator turns its readiness off on SIGTERM), which
+/// still hold queued and in-flight requests while they drain. Leaving those out would read
+/// their requests as gone and could scale a busy model down during a rollout.
 pub fn activator_urls(slices: &[Arc<EndpointSlice>], port: &str) -> Vec<String> {
     let mut urls = Vec::new();
     for slice in slices {
@@ -233,7 +236,10 @@ pub fn activator_urls(slices: &[Arc<EndpointSlice>], port: &str) -> Vec<String> 
         let number = number.or_else(|| port.parse::<i32>().ok());
         let Some(number) = number else { continue };
         for ep in slice.endpoints.iter().flatten() {
-            if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+            let c = ep.conditions.as_ref();
+            let ready = c.and_then(|c| c.ready) != Some(false);
+            let terminating = c.and_then(|c| c.terminating) == Some(true);
+            if !ready && !terminating {
                 continue;
             }
             for addr in &ep.addresses {
@@ -305,7 +311,10 @@ async fn ready_addresses(
     let mut out = Vec::new();
     for slice in api.list(&lp).await?.items {
         for ep in slice.endpoints.into_iter().flatten() {
-            if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+            let c = ep.conditions.as_ref();
+            let ready = c.and_then(|c| c.ready) != Some(false);
+            let terminating = c.and_then(|c| c.terminating) == Some(true);
+            if !ready && !terminating {
                 continue;
             }
             out.extend(ep.addresses);
@@ -1088,5 +1097,24 @@ mod tests {
             ]
         );
         assert!(activator_urls(&slices[..1], "nope").is_empty());
+    }
+
+    #[test]
+    fn a_terminating_activator_is_still_scraped_while_it_drains() {
+        let mut s = (*slice(
+            &[("10.88.0.2", Some(false)), ("10.88.0.3", Some(false))],
+            &[("metrics", 9090)],
+        ))
+        .clone();
+        // .2 is draining (SIGTERM: readiness off); .3 is starting and not ready yet.
+        s.endpoints.as_mut().unwrap()[0].conditions = Some(EndpointConditions {
+            ready: Some(false),
+            serving: Some(false),
+            terminating: Some(true),
+        });
+        assert_eq!(
+            activator_urls(&[Arc::new(s)], "metrics"),
+            vec!["http://10.88.0.2:9090/metrics"]
+        );
     }
 }

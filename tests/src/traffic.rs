@@ -166,6 +166,7 @@ impl LocalAddon {
                     format!("--autoscaler-url=http://{as_api}"),
                     format!("--pod-name=activator-{i}"),
                     "--drain-timeout=5s".into(),
+                    "--shutdown-delay=0s".into(),
                 ],
                 "info,kube=warn,zeroscale_activator=debug",
             )?;

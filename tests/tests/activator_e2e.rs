@@ -158,6 +158,7 @@ async fn request_at_zero_wakes_the_model_and_it_returns_to_zero(ctx: Ctx) -> any
             format!("--admin-listen={admin}"),
             format!("--autoscaler-url=http://{as_api}"),
             "--drain-timeout=5s".into(),
+            "--shutdown-delay=0s".into(),
         ],
     )?;
     let autoscaler = Proc::spawn(

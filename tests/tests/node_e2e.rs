@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt as _};
-use zeroscale_e2e::{Ctx, eventually, pod_ready, test};
+use zeroscale_e2e::{Ctx, eventually, pod_ready, test, traffic};
 use zeroscale_testkit::addon::{self, ACTIVATOR, ADDON_NAMESPACE, AUTOSCALER, manifests_dir};
 use zeroscale_testkit::http_client;
 
@@ -25,6 +26,18 @@ fn main() -> std::process::ExitCode {
         test(
             "the_example_model_wakes_through_the_activator_service",
             the_example_model_wakes_through_the_activator_service,
+        ),
+        test(
+            "a_rolling_restart_of_the_activator_under_load_loses_no_request",
+            a_rolling_restart_of_the_activator_under_load_loses_no_request,
+        ),
+        test(
+            "a_crashed_model_container_is_restarted_and_no_request_is_lost",
+            a_crashed_model_container_is_restarted_and_no_request_is_lost,
+        ),
+        test(
+            "the_standby_autoscaler_takes_over_a_scale_up_when_the_leader_dies",
+            the_standby_autoscaler_takes_over_a_scale_up_when_the_leader_dies,
         ),
     ])
 }
@@ -236,19 +249,29 @@ async fn predict(activator: SocketAddr, model: &str) -> anyhow::Result<(u16, Dur
     Ok((r.status.as_u16(), t.elapsed()))
 }
 
-async fn the_example_model_wakes_through_the_activator_service(ctx: Ctx) -> anyhow::Result<()> {
-    let client = ctx.client().await?;
-    install(&client).await?;
-    let examples = manifests_dir().join("examples");
-    addon::apply_kustomization(&client, &examples).await?;
-    // The example's timings are for people (a 5 s load, a 60 s grace period); a test wants them
-    // short. Everything else (image, probe, annotations) is as written.
+/// Applies `manifests/examples/` (the `sentiment` model in namespace `models`), then patches
+/// what a test needs different: the example's timings are for people (a 5 s load, a 60 s grace
+/// period). Everything else (image, probe, the other annotations) is as written.
+async fn deploy_example(
+    client: &Client,
+    annotations: serde_json::Value,
+    service_time: &str,
+) -> anyhow::Result<()> {
+    addon::apply_kustomization(client, &manifests_dir().join("examples")).await?;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "models");
+    let mut a = serde_json::json!({"zeroscale.dev/scale-to-zero-grace-period": "4s"});
+    if let (Some(a), Some(extra)) = (a.as_object_mut(), annotations.as_object()) {
+        a.extend(extra.clone());
+    }
     let patch = serde_json::json!({
-        "metadata": {"annotations": {"zeroscale.dev/scale-to-zero-grace-period": "4s"}},
+        "metadata": {"annotations": a},
         "spec": {"template": {"spec": {"containers": [{
             "name": "model",
-            "args": ["--model-name=sentiment", "--load-delay=0s", "--service-time=10ms"],
+            "args": [
+                "--model-name=sentiment",
+                "--load-delay=0s",
+                format!("--service-time={service_time}"),
+            ],
         }]}}},
     });
     deployments
@@ -258,11 +281,50 @@ async fn the_example_model_wakes_through_the_activator_service(ctx: Ctx) -> anyh
             &Patch::Strategic(&patch),
         )
         .await?;
+    Ok(())
+}
+
+/// Removes the example model and waits until its namespace is gone, so the next test starts
+/// from a fresh one.
+async fn remove_example(client: &Client) -> anyhow::Result<()> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let _ = namespaces.delete("models", &Default::default()).await;
+    eventually(
+        "namespace models deleted",
+        Duration::from_secs(120),
+        || async { Ok(namespaces.get_opt("models").await?.is_none().then_some(())) },
+    )
+    .await
+}
+
+fn ensure_all_answered(outcomes: &[traffic::Outcome], what: &str) -> anyhow::Result<()> {
+    let summary = traffic::Summary::of(outcomes);
+    eprintln!(
+        "{what}: {} sent, by status {:?}, p50/p99/max {:?}",
+        summary.sent, summary.by_status, summary.latency
+    );
+    ensure!(summary.sent > 0, "{what}: nothing was sent");
+    ensure!(
+        summary.ok() == summary.sent,
+        "{what}: {} of {} not answered 200 ({:?}):\n{}",
+        summary.sent - summary.ok(),
+        summary.sent,
+        summary.failure_kinds(),
+        summary.failure_lines(20)
+    );
+    Ok(())
+}
+
+async fn the_example_model_wakes_through_the_activator_service(ctx: Ctx) -> anyhow::Result<()> {
+    let client = ctx.client().await?;
+    install(&client).await?;
+    deploy_example(&client, serde_json::json!({}), "10ms").await?;
     ensure!(
         replicas(&client, "models", "sentiment").await? == 0,
         "the example does not start at 0"
     );
     let activator = cluster_ip(&client, ADDON_NAMESPACE, ACTIVATOR, "http").await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "models");
     for round in 1..=2 {
         let (status, took) = predict(activator, "sentiment").await?;
         ensure!(status == 200, "round {round}: status {status}");
@@ -273,20 +335,217 @@ async fn the_example_model_wakes_through_the_activator_service(ctx: Ctx) -> anyh
             || async { Ok((replicas(&client, "models", "sentiment").await? == 0).then_some(())) },
         )
         .await?;
-        let pods: Api<Pod> = Api::namespaced(client.clone(), "models");
         eventually(
             &format!("round {round}: the model's pods gone"),
             Duration::from_secs(60),
             || async {
-                Ok(pods
-                    .list(&ListParams::default())
-                    .await?
-                    .items
-                    .is_empty()
-                    .then_some(()))
+                let list = pods.list(&ListParams::default()).await?;
+                Ok(list.items.is_empty().then_some(()))
             },
         )
         .await?;
     }
-    Ok(())
+    remove_example(&client).await
+}
+
+/// Steady load (10 clients x 5 req/s = 50 req/s) through the activator Service, for at most
+/// `secs`.
+fn steady_load(activator: SocketAddr, secs: u64) -> traffic::SteadyLoad {
+    traffic::SteadyLoad::start(
+        vec![activator],
+        10,
+        5.0,
+        "/v1/models/sentiment:predict".into(),
+        serde_json::json!({"instances": [[1.0, 2.0]]}),
+        Duration::from_secs(secs),
+    )
+}
+
+async fn a_rolling_restart_of_the_activator_under_load_loses_no_request(
+    ctx: Ctx,
+) -> anyhow::Result<()> {
+    let client = ctx.client().await?;
+    install(&client).await?;
+    deploy_example(
+        &client,
+        serde_json::json!({"zeroscale.dev/min-scale": "1"}),
+        "10ms",
+    )
+    .await?;
+    wait_deployment_ready(&client, "models", "sentiment", 1, Duration::from_secs(60)).await?;
+    let activator = cluster_ip(&client, ADDON_NAMESPACE, ACTIVATOR, "http").await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ADDON_NAMESPACE);
+    let lp = ListParams::default().labels("app.kubernetes.io/name=zeroscale-activator");
+    let before: Vec<String> = pods
+        .list(&lp)
+        .await?
+        .items
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    let load = steady_load(activator, 90);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // What `kubectl rollout restart` does.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ADDON_NAMESPACE);
+    let restart = serde_json::json!({"spec": {"template": {"metadata": {"annotations": {
+        "kubectl.kubernetes.io/restartedAt": format!("{:?}", std::time::SystemTime::now()),
+    }}}}});
+    deployments
+        .patch(
+            ACTIVATOR,
+            &PatchParams::default(),
+            &Patch::Strategic(&restart),
+        )
+        .await?;
+    let t = Instant::now();
+    eventually(
+        "the activator rollout to finish",
+        Duration::from_secs(120),
+        || async {
+            let list = pods.list(&lp).await?;
+            let old_left = list.items.iter().any(|p| before.contains(&p.name_any()));
+            let fresh_ready = list.items.iter().filter(|p| pod_ready(p)).count();
+            Ok((!old_left && fresh_ready == 2).then_some(()))
+        },
+    )
+    .await?;
+    eprintln!("activator rollout finished in {:?}", t.elapsed());
+    // Some load on the new pods too.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let outcomes = load.stop().await?;
+    ensure_all_answered(&outcomes, "rolling restart")?;
+    remove_example(&client).await
+}
+
+fn first_container_id(p: &Pod) -> Option<String> {
+    let c = p.status.as_ref()?.container_statuses.as_ref()?.first()?;
+    let id = c.container_id.as_deref()?;
+    Some(id.trim_start_matches("containerd://").to_owned())
+}
+
+fn first_restart_count(p: &Pod) -> i32 {
+    p.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .map_or(0, |c| c.restart_count)
+}
+
+async fn a_crashed_model_container_is_restarted_and_no_request_is_lost(
+    ctx: Ctx,
+) -> anyhow::Result<()> {
+    let cluster = ctx.cluster().await?;
+    let client = cluster.client();
+    install(&client).await?;
+    deploy_example(
+        &client,
+        serde_json::json!({"zeroscale.dev/min-scale": "1"}),
+        "10ms",
+    )
+    .await?;
+    wait_deployment_ready(&client, "models", "sentiment", 1, Duration::from_secs(60)).await?;
+    let activator = cluster_ip(&client, ADDON_NAMESPACE, ACTIVATOR, "http").await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "models");
+    let pod = pods
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .next()
+        .context("no model pod")?;
+    let name = pod.name_any();
+    let id = first_container_id(&pod).context("no container id")?;
+    let cgroup = cluster.node_leak_keys().context("no real node")?.1;
+    let cgroup_root = Path::new("/sys/fs/cgroup/pids").join(cgroup);
+    let load = steady_load(activator, 90);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pid = container_pid(&cgroup_root, &id).context("the model container's process")?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid)?),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    let t = Instant::now();
+    // The kubelet restarts it; its endpoint leaves and comes back.
+    let restarts = eventually(
+        "the model container restarted and Ready",
+        Duration::from_secs(60),
+        || async {
+            let p = pods.get(&name).await?;
+            let n = first_restart_count(&p);
+            Ok((n >= 1 && pod_ready(&p)).then_some(n))
+        },
+    )
+    .await?;
+    eprintln!(
+        "model container restarted and Ready after {:?}",
+        t.elapsed()
+    );
+    ensure!(restarts == 1, "restart count {restarts}, want 1");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let outcomes = load.stop().await?;
+    ensure_all_answered(&outcomes, "model container crash")?;
+    remove_example(&client).await
+}
+
+async fn lease_holder(client: &Client) -> anyhow::Result<Option<String>> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), ADDON_NAMESPACE);
+    Ok(leases
+        .get_opt(AUTOSCALER)
+        .await?
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+        .filter(|h| !h.is_empty()))
+}
+
+async fn the_standby_autoscaler_takes_over_a_scale_up_when_the_leader_dies(
+    ctx: Ctx,
+) -> anyhow::Result<()> {
+    let client = ctx.client().await?;
+    install(&client).await?;
+    // 10 clients with 400 ms requests keep about 8 in flight; at a target of 3 per pod that is a
+    // scale-up to the example's max-scale (5), which the leader makes as the window fills.
+    deploy_example(
+        &client,
+        serde_json::json!({"zeroscale.dev/min-scale": "1"}),
+        "400ms",
+    )
+    .await?;
+    wait_deployment_ready(&client, "models", "sentiment", 1, Duration::from_secs(60)).await?;
+    let activator = cluster_ip(&client, ADDON_NAMESPACE, ACTIVATOR, "http").await?;
+    let leader = eventually("a Lease holder", Duration::from_secs(30), || {
+        lease_holder(&client)
+    })
+    .await?;
+    let watch = traffic::ReplicaWatch::start(&client, "models", "sentiment");
+    let load = steady_load(activator, 120);
+    eventually("the scale-up to start", Duration::from_secs(30), || async {
+        Ok((replicas(&client, "models", "sentiment").await? > 1).then_some(()))
+    })
+    .await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ADDON_NAMESPACE);
+    pods.delete(&leader, &Default::default()).await?;
+    let t = Instant::now();
+    let next = eventually("another Lease holder", Duration::from_secs(30), || async {
+        Ok(lease_holder(&client).await?.filter(|h| *h != leader))
+    })
+    .await?;
+    let took = t.elapsed();
+    eprintln!("leader {leader} deleted; {next} holds the Lease after {took:?}");
+    // Within the lease duration (the manifests' default, 15 s) and a renew period of slack.
+    ensure!(took <= Duration::from_secs(17), "takeover took {took:?}");
+    eventually(
+        "the scale-up to reach max-scale (5)",
+        Duration::from_secs(60),
+        || async { Ok((replicas(&client, "models", "sentiment").await? == 5).then_some(())) },
+    )
+    .await?;
+    let outcomes = load.stop().await?;
+    let points = watch.stop().await?;
+    let line = traffic::timeline(&points);
+    eprintln!("replicas (spec/ready): {line}");
+    for w in points.windows(2) {
+        ensure!(w[1].spec >= w[0].spec, "a scale-down under load: {line}");
+    }
+    ensure_all_answered(&outcomes, "leader failover")?;
+    remove_example(&client).await
 }

@@ -1,7 +1,8 @@
-//! The one-command demo (`./scripts/demo.sh`, binary `zeroscale-demo`): a real local control
-//! plane, the add-on installed from `manifests/` and run under its ServiceAccounts, the example
-//! model (`manifests/examples/model.yaml`) at 0 replicas, and a scenario played through the
-//! activator while a live line per second shows what happens:
+//! The one-command demo (`./scripts/demo.sh`, binary `zeroscale-demo`): a real local cluster
+//! with a real node, the add-on installed from `manifests/` and running as pods from the images
+//! the project builds (2 activators, 2 leader-elected autoscalers), the example model
+//! (`manifests/examples/`) at 0 replicas, and a scenario played through the
+//! `zeroscale-activator` Service while a live line per second shows what happens:
 //!
 //! 1. **cold start**: one request at 0 replicas; it waits in the activator until a pod has
 //!    loaded the model;
@@ -27,7 +28,7 @@ use kube::{Api, Client};
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use zeroscale_testkit::LocalCluster;
-use zeroscale_testkit::addon::{self, AddonOptions};
+use zeroscale_testkit::addon;
 use zeroscale_testkit::http_client;
 
 /// `println!` unless quiet (the e2e test runs the scenario without the live view).
@@ -311,6 +312,15 @@ async fn metrics(addr: SocketAddr) -> String {
     }
 }
 
+/// Metrics addresses (port 9090, as the manifests name it `metrics`) of the Ready pods of an
+/// add-on Deployment.
+async fn addon_pods(client: &Client, name: &str) -> Vec<SocketAddr> {
+    let selector = format!("app.kubernetes.io/name={name}");
+    crate::ready_pod_addrs(client, addon::ADDON_NAMESPACE, &selector, 9090)
+        .await
+        .unwrap_or_default()
+}
+
 /// What the monitor saw, for the summary.
 #[derive(Default)]
 struct Seen {
@@ -323,8 +333,6 @@ struct Seen {
 /// Prints one line per second and every new scale Event until `stop` is set.
 struct Monitor {
     client: Client,
-    activator: SocketAddr,
-    autoscaler: SocketAddr,
     started: Instant,
     phase: Arc<Mutex<&'static str>>,
     traffic: Arc<Traffic>,
@@ -364,11 +372,18 @@ impl Monitor {
                 ),
                 Err(_) => (-1, -1),
             };
-            let act = metrics(self.activator).await;
-            let auto = metrics(self.autoscaler).await;
-            let in_flight = series(&act, "zeroscale_activator_requests_in_flight").unwrap_or(0.0);
-            let queued = series(&act, "zeroscale_activator_requests_queued").unwrap_or(0.0);
-            let panic = series(&auto, "zeroscale_autoscaler_panic_mode").unwrap_or(0.0) > 0.0;
+            // Every add-on pod, scraped directly: in-flight and queued summed over the
+            // activators, panic as the leader (or any autoscaler) reports it.
+            let (mut in_flight, mut queued, mut panic) = (0.0, 0.0, false);
+            for addr in addon_pods(&self.client, addon::ACTIVATOR).await {
+                let act = metrics(addr).await;
+                in_flight += series(&act, "zeroscale_activator_requests_in_flight").unwrap_or(0.0);
+                queued += series(&act, "zeroscale_activator_requests_queued").unwrap_or(0.0);
+            }
+            for addr in addon_pods(&self.client, addon::AUTOSCALER).await {
+                let auto = metrics(addr).await;
+                panic |= series(&auto, "zeroscale_autoscaler_panic_mode").unwrap_or(0.0) > 0.0;
+            }
             let done = self.traffic.done.load(Ordering::Relaxed);
             let rps = (done - last_done) as f64 / last_tick.elapsed().as_secs_f64();
             last_done = done;
@@ -424,45 +439,16 @@ impl Monitor {
 /// Runs the whole demo on an already started cluster: installs and starts the add-on, deploys
 /// the example model, plays the scenario. The caller owns the cluster (and stops it).
 pub async fn run(cluster: &LocalCluster, opts: &DemoOptions) -> anyhow::Result<Summary> {
+    if !cluster.has_real_node() {
+        bail!("the demo runs the add-on as pods: start the cluster with a real node");
+    }
     let began = Instant::now();
     let client = cluster.client();
     let manifests = addon::manifests_dir();
 
     say!(
         opts.quiet,
-        "==> deploying the example model (manifests/examples/model.yaml) at 0 replicas"
-    );
-    let example = manifests.join("examples/model.yaml");
-    addon::apply_file(&client, &example)
-        .await
-        .context("applying the example model")?;
-    // The example waits 60s before going back to zero; a demo should not.
-    let patch = json!({"metadata": {"annotations": {
-        "zeroscale.dev/scale-to-zero-grace-period": opts.grace_period,
-    }}});
-    Api::<Deployment>::namespaced(client.clone(), MODEL_NAMESPACE)
-        .patch(MODEL, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
-    let d = Api::<Deployment>::namespaced(client.clone(), MODEL_NAMESPACE)
-        .get(MODEL)
-        .await?;
-    let args = d
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .and_then(|p| p.containers.first())
-        .and_then(|c| c.args.clone())
-        .unwrap_or_default();
-    say!(
-        opts.quiet,
-        "    {MODEL_NAMESPACE}/{MODEL}: sample-model {} (grace period shortened to {})",
-        args.join(" "),
-        opts.grace_period
-    );
-
-    say!(
-        opts.quiet,
-        "==> installing the add-on from manifests/ and running it under its ServiceAccounts"
+        "==> installing the add-on: server-side apply of manifests/ (kubectl apply -k manifests/)"
     );
     let mut config = BTreeMap::new();
     for (k, v) in [
@@ -482,20 +468,50 @@ pub async fn run(cluster: &LocalCluster, opts: &DemoOptions) -> anyhow::Result<S
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let addon_opts = AddonOptions {
-        config,
-        rust_log: Some("info,kube=warn".into()),
-        ..Default::default()
-    };
-    let mut running = addon::start_addon(cluster, &addon_opts).await?;
+    let t = Instant::now();
+    crate::install_addon(&client, &config)
+        .await
+        .context("installing the add-on")?;
+    let activator =
+        crate::cluster_ip(&client, addon::ADDON_NAMESPACE, addon::ACTIVATOR, "http").await?;
     say!(
         opts.quiet,
-        "    activator {} (metrics {}), autoscaler {} (metrics {}); logs in {}",
-        running.activator_addr,
-        running.activator_metrics_addr,
-        running.autoscaler_api_addr,
-        running.autoscaler_metrics_addr,
-        cluster.dir().join("logs").display()
+        "    2 activator and 2 autoscaler pods Ready in {:.1}s (images built from the Dockerfile); \
+         traffic goes to the zeroscale-activator Service at {activator}",
+        t.elapsed().as_secs_f64()
+    );
+
+    say!(
+        opts.quiet,
+        "==> deploying the example model (kubectl apply -k manifests/examples/) at 0 replicas"
+    );
+    addon::apply_kustomization(&client, &manifests.join("examples"))
+        .await
+        .context("applying the example model")?;
+    // The example waits 60s before going back to zero; a demo should not.
+    let patch = json!({"metadata": {"annotations": {
+        "zeroscale.dev/scale-to-zero-grace-period": opts.grace_period,
+    }}});
+    Api::<Deployment>::namespaced(client.clone(), MODEL_NAMESPACE)
+        .patch(MODEL, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    let d = Api::<Deployment>::namespaced(client.clone(), MODEL_NAMESPACE)
+        .get(MODEL)
+        .await?;
+    let container = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|p| p.containers.first());
+    say!(
+        opts.quiet,
+        "    {MODEL_NAMESPACE}/{MODEL}: image {} args {} (grace period shortened to {})",
+        container.and_then(|c| c.image.clone()).unwrap_or_default(),
+        container
+            .and_then(|c| c.args.clone())
+            .unwrap_or_default()
+            .join(" "),
+        opts.grace_period
     );
 
     let traffic = Arc::new(Traffic::default());
@@ -509,8 +525,6 @@ pub async fn run(cluster: &LocalCluster, opts: &DemoOptions) -> anyhow::Result<S
     let monitor = Tasks(vec![tokio::spawn(
         Monitor {
             client: client.clone(),
-            activator: running.activator_metrics_addr,
-            autoscaler: running.autoscaler_metrics_addr,
             started,
             phase: phase.clone(),
             traffic: traffic.clone(),
@@ -519,26 +533,16 @@ pub async fn run(cluster: &LocalCluster, opts: &DemoOptions) -> anyhow::Result<S
         }
         .run(),
     )]);
-    let result = scenario(
-        &client,
-        running.activator_addr,
-        opts,
-        &traffic,
-        &phase,
-        started,
-    )
-    .await;
+    let result = scenario(&client, activator, opts, &traffic, &phase, started).await;
     // One more line so the last change and Events show.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     drop(monitor);
-    let cold_starts = match result {
-        Ok(c) => c,
-        Err(e) => {
-            let exited = running.exited().unwrap_or_default();
-            return Err(e.context(format!("{exited}\n{}", running.logs(30))));
-        }
-    };
-    drop(running);
+    let cold_starts = result.with_context(|| {
+        format!(
+            "the scenario failed; pod logs are under {}",
+            cluster.dir().join("node/pod-logs").display()
+        )
+    })?;
 
     let seen = std::mem::take(&mut *lock(&seen));
     let mut lat = std::mem::take(&mut *lock(&traffic.burst_latencies));

@@ -395,3 +395,92 @@ pub async fn publish_activator_metrics(
         .await?;
     Ok(())
 }
+
+/// Waits until Deployment `ns/name` has exactly `want` Ready pods that are not terminating.
+pub async fn wait_deployment_ready(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    want: usize,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let d: Deployment = Api::namespaced(client.clone(), ns).get(name).await?;
+    let selector = d
+        .spec
+        .and_then(|s| s.selector.match_labels)
+        .context("Deployment without matchLabels")?
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let lp = ListParams::default().labels(&selector);
+    eventually(
+        &format!("{want} Ready pods of {ns}/{name}"),
+        timeout,
+        || async {
+            let list = pods.list(&lp).await?;
+            let ready = list
+                .items
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none() && pod_ready(p))
+                .count();
+            Ok((ready == want).then_some(()))
+        },
+    )
+    .await
+}
+
+/// `clusterIP:port` of Service `ns/name`'s port named `port`.
+pub async fn cluster_ip(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    port: &str,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let s: Service = Api::namespaced(client.clone(), ns).get(name).await?;
+    let spec = s.spec.context("Service without spec")?;
+    let ip = spec.cluster_ip.context("Service without a ClusterIP")?;
+    let port = spec
+        .ports
+        .unwrap_or_default()
+        .into_iter()
+        .find(|p| p.name.as_deref() == Some(port))
+        .with_context(|| format!("Service {ns}/{name} has no port {port}"))?
+        .port;
+    Ok(format!("{ip}:{port}").parse()?)
+}
+
+/// `podIP:port` of every Ready pod matching `selector` in `ns`.
+pub async fn ready_pod_addrs(
+    client: &Client,
+    ns: &str,
+    selector: &str,
+    port: u16,
+) -> anyhow::Result<Vec<std::net::SocketAddr>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let list = pods.list(&ListParams::default().labels(selector)).await?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|p| pod_ready(p))
+        .filter_map(|p| p.status.as_ref()?.pod_ip.as_ref()?.parse().ok())
+        .map(|ip| std::net::SocketAddr::new(ip, port))
+        .collect())
+}
+
+/// Installs the add-on from `manifests/` as a user would (server-side apply of the kustomization,
+/// images as its `images:` say), sets `config` in `zeroscale-config`, and waits until both
+/// activator and both autoscaler pods are Ready. Returns what was applied.
+pub async fn install_addon(
+    client: &Client,
+    config: &std::collections::BTreeMap<String, String>,
+) -> anyhow::Result<Vec<zeroscale_testkit::addon::Applied>> {
+    use zeroscale_testkit::addon::{self, ACTIVATOR, ADDON_NAMESPACE, AUTOSCALER};
+    let applied = addon::apply_kustomization(client, &addon::manifests_dir()).await?;
+    addon::override_config(client, config).await?;
+    for name in [ACTIVATOR, AUTOSCALER] {
+        wait_deployment_ready(client, ADDON_NAMESPACE, name, 2, Duration::from_secs(120)).await?;
+    }
+    Ok(applied)
+}

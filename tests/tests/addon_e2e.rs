@@ -37,10 +37,6 @@ fn main() -> std::process::ExitCode {
             "every_scale_change_leaves_its_own_event",
             every_scale_change_leaves_its_own_event,
         ),
-        test(
-            "demo_scenario_answers_every_request",
-            demo_scenario_answers_every_request,
-        ),
     ])
 }
 
@@ -510,33 +506,6 @@ async fn every_scale_change_leaves_its_own_event(ctx: Ctx) -> anyhow::Result<()>
          Events with the same type, reason, action and object into one series for 6 minutes \
          and keeps the first note, so each scale change needs a distinct action or reason.)",
         run.events
-    );
-    Ok(())
-}
-
-/// (5) The demo's scenario (`scripts/demo.sh`), shortened: two cold starts, a burst that scales
-/// up, back to zero in between, and every request answered 200.
-async fn demo_scenario_answers_every_request(ctx: Ctx) -> anyhow::Result<()> {
-    let cluster = ctx.cluster().await?;
-    let opts = demo::DemoOptions {
-        burst_clients: 8,
-        burst: Duration::from_secs(6),
-        quiet: true,
-        ..Default::default()
-    };
-    let summary = demo::run(&cluster, &opts).await?;
-    let table = summary.table();
-    ensure!(
-        summary.sent > 10 && summary.ok == summary.sent && summary.failures.is_empty(),
-        "requests lost:\n{table}"
-    );
-    ensure!(summary.cold_starts.len() == 2, "{table}");
-    ensure!(summary.max_replicas >= 2, "the burst scaled up:\n{table}");
-    let replicas: Vec<i32> = summary.timeline.iter().map(|(_, r)| *r).collect();
-    let zero_again = replicas.iter().skip(1).position(|&r| r == 0);
-    ensure!(
-        replicas.first() == Some(&0) && zero_again.is_some() && replicas.last() == Some(&1),
-        "0 -> N -> 0 -> 1:\n{table}"
     );
     Ok(())
 }

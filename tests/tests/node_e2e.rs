@@ -10,10 +10,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt as _};
-use zeroscale_e2e::{Ctx, eventually, pod_ready, test, traffic};
+use zeroscale_e2e::{
+    Ctx, cluster_ip, demo, eventually, pod_ready, test, traffic, wait_deployment_ready,
+};
 use zeroscale_testkit::addon::{self, ACTIVATOR, ADDON_NAMESPACE, AUTOSCALER, manifests_dir};
 use zeroscale_testkit::http_client;
 
@@ -39,56 +41,17 @@ fn main() -> std::process::ExitCode {
             "the_standby_autoscaler_takes_over_a_scale_up_when_the_leader_dies",
             the_standby_autoscaler_takes_over_a_scale_up_when_the_leader_dies,
         ),
+        test(
+            "demo_scenario_answers_every_request",
+            demo_scenario_answers_every_request,
+        ),
     ])
 }
 
-/// Installs the add-on (once per cluster: a second call re-applies, which must change nothing)
-/// with the fast test configuration, and waits for every add-on pod to be Ready.
+/// Installs the add-on with the fast test configuration (a second call re-applies, which must
+/// change nothing) and waits for every add-on pod to be Ready.
 async fn install(client: &Client) -> anyhow::Result<Vec<addon::Applied>> {
-    let applied = addon::apply_kustomization(client, &manifests_dir()).await?;
-    addon::override_config(client, &addon::fast_config()).await?;
-    for name in [ACTIVATOR, AUTOSCALER] {
-        wait_deployment_ready(client, ADDON_NAMESPACE, name, 2, Duration::from_secs(120)).await?;
-    }
-    Ok(applied)
-}
-
-async fn wait_deployment_ready(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    want: i32,
-    timeout: Duration,
-) -> anyhow::Result<()> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let selector = {
-        let d = deployments.get(name).await?;
-        let labels = d
-            .spec
-            .and_then(|s| s.selector.match_labels)
-            .context("Deployment without matchLabels")?;
-        labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    let lp = ListParams::default().labels(&selector);
-    eventually(
-        &format!("{want} Ready pods of {ns}/{name}"),
-        timeout,
-        || async {
-            let list = pods.list(&lp).await?;
-            let ready = list
-                .items
-                .iter()
-                .filter(|p| p.metadata.deletion_timestamp.is_none() && pod_ready(p))
-                .count();
-            Ok((ready == usize::try_from(want).unwrap_or(0)).then_some(()))
-        },
-    )
-    .await
+    zeroscale_e2e::install_addon(client, &addon::fast_config()).await
 }
 
 /// The process of container `id` (a CRI container id), found through the node's cgroups.
@@ -211,25 +174,6 @@ async fn the_addon_runs_from_its_manifests_as_non_root_read_only_pods(
         }
     }
     Ok(())
-}
-
-async fn cluster_ip(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    port: &str,
-) -> anyhow::Result<SocketAddr> {
-    let s: Service = Api::namespaced(client.clone(), ns).get(name).await?;
-    let spec = s.spec.context("Service without spec")?;
-    let ip = spec.cluster_ip.context("Service without a ClusterIP")?;
-    let port = spec
-        .ports
-        .unwrap_or_default()
-        .into_iter()
-        .find(|p| p.name.as_deref() == Some(port))
-        .with_context(|| format!("Service {ns}/{name} has no port {port}"))?
-        .port;
-    Ok(format!("{ip}:{port}").parse()?)
 }
 
 async fn replicas(client: &Client, ns: &str, name: &str) -> anyhow::Result<i32> {
@@ -548,4 +492,31 @@ async fn the_standby_autoscaler_takes_over_a_scale_up_when_the_leader_dies(
     }
     ensure_all_answered(&outcomes, "leader failover")?;
     remove_example(&client).await
+}
+
+/// The demo's scenario (`scripts/demo.sh`) on the real node, shortened: two cold starts, a burst that scales
+/// up, back to zero in between, and every request answered 200.
+async fn demo_scenario_answers_every_request(ctx: Ctx) -> anyhow::Result<()> {
+    let cluster = ctx.cluster().await?;
+    let opts = demo::DemoOptions {
+        burst_clients: 8,
+        burst: Duration::from_secs(6),
+        quiet: true,
+        ..Default::default()
+    };
+    let summary = demo::run(&cluster, &opts).await?;
+    let table = summary.table();
+    ensure!(
+        summary.sent > 10 && summary.ok == summary.sent && summary.failures.is_empty(),
+        "requests lost:\n{table}"
+    );
+    ensure!(summary.cold_starts.len() == 2, "{table}");
+    ensure!(summary.max_replicas >= 2, "the burst scaled up:\n{table}");
+    let replicas: Vec<i32> = summary.timeline.iter().map(|(_, r)| *r).collect();
+    let zero_again = replicas.iter().skip(1).position(|&r| r == 0);
+    ensure!(
+        replicas.first() == Some(&0) && zero_again.is_some() && replicas.last() == Some(&1),
+        "0 -> N -> 0 -> 1:\n{table}"
+    );
+    remove_example(&cluster.client()).await
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use zeroscale_e2e::demo::{self, DemoOptions};
-use zeroscale_testkit::LocalCluster;
+use zeroscale_testkit::{ClusterOptions, LocalCluster};
 
 fn main() -> ExitCode {
     zeroscale_testkit::netns::ensure_private_netns();
@@ -44,9 +44,14 @@ fn main() -> ExitCode {
 async fn demo_main() -> ExitCode {
     let t0 = Instant::now();
     println!(
-        "==> starting a local control plane (etcd, kube-apiserver, kube-controller-manager) and the process kubelet"
+        "==> starting a local cluster: etcd, kube-apiserver, kube-controller-manager, kube-scheduler \
+         and a real node (containerd + runc, CNI bridge, kubelet, kube-proxy, CoreDNS)"
     );
-    let cluster = match LocalCluster::start().await {
+    let opts = ClusterOptions {
+        real_node: true,
+        ..ClusterOptions::default()
+    };
+    let cluster = match LocalCluster::start_with(opts).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("zeroscale-demo: {e}");

@@ -26,7 +26,8 @@
 //!   and often more than 85% full, which would otherwise evict pods or delete our images.
 //!
 //! Cleanup ([`RealNode::shutdown`]) kills the kubelet, every container process (found through
-//! the node's cgroups), containerd and its shims, unmounts everything under the node's dir,
+//! the node's cgroups), containerd and its shims, unmounts everything under the node's dir and
+//! the private tmpfs on [`RUN_DIR`],
 //! deletes the bridge, flushes kube-proxy's iptables rules and removes the cgroups.
 //! [`leaks`] reports whatever is left.
 
@@ -49,6 +50,8 @@ pub const POD_CIDR: &str = "10.88.0.0/16";
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
 /// CNI plugins directory (Debian's `containernetworking-plugins`).
 pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
+/// containerd's fixed runtime dir (shim sockets, runc state): a private tmpfs while a node runs.
+pub const RUN_DIR: &str = "/run/containerd";
 /// Where the kubelet's cgroups go, under each v1 hierarchy.
 const CGROUP_FS: &str = "/sys/fs/cgroup";
 
@@ -119,6 +122,8 @@ pub struct RealNode {
     kubelet: Option<OwnedChild>,
     kube_proxy: Option<OwnedChild>,
     coredns: Option<OwnedChild>,
+    /// Whether our tmpfs is on [`RUN_DIR`].
+    run_mounted: bool,
     /// When each started, for the timing report.
     pub timings: Vec<(&'static str, Duration)>,
 }
@@ -143,6 +148,12 @@ pub fn preflight(node_bin: &Path) -> Result<PathBuf, ClusterError> {
         what,
         fix: fix.into(),
     };
+    if !crate::netns::inside() {
+        return Err(missing(
+            "to run inside the test kit's private network and mount namespace (it mounts over /run/containerd and rewrites iptables)".into(),
+            "call zeroscale_testkit::netns::ensure_private_netns() first in main, as the e2e binaries do",
+        ));
+    }
     for b in ["containerd", "containerd-shim-runc-v2", "ctr", "coredns"] {
         if !node_bin.join(b).is_file() {
             return Err(missing(
@@ -277,10 +288,27 @@ impl RealNode {
             kubelet: None,
             kube_proxy: None,
             coredns: None,
+            run_mounted: false,
             timings: Vec::new(),
         };
         let t0 = Instant::now();
         make_cgroup_root(&cgroup)?;
+        // containerd puts its shims' sockets and runc's state under /run/containerd whatever its
+        // configured dirs: a tmpfs of our own there, in our private mount namespace, keeps them
+        // off the host and goes with the node.
+        std::fs::create_dir_all(RUN_DIR).map_err(io(format!("creating {RUN_DIR}")))?;
+        nix::mount::mount(
+            Some("tmpfs"),
+            RUN_DIR,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            Some("mode=0700"),
+        )
+        .map_err(|e| ClusterError::Io {
+            what: format!("mounting a tmpfs on {RUN_DIR}"),
+            source: e.into(),
+        })?;
+        node.run_mounted = true;
 
         // --- the bridge, and a route for Service IPs ---
         // A real node has a default route, so a connection from the node to a ClusterIP gets
@@ -504,6 +532,9 @@ conntrack:
         }
         wait_gone(&self.marker, &shim);
         unmount_under(&self.dir);
+        if std::mem::take(&mut self.run_mounted) {
+            let _ = nix::mount::umount2(RUN_DIR, nix::mount::MntFlags::MNT_DETACH);
+        }
         let _ = std::process::Command::new("ip")
             .args(["link", "del", BRIDGE])
             .stderr(std::process::Stdio::null())
@@ -555,6 +586,9 @@ pub fn leaks(dir: &Path, cgroup: &str) -> Vec<String> {
     }
     if Path::new("/sys/class/net").join(BRIDGE).exists() {
         left.push(format!("network device {BRIDGE}"));
+    }
+    if !mounts_under(Path::new(RUN_DIR)).is_empty() {
+        left.push(format!("mount {RUN_DIR}"));
     }
     left
 }

@@ -1150,6 +1150,57 @@ mod tests {
     }
 
     #[test]
+    fn image_overrides_rewrite_name_and_tag_as_kustomize_does() {
+        let o = ImageOverride {
+            name: "zeroscale".into(),
+            new_name: Some("reg.example:5000/zs".into()),
+            new_tag: Some("1.2".into()),
+        };
+        assert_eq!(
+            o.rewrite("zeroscale").as_deref(),
+            Some("reg.example:5000/zs:1.2")
+        );
+        assert_eq!(
+            o.rewrite("zeroscale:old").as_deref(),
+            Some("reg.example:5000/zs:1.2")
+        );
+        assert_eq!(o.rewrite("zeroscale-other"), None);
+        assert_eq!(o.rewrite("other/zeroscale"), None);
+        let keep_tag = ImageOverride {
+            name: "reg:5000/a".into(),
+            new_name: Some("b".into()),
+            new_tag: None,
+        };
+        assert_eq!(keep_tag.rewrite("reg:5000/a:7").as_deref(), Some("b:7"));
+        assert_eq!(
+            keep_tag.rewrite("reg:5000/a@sha256:ab").as_deref(),
+            Some("b@sha256:ab")
+        );
+    }
+
+    #[test]
+    fn the_rendered_manifests_name_the_images_of_their_kustomizations() {
+        let images = |dir: PathBuf| -> Vec<String> {
+            kustomization_objects(&dir)
+                .unwrap()
+                .into_iter()
+                .filter_map(|(_, o)| {
+                    let c = o.data.pointer("/spec/template/spec/containers/0/image")?;
+                    c.as_str().map(str::to_owned)
+                })
+                .collect()
+        };
+        assert_eq!(
+            images(manifests()),
+            vec!["ghcr.io/zeroscale/zeroscale:0.1.0"; 2]
+        );
+        assert_eq!(
+            images(manifests().join("examples")),
+            vec!["ghcr.io/zeroscale/sample-model:0.1.0"]
+        );
+    }
+
+    #[test]
     fn a_missing_file_is_named_in_the_error() {
         let dir = std::env::temp_dir().join(format!("zs-addon-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

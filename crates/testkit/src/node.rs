@@ -878,3 +878,73 @@ fn unmount_under(dir: &Path) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_or_bad_image_list_says_how_to_build_it() {
+        let dir = std::env::temp_dir().join(format!("zs-images-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let e = read_images(&dir).unwrap_err().to_string();
+        assert!(
+            e.contains("images.txt") && e.contains("scripts/build-images.sh"),
+            "{e}"
+        );
+        std::fs::write(dir.join("images.txt"), "pause only-two-fields\n").unwrap();
+        let e = read_images(&dir).unwrap_err().to_string();
+        assert!(e.contains("only-two-fields"), "{e}");
+        std::fs::write(
+            dir.join("images.txt"),
+            "pause zeroscale.local/pause:0.1.0 /x/pause.tar\n\n",
+        )
+        .unwrap();
+        let images = read_images(&dir).unwrap();
+        assert_eq!(images.len(), 1);
+        assert_eq!(images[0].reference, "zeroscale.local/pause:0.1.0");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn outside_the_private_namespace_the_node_refuses_to_start() {
+        if crate::netns::inside() {
+            return;
+        }
+        let e = preflight(Path::new("/nonexistent"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ensure_private_netns"), "{e}");
+    }
+
+    #[test]
+    fn the_configs_point_at_the_node_dir() {
+        let dir = Path::new("/tmp/zs-x/node");
+        let c = containerd_config(
+            dir,
+            &dir.join("containerd/containerd.sock"),
+            Path::new("/usr/sbin/runc"),
+            "zeroscale.local/pause:0.1.0",
+        );
+        for want in [
+            r#"root = "/tmp/zs-x/node/containerd/root""#,
+            r#"sandbox = "zeroscale.local/pause:0.1.0""#,
+            "restrict_oom_score_adj = true",
+        ] {
+            assert!(c.contains(want), "no {want} in\n{c}");
+        }
+        let k = kubelet_config(
+            dir,
+            &dir.join("containerd/containerd.sock"),
+            "zeroscale-m",
+            10250,
+        );
+        for want in [
+            "failCgroupV1: false",
+            "cgroupRoot: /zeroscale-m",
+            "clusterDNS: [10.244.0.1]",
+        ] {
+            assert!(k.contains(want), "no {want} in\n{k}");
+        }
+    }
+}

@@ -1,20 +1,9 @@
-# Shared by scripts/test.sh and scripts/demo.sh (sourced, not run).
+# Shared by the scripts (sourced, not run): the test and demo commands and the build scripts.
 
 # The local cluster lives in a private network namespace: it needs ip (iproute2), unshare and
 # setpriv (util-linux). Installs the missing ones with apt-get (as root, or with sudo -n).
 ensure_netns_tools() {
-  local missing=() sudo=()
-  command -v ip >/dev/null 2>&1 || missing+=(iproute2)
-  { command -v unshare >/dev/null 2>&1 && command -v setpriv >/dev/null 2>&1; } || missing+=(util-linux)
-  ((${#missing[@]})) || return 0
-  if [[ $(id -u) != 0 ]]; then
-    command -v sudo >/dev/null 2>&1 || die "missing ${missing[*]} and not root: install them (apt-get install ${missing[*]})"
-    sudo=(sudo -n)
-  fi
-  echo "installing ${missing[*]}" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  "${sudo[@]}" apt-get update -q </dev/null
-  "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null
+  apt_ensure ip iproute2 unshare util-linux setpriv util-linux
 }
 
 # Installs Debian packages that are missing (as root, or with sudo -n). Arguments: pairs of
@@ -22,7 +11,9 @@ ensure_netns_tools() {
 apt_ensure() {
   local missing=() sudo=()
   while (($#)); do
-    command -v "$1" >/dev/null 2>&1 || [[ -e "$1" ]] || missing+=("$2")
+    if ! command -v "$1" >/dev/null 2>&1 && [[ ! -e "$1" ]] && [[ " ${missing[*]} " != *" $2 "* ]]; then
+      missing+=("$2")
+    fi
     shift 2
   done
   ((${#missing[@]})) || return 0

@@ -471,7 +471,8 @@ pub async fn ready_pod_addrs(
 
 /// Installs the add-on from `manifests/` as a user would (server-side apply of the kustomization,
 /// images as its `images:` say), sets `config` in `zeroscale-config`, and waits until both
-/// activator and both autoscaler pods are Ready. Returns what was applied.
+/// activator and both autoscaler pods are Ready and the activator Service accepts connections.
+/// Returns what was applied.
 pub async fn install_addon(
     client: &Client,
     config: &std::collections::BTreeMap<String, String>,
@@ -482,5 +483,18 @@ pub async fn install_addon(
     for name in [ACTIVATOR, AUTOSCALER] {
         wait_deployment_ready(client, ADDON_NAMESPACE, name, 2, Duration::from_secs(120)).await?;
     }
+    // kube-proxy programs the Service a moment after its pods are Ready.
+    let activator = cluster_ip(client, ADDON_NAMESPACE, ACTIVATOR, "http").await?;
+    eventually(
+        "the zeroscale-activator Service to accept connections",
+        Duration::from_secs(30),
+        || async {
+            Ok(tokio::net::TcpStream::connect(activator)
+                .await
+                .ok()
+                .map(drop))
+        },
+    )
+    .await?;
     Ok(applied)
 }

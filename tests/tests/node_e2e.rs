@@ -292,6 +292,20 @@ async fn the_example_model_wakes_through_the_activator_service(ctx: Ctx) -> anyh
     remove_example(&client).await
 }
 
+/// Installs the add-on and the example model kept warm (`min-scale: 1`, `service_time` per
+/// request), waits for its pod, and returns the activator Service's address.
+async fn warm_example(client: &Client, service_time: &str) -> anyhow::Result<SocketAddr> {
+    install(client).await?;
+    deploy_example(
+        client,
+        serde_json::json!({"zeroscale.dev/min-scale": "1"}),
+        service_time,
+    )
+    .await?;
+    wait_deployment_ready(client, "models", "sentiment", 1, Duration::from_secs(60)).await?;
+    cluster_ip(client, ADDON_NAMESPACE, ACTIVATOR, "http").await
+}
+
 /// Steady load (10 clients x 5 req/s = 50 req/s) through the activator Service, for at most
 /// `secs`.
 fn steady_load(activator: SocketAddr, secs: u64) -> traffic::SteadyLoad {
@@ -309,15 +323,7 @@ async fn a_rolling_restart_of_the_activator_under_load_loses_no_request(
     ctx: Ctx,
 ) -> anyhow::Result<()> {
     let client = ctx.client().await?;
-    install(&client).await?;
-    deploy_example(
-        &client,
-        serde_json::json!({"zeroscale.dev/min-scale": "1"}),
-        "10ms",
-    )
-    .await?;
-    wait_deployment_ready(&client, "models", "sentiment", 1, Duration::from_secs(60)).await?;
-    let activator = cluster_ip(&client, ADDON_NAMESPACE, ACTIVATOR, "http").await?;
+    let activator = warm_example(&client, "10ms").await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ADDON_NAMESPACE);
     let lp = ListParams::default().labels("app.kubernetes.io/name=zeroscale-activator");
     let before: Vec<String> = pods
@@ -380,15 +386,7 @@ async fn a_crashed_model_container_is_restarted_and_no_request_is_lost(
 ) -> anyhow::Result<()> {
     let cluster = ctx.cluster().await?;
     let client = cluster.client();
-    install(&client).await?;
-    deploy_example(
-        &client,
-        serde_json::json!({"zeroscale.dev/min-scale": "1"}),
-        "10ms",
-    )
-    .await?;
-    wait_deployment_ready(&client, "models", "sentiment", 1, Duration::from_secs(60)).await?;
-    let activator = cluster_ip(&client, ADDON_NAMESPACE, ACTIVATOR, "http").await?;
+    let activator = warm_example(&client, "10ms").await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "models");
     let pod = pods
         .list(&ListParams::default())
@@ -445,17 +443,9 @@ async fn the_standby_autoscaler_takes_over_a_scale_up_when_the_leader_dies(
     ctx: Ctx,
 ) -> anyhow::Result<()> {
     let client = ctx.client().await?;
-    install(&client).await?;
     // 10 clients with 400 ms requests keep about 8 in flight; at a target of 3 per pod that is a
     // scale-up to the example's max-scale (5), which the leader makes as the window fills.
-    deploy_example(
-        &client,
-        serde_json::json!({"zeroscale.dev/min-scale": "1"}),
-        "400ms",
-    )
-    .await?;
-    wait_deployment_ready(&client, "models", "sentiment", 1, Duration::from_secs(60)).await?;
-    let activator = cluster_ip(&client, ADDON_NAMESPACE, ACTIVATOR, "http").await?;
+    let activator = warm_example(&client, "400ms").await?;
     let leader = eventually("a Lease holder", Duration::from_secs(30), || {
         lease_holder(&client)
     })

@@ -108,38 +108,7 @@ async fn run(real_node: bool, starts: usize, rounds: usize, colds: usize) -> any
         "sample-model".to_owned()
     };
     let ns = "bench";
-    let nsobj = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
-    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
-        .create(&PostParams::default(), &nsobj)
-        .await?;
-    let deploy: Deployment = serde_json::from_value(json!({
-        "metadata": {"name": "m"},
-        "spec": {
-            "replicas": 0,
-            "selector": {"matchLabels": {"app": "m"}},
-            "template": {
-                "metadata": {"labels": {"app": "m"}},
-                "spec": {
-                    "terminationGracePeriodSeconds": 5,
-                    "containers": [{
-                        "name": "model", "image": image, "command": ["sample-model"],
-                        "env": [{"name": "PORT", "value": "8080"}],
-                        "ports": [{"name": "http", "containerPort": 8080}],
-                        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1},
-                    }],
-                },
-            },
-        },
-    }))?;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    deployments.create(&PostParams::default(), &deploy).await?;
-    let svc: Service = serde_json::from_value(json!({
-        "metadata": {"name": "m"},
-        "spec": {"selector": {"app": "m"}, "ports": [{"port": 80, "targetPort": "http"}]},
-    }))?;
-    Api::<Service>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &svc)
-        .await?;
+    let deployments = create_model(&client, ns, "m", &image, json!({})).await?;
 
     let mut rows: Vec<[f64; 6]> = Vec::new();
     println!("round: total = controller + scheduler + kubelet + probe | +endpointslice (ms)");
@@ -188,48 +157,27 @@ async fn cold_starts(client: &Client, image: &str, colds: usize) -> anyhow::Resu
         .context("activator ClusterIP")?;
     let activator: std::net::SocketAddr = format!("{ip}:80").parse()?;
     let ns = "cold";
-    let nsobj = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
-    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
-        .create(&PostParams::default(), &nsobj)
-        .await?;
-    let deploy: Deployment = serde_json::from_value(json!({
-        "metadata": {"name": "c", "annotations": {
-            "zeroscale.dev/enabled": "true",
-            "zeroscale.dev/scale-to-zero-grace-period": "2s",
-        }},
-        "spec": {
-            "replicas": 0,
-            "selector": {"matchLabels": {"app": "c"}},
-            "template": {
-                "metadata": {"labels": {"app": "c"}},
-                "spec": {
-                    "terminationGracePeriodSeconds": 5,
-                    "containers": [{
-                        "name": "model", "image": image,
-                        "args": ["--model-name=c"],
-                        "ports": [{"name": "http", "containerPort": 8080}],
-                        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1},
-                    }],
-                },
-            },
-        },
-    }))?;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    deployments.create(&PostParams::default(), &deploy).await?;
-    let svc: Service = serde_json::from_value(json!({
-        "metadata": {"name": "c"},
-        "spec": {"selector": {"app": "c"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
-    }))?;
-    Api::<Service>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &svc)
-        .await?;
+    let annotations = json!({
+        "zeroscale.dev/enabled": "true",
+        "zeroscale.dev/scale-to-zero-grace-period": "2s",
+    });
+    let deployments = create_model(client, ns, "c", image, annotations).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let at_zero = || async {
         let d = deployments.get("c").await?;
         let zero = d.spec.and_then(|s| s.replicas) == Some(0);
         Ok(zero && pods.list(&Default::default()).await?.items.is_empty())
     };
-    // A newly opted-in model first gets its initial scale (1); start from zero.
+    // kube-proxy programs the activator Service a moment after its pods are Ready.
+    wait_until(
+        "the activator Service accepts",
+        Duration::from_secs(30),
+        || async { Ok(tokio::net::TcpStream::connect(activator).await.is_ok()) },
+    )
+    .await?;
+    // A newly opted-in model first gets its initial scale (1, within a tick or two); start
+    // from zero.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     wait_until(
         "at zero before the first round",
         Duration::from_secs(90),
@@ -256,6 +204,52 @@ async fn cold_starts(client: &Client, image: &str, colds: usize) -> anyhow::Resu
         median(took)
     );
     Ok(())
+}
+
+/// Creates namespace `ns` with a `sample-model` Deployment `name` at 0 replicas (no load delay,
+/// readinessProbe on `/healthz` every 1 s) and its Service; returns the Deployments API.
+async fn create_model(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    image: &str,
+    annotations: serde_json::Value,
+) -> anyhow::Result<Api<Deployment>> {
+    let nsobj = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .create(&PostParams::default(), &nsobj)
+        .await?;
+    let deploy: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 5,
+                    "containers": [{
+                        // `command` for the process kubelet, which runs it as a local binary.
+                        "name": "model", "image": image, "command": ["sample-model"],
+                        "args": [format!("--model-name={name}")],
+                        "env": [{"name": "PORT", "value": "8080"}],
+                        "ports": [{"name": "http", "containerPort": 8080}],
+                        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1},
+                    }],
+                },
+            },
+        },
+    }))?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    deployments.create(&PostParams::default(), &deploy).await?;
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+    }))?;
+    Api::<Service>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &svc)
+        .await?;
+    Ok(deployments)
 }
 
 async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut f: F) -> anyhow::Result<()>

@@ -1,6 +1,6 @@
 //! Following the framing of a chunked body (RFC 9112 7.1) without changing it: where it ends,
 //! or that it is malformed. The relay follows pods' chunked answers with it, the hand-off to
-//! hyper ([`crate::handoff`]) clients' chunked requests.
+//! hyper (`handoff`) clients' chunked requests.
 
 /// Where a chunked body stands (RFC 9112 7.1).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

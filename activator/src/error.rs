@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
-use crate::body::RespBody;
+use crate::answer::RespBody;
 use crate::forward::Refusal;
 use crate::queue::QueueError;
 use crate::route::BodyError;

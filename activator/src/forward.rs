@@ -1,8 +1,8 @@
 //! The forwarding policy: the one place that decides what of a client's request head reaches a
 //! pod, what of a pod's answer head reaches the client, and which heads are refused.
 //!
-//! Both request paths call it: the relay ([`crate::relay`]) over the bytes httparse parsed in
-//! place, and hyper's path ([`crate::proxy`]) over a `HeaderMap`. A head is first *checked*
+//! Both request paths call it: the relay (`relay`) over the bytes httparse parsed in
+//! place, and hyper's path (`proxy`) over a `HeaderMap`. A head is first *checked*
 //! ([`check_request`], [`check_response`]), which either refuses it or returns a plan; the plan
 //! then *writes* the forwarded head into a [`Sink`]: bytes on the wire for the relay
 //! ([`Wire`]), a new `HeaderMap` for hyper. Neither path decides anything about headers itself.

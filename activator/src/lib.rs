@@ -6,15 +6,18 @@
 //! ([`metrics`]). Errors become HTTP answers in one place ([`error::rescue`]). [`k8s`] feeds the
 //! table from Deployments, Services and EndpointSlices; the rest knows nothing of Kubernetes.
 
+pub mod answer;
 pub mod balance;
 pub mod body;
 pub mod chunked;
 pub mod error;
 pub mod forward;
 pub mod handoff;
+pub mod head;
 pub mod k8s;
 pub mod metrics;
 pub mod park;
+pub mod peer;
 pub mod proxy;
 pub mod queue;
 pub mod relay;
@@ -25,6 +28,7 @@ pub mod upstream;
 pub mod wake;
 
 pub use metrics::Metrics;
+pub use peer::Peer;
 pub use proxy::Proxy;
 pub use queue::{Endpoint, Limits};
 pub use table::{ModelKey, ModelSpec, Table};

@@ -26,12 +26,11 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Held;
-use crate::proxy::Proxy;
 use crate::queue::{Admit, Permit, QueueError};
 use crate::table::{Addressed, Model, Table};
 
 /// The most bytes of a first request head looked at; a longer head goes to hyper directly.
-pub const PEEK_BYTES: usize = 8192;
+pub const PEEK_BYTES: usize = crate::head::FIRST_HEAD_BYTES;
 /// The most header lines looked at (hyper's default limit is 100).
 const MAX_HEADERS: usize = 100;
 
@@ -71,7 +70,7 @@ pub enum GoneReason {
 /// a request already parked keeps waiting for its slot (the drain lets it finish).
 pub async fn park(
     stream: TcpStream,
-    proxy: &Proxy,
+    table: &Table,
     idle_timeout: Duration,
     stopping: &CancellationToken,
 ) -> Parking {
@@ -83,7 +82,7 @@ pub async fn park(
         },
         () = stopping.cancelled() => return Parking::Gone(GoneReason::Stopping),
     }
-    let model = match peek_model(&stream, proxy).await {
+    let model = match peek_model(&stream, table).await {
         Ok(Some(m)) => m,
         Ok(None) => return Parking::Serve(stream, None),
         Err(_) => return Parking::Gone(GoneReason::Closed),
@@ -97,7 +96,7 @@ pub async fn park(
         Err(e) => (stream, Err(e)),
         Ok(Admit::Queued(t)) => {
             if t.needs_wake() {
-                proxy.table().wake_sink().wake(&model);
+                table.wake_sink().wake(&model);
             }
             let outcome = tokio::select! {
                 r = t.wait() => r,
@@ -123,7 +122,7 @@ pub async fn park(
 
 /// The model the first request head addresses by Host or path; `None` when hyper should see
 /// the connection as it is. Errors: the client closed or reset the connection.
-async fn peek_model(stream: &TcpStream, proxy: &Proxy) -> io::Result<Option<Arc<Model>>> {
+async fn peek_model(stream: &TcpStream, table: &Table) -> io::Result<Option<Arc<Model>>> {
     // Freed before the request waits: a parked connection holds no buffer.
     let mut buf = Vec::with_capacity(PEEK_BYTES);
     let mut rb = ReadBuf::uninit(buf.spare_capacity_mut());
@@ -131,7 +130,7 @@ async fn peek_model(stream: &TcpStream, proxy: &Proxy) -> io::Result<Option<Arc<
     if n == 0 {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
-    Ok(route_head(rb.filled(), proxy.table()))
+    Ok(route_head(rb.filled(), table))
 }
 
 /// Routes a complete HTTP/1 request head the way the proxy does (Host, then KServe path).

@@ -1,52 +1,26 @@
 //! The request path, top to bottom: route, count, admit (or queue), forward, stream back.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::body::{Guard, IdleTimeout, IdleTimer, ReqBody, RespBody};
+use crate::answer::{Guard, RespBody};
+use crate::body::{IdleTimeout, IdleTimer, ReqBody};
 use crate::error::{ProxyError, rescue};
 use crate::forward;
 use crate::metrics::{Event, Held, Metrics, ModelMetrics};
 use crate::park::Parked;
+use crate::peer::Peer;
 use crate::queue::{Admit, Permit};
 use crate::route;
 use crate::table::{Addressed, Model, Table};
 use crate::upstream::SendError;
-
-/// The client end of a connection, as the proxy tells pods about it (`X-Forwarded-For`);
-/// made once per connection.
-#[derive(Clone, Debug)]
-pub struct Peer {
-    addr: SocketAddr,
-    ip: HeaderValue,
-}
-
-impl Peer {
-    /// The client at `addr`.
-    pub fn new(addr: SocketAddr) -> Self {
-        let ip = HeaderValue::from_str(&addr.ip().to_string())
-            .expect("an IP address is a valid header value");
-        Self { addr, ip }
-    }
-
-    /// The client's IP address as text.
-    pub fn ip_bytes(&self) -> &[u8] {
-        self.ip.as_bytes()
-    }
-
-    /// The client's address.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-}
 
 /// The proxy: shared by every connection.
 pub struct Proxy {
@@ -126,7 +100,7 @@ impl Proxy {
             || req.headers().iter(),
         ) {
             let e = ProxyError::from(r);
-            tracing::debug!(peer = %peer.addr, error = %e, "request refused");
+            tracing::debug!(peer = %peer.addr(), error = %e, "request refused");
             self.metrics.rejected(e.reason());
             return rescue(&e);
         }

@@ -42,20 +42,20 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::body::RespBody;
+use crate::answer::RespBody;
 use crate::chunked::Chunks;
 use crate::error::{ProxyError, rescue};
 use crate::forward::{self, BadAnswer, Framing, RequestBody, Version, Wire};
 use crate::forward::{MAX_CONNECT_ATTEMPTS, MAX_STALE_RETRIES};
 use crate::metrics::Event;
-use crate::proxy::{Peer, Proxy};
+use crate::peer::Peer;
 use crate::queue::Permit;
-use crate::table::{Addressed, Model};
+use crate::table::{Addressed, Model, Table};
 use crate::upstream::Upstream;
 
 /// The first read of a request head reserves this much; the head may grow to
 /// [`RelayOptions::max_header_bytes`].
-pub const HEAD_BYTES: usize = crate::park::PEEK_BYTES;
+pub const HEAD_BYTES: usize = crate::head::FIRST_HEAD_BYTES;
 /// The largest request body the relay buffers; a larger one is streamed by hyper.
 pub const BODY_BYTES: usize = forward::REPLAYABLE_BODY_BYTES;
 /// Header lines parsed per head (hyper's default limit).
@@ -90,7 +90,7 @@ pub enum End {
 /// Serves requests from `client` until it closes or one needs hyper.
 pub async fn serve(
     client: &mut TcpStream,
-    proxy: &Proxy,
+    table: &Table,
     peer: &Peer,
     opts: &RelayOptions,
     stopping: &CancellationToken,
@@ -118,7 +118,7 @@ pub async fn serve(
             out.clear();
             // Room for the head the pod gets (about the client's, plus two headers) in one go.
             out.reserve(inb.len() + 128);
-            let refused = match plan(&inb, proxy, peer, &mut out) {
+            let refused = match plan(&inb, table, peer, &mut out) {
                 Parsed::Plan(p) => break p,
                 Parsed::HandOff => return End::HandOff(inb),
                 Parsed::Refuse(e) => e,
@@ -131,13 +131,13 @@ pub async fn serve(
                     // Woken with nothing to read: still idle, not a slow head.
                     Read::Timeout if inb.is_empty() => return End::Closed,
                     Read::Timeout => {
-                        proxy.metrics().rejected("header_timeout");
+                        table.metrics().rejected("header_timeout");
                         return End::Closed;
                     }
                 },
             };
             tracing::debug!(peer = %peer.addr(), error = %refused, "request refused");
-            proxy.metrics().rejected(refused.reason());
+            table.metrics().rejected(refused.reason());
             answer_and_close(client, &refused).await;
             return End::Closed;
         };
@@ -177,7 +177,7 @@ pub async fn serve(
         let outcome = exchange(client, &plan, permit, &out, close).await;
         drop(held);
         if !matches!(outcome, Ok(Next::Queue)) {
-            proxy.metrics().relayed();
+            table.metrics().relayed();
         }
         match outcome {
             // Every pod with room refused a connection and nothing was sent: hyper's path
@@ -210,7 +210,7 @@ enum Parsed {
 
 /// Parses the request head at the start of `inb`, checks it against the forwarding policy and,
 /// when the relay takes it, writes the head the pod gets into `out`.
-fn plan(inb: &[u8], proxy: &Proxy, peer: &Peer, out: &mut Vec<u8>) -> Parsed {
+fn plan(inb: &[u8], table: &Table, peer: &Peer, out: &mut Vec<u8>) -> Parsed {
     if inb.starts_with(b"PRI * HTTP/2.0") {
         return Parsed::HandOff; // HTTP/2 prior knowledge: hyper's
     }
@@ -251,7 +251,7 @@ fn plan(inb: &[u8], proxy: &Proxy, peer: &Peer, out: &mut Vec<u8>) -> Parsed {
         return Parsed::HandOff;
     };
     let path = target.split_once('?').map_or(target, |(p, _)| p);
-    let model = match proxy.table().addressed(Some(host), path) {
+    let model = match table.addressed(Some(host), path) {
         Addressed::Model(m) => m,
         // Unknown models and routing by body: hyper's path answers them.
         Addressed::Unknown(_) | Addressed::Body | Addressed::Nothing => return Parsed::HandOff,
@@ -961,9 +961,9 @@ mod tests {
                 .unwrap_or(512)
         }
 
-        fn proxy() -> Arc<Proxy> {
+        fn table() -> Table {
             let metrics = Metrics::register(&mut Registry::default());
-            let table = Arc::new(Table::new(metrics.clone(), Arc::new(NoWake)));
+            let table = Table::new(metrics, Arc::new(NoWake));
             table.upsert_model(ModelSpec {
                 key: ModelKey {
                     namespace: "ns".into(),
@@ -974,7 +974,7 @@ mod tests {
                 created: Some(1),
                 limits: Limits::with_queue(0, 10, 1000, Duration::from_secs(60)),
             });
-            Proxy::new(table, metrics, 1024)
+            table
         }
 
         /// Valid messages, then mutated: bytes replaced, inserted, deleted, or the message cut.
@@ -1026,10 +1026,10 @@ mod tests {
             /// exactly one Host, no hop-by-hop header and the length the relay will send.
             #[test]
             fn request_heads(data in input(REQUESTS)) {
-                let proxy = proxy();
+                let table = table();
                 let peer = Peer::new("10.0.0.1:1234".parse().unwrap());
                 let mut out = Vec::new();
-                if let Parsed::Plan(p) = plan(&data, &proxy, &peer, &mut out) {
+                if let Parsed::Plan(p) = plan(&data, &table, &peer, &mut out) {
                     let mut h = [httparse::EMPTY_HEADER; 128];
                     let mut req = httparse::Request::new(&mut h);
                     prop_assert_eq!(req.parse(&out), Ok(httparse::Status::Complete(out.len())));

@@ -1,6 +1,6 @@
 //! Classifying a request: which model does it address, and how.
 //!
-//! Order: Host header (see [`crate::table`] for the forms), then KServe paths
+//! Order: Host header (see `table` for the forms), then KServe paths
 //! (`/v1/models/{m}`, `/v1/models/{m}:predict`, `/v1/models/{m}:explain`, `/v2/models/{m}`,
 //! `/v2/models/{m}/...`), then the `model` field of OpenAI-style JSON bodies on
 //! `/v1/chat/completions`, `/v1/completions` and `/v1/embeddings`. A Host that names no model

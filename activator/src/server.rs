@@ -23,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 use crate::error::rescue;
 use crate::handoff::{Checks, HandOff};
 use crate::park::{GoneReason, Parking, park};
-use crate::proxy::{Peer, Proxy};
+use crate::peer::Peer;
+use crate::proxy::Proxy;
 use crate::relay::{self, RelayOptions};
 
 /// Options of the proxy listener.
@@ -181,7 +182,14 @@ pub async fn serve_proxy(
         tokio::spawn(async move {
             let metrics = proxy.metrics().clone();
             let mut handed_off = false;
-            let res = match park(stream, &proxy, relay_opts.keep_alive_timeout, &stopping).await {
+            let res = match park(
+                stream,
+                proxy.table(),
+                relay_opts.keep_alive_timeout,
+                &stopping,
+            )
+            .await
+            {
                 Parking::Gone(GoneReason::Idle | GoneReason::Closed | GoneReason::Stopping) => {
                     return;
                 }
@@ -190,7 +198,7 @@ pub async fn serve_proxy(
                     // error shape); with the relay on, it forwards what it can.
                     let prefix = match Box::pin(relay::serve(
                         &mut stream,
-                        &proxy,
+                        proxy.table(),
                         &peer,
                         &relay_opts,
                         &stopping,

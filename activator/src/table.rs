@@ -105,7 +105,7 @@ impl Model {
     }
 }
 
-/// Something that starts a wake signal for a model (see [`crate::wake`]).
+/// Something that starts a wake signal for a model (`wake::Waker` is the real one).
 pub trait WakeSink: Send + Sync {
     /// Requests are waiting and the model has no eligible pod.
     fn wake(&self, model: &Arc<Model>);
@@ -210,6 +210,11 @@ impl Table {
             wake,
             write: Mutex::new(()),
         }
+    }
+
+    /// The metrics every model's handles come from.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The wake sink.

@@ -4,7 +4,7 @@
 //! Why not hyper-util's pooled `Client`: it keys its pool by scheme and authority behind one
 //! mutex shared by every backend, rebuilds an absolute URI per request, and after every response
 //! spawns a task that waits for the connection to become reusable. Here the pool hangs off the
-//! pod itself (the [`Permit`](crate::queue::Permit) a request holds points at it), so a request
+//! pod itself (the `Permit` a request holds points at it), so a request
 //! takes only its pod's pool lock, and a connection goes back to the pool when its response body
 //! ends (see [`Conn`]).
 //!
@@ -65,7 +65,7 @@ pub struct Upstream {
     addr: SocketAddr,
     authority: Authority,
     idle: Box<[Mutex<VecDeque<Idle>>]>,
-    /// The relay's connections ([`crate::relay`]): plain sockets, one pool per worker.
+    /// The relay's connections (`relay`): plain sockets, one pool per worker.
     raw: Box<[Mutex<Vec<RawIdle>>]>,
 }
 

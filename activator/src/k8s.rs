@@ -18,27 +18,25 @@
 //! port. Endpoints come from the EndpointSlices labelled `kubernetes.io/service-name`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::EventType;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 use zeroscale_config::{ConfigError, DeploymentSettings, GlobalConfig, is_opted_in};
+use zeroscale_kube::endpoints::{self, SERVICE_NAME_LABEL, Select};
+use zeroscale_kube::events::Publisher;
+use zeroscale_kube::watch::{WatchBackoff, forward};
 
 use crate::proxy::Proxy;
 use crate::queue::{Endpoint, Limits};
 use crate::table::{ModelKey, ModelSpec, Table};
 use crate::wake::Waker;
-
-/// The label EndpointSlices carry with their Service's name.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// One model as it should be routed.
 #[derive(Clone, Debug, PartialEq)]
@@ -287,48 +285,20 @@ fn endpoints_of(svc: &Service, slices: &[&EndpointSlice], want: Option<&str>) ->
     let Some(choice) = port_choice(svc, want) else {
         return Vec::new();
     };
-    let mut out = Vec::new();
-    for s in slices {
-        if s.address_type != "IPv4" && s.address_type != "IPv6" {
-            continue;
-        }
-        let port = match &choice {
-            PortChoice::Number(n) => Some(*n),
-            PortChoice::Named(name) => s.ports.as_ref().and_then(|ps| {
-                ps.iter()
-                    .find(|p| p.name.clone().unwrap_or_default() == *name)
-                    .and_then(|p| p.port)
-            }),
-        };
-        let Some(port) = port.and_then(|p| u16::try_from(p).ok()) else {
-            continue;
-        };
-        for e in s.endpoints.iter().flatten() {
-            let cond = e.conditions.as_ref();
-            // Per the API: an unknown `ready` means ready; an unknown `terminating` means not.
-            let ready = cond.and_then(|c| c.ready).unwrap_or(true);
-            let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
-            let pod_name = e
-                .target_ref
-                .as_ref()
-                .filter(|r| r.kind.as_deref() == Some("Pod"))
-                .and_then(|r| r.name.clone());
-            for a in &e.addresses {
-                let Ok(ip) = a.parse::<IpAddr>() else {
-                    continue;
-                };
-                out.push(Endpoint {
-                    addr: SocketAddr::new(ip, port),
-                    ready,
-                    terminating,
-                    pod_name: pod_name.clone(),
-                });
-            }
-        }
-    }
-    out.sort_by_key(|e| e.addr);
-    out.dedup_by_key(|e| e.addr);
-    out
+    let port = match choice {
+        PortChoice::Named(name) => endpoints::Port::Named(name),
+        PortChoice::Number(n) => endpoints::Port::Number(n),
+    };
+    // Every endpoint, with its conditions: the gate tells ready pods from draining ones.
+    endpoints::endpoints(slices.iter().copied(), &port, Select::All)
+        .into_iter()
+        .map(|e| Endpoint {
+            addr: e.addr,
+            ready: e.conditions.ready,
+            terminating: e.conditions.terminating,
+            pod_name: e.pod_name,
+        })
+        .collect()
 }
 
 /// Applies [`Desired`] states to a table, touching only what changed.
@@ -903,22 +873,21 @@ fn watch<K>(
     <K as Resource>::DynamicType: Default,
 {
     let tx = tx.clone();
+    let what = format!(
+        "{}/{}",
+        K::plural(&Default::default()),
+        scope.as_deref().unwrap_or("*")
+    );
     tokio::spawn(async move {
-        let mut stream = std::pin::pin!(watcher(api, cfg).default_backoff());
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(ev) => {
-                    if tx.send(wrap(scope.clone(), Box::new(ev))).await.is_err() {
-                        return; // the sync task is gone
-                    }
-                }
-                Err(e) => tracing::warn!(
-                    kind = %K::kind(&Default::default()),
-                    error = %e,
-                    "watch failed; retrying with backoff"
-                ),
-            }
-        }
+        let stream = watcher(api, cfg).backoff(WatchBackoff::default());
+        forward(
+            &what,
+            stream,
+            tx,
+            |_| {},
+            |ev| Some(wrap(scope.clone(), Box::new(ev))),
+        )
+        .await;
     });
 }
 
@@ -985,12 +954,11 @@ pub async fn run(client: Client, cfg: WatchConfig, targets: Targets) {
         Change::ConfigMap,
     );
     drop(tx);
-    let recorder = Recorder::new(
+    let events = Publisher::new(
         client.clone(),
-        Reporter {
-            controller: "zeroscale-activator".into(),
-            instance: cfg.instance.clone(),
-        },
+        "zeroscale-activator",
+        cfg.instance.clone(),
+        zeroscale_kube::events::DEFAULT_TIMEOUT,
     );
     while let Some(change) = rx.recv().await {
         index.handle(change);
@@ -1027,24 +995,13 @@ pub async fn run(client: Client, cfg: WatchConfig, targets: Targets) {
                  a unique name.",
                 c.name, c.winner
             );
-            // A digest of the note in the action keeps a different conflict from hiding behind
-            // an earlier one (see `zeroscale_config::note_digest`).
-            let digest = zeroscale_config::note_digest(&note);
-            let ev = Event {
-                type_: EventType::Warning,
-                reason: "ModelNameConflict".into(),
-                note: Some(note),
-                action: format!("Route-{digest:08x}"),
-                secondary: None,
-            };
             // Off the sync task: routing never waits for the API server.
-            let recorder = recorder.clone();
-            let reference = dep.object_ref(&());
-            tokio::spawn(async move {
-                if let Err(e) = recorder.publish(&ev, &reference).await {
-                    tracing::warn!(error = %e, "publishing an Event failed");
-                }
-            });
+            events.spawn(
+                dep.object_ref(&()),
+                EventType::Warning,
+                "ModelNameConflict",
+                note,
+            );
         }
         if !targets.ready.swap(true, Ordering::SeqCst) {
             tracing::info!(

@@ -26,20 +26,8 @@ use crate::metrics::{Metrics, ModelLabels};
 use crate::queue::{Endpoint, Gate, Limits};
 use crate::route::{self, PathRoute};
 
-/// A model's identity: its Deployment.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ModelKey {
-    /// The Deployment's namespace.
-    pub namespace: String,
-    /// The Deployment's name.
-    pub deployment: String,
-}
-
-impl std::fmt::Display for ModelKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.deployment)
-    }
-}
+/// A model's identity: its Deployment (the key type both binaries share).
+pub use zeroscale_config::DeploymentKey as ModelKey;
 
 /// Everything the data path needs to know about one opted-in Deployment.
 #[derive(Clone, Debug, PartialEq)]

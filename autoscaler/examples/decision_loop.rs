@@ -155,7 +155,7 @@ fn main() {
             for intent in out.intents {
                 let i: usize = intent
                     .key
-                    .name
+                    .deployment
                     .trim_start_matches("model-")
                     .parse()
                     .unwrap_or(2);

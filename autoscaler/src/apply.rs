@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::EventType;
 use kube::{Api, Client};
+
+use zeroscale_kube::events::Publisher;
 
 use crate::DeploymentKey;
 use crate::index::{Notice, ScaleIntent};
@@ -35,7 +37,7 @@ pub enum ApplyError {
 #[derive(Clone)]
 pub struct Applier {
     client: Client,
-    recorder: Recorder,
+    events: Publisher,
     metrics: Arc<Metrics>,
     timeout: Duration,
 }
@@ -46,7 +48,7 @@ pub fn deployment_ref(key: &DeploymentKey) -> ObjectReference {
         api_version: Some("apps/v1".into()),
         kind: Some("Deployment".into()),
         namespace: Some(key.namespace.clone()),
-        name: Some(key.name.clone()),
+        name: Some(key.deployment.clone()),
         ..Default::default()
     }
 }
@@ -72,16 +74,16 @@ pub fn scale_message(intent: &ScaleIntent) -> String {
 }
 
 impl Applier {
-    /// An applier with the given patch timeout.
+    /// An applier with the given patch timeout; `events` publishes its Events.
     pub fn new(
         client: Client,
-        recorder: Recorder,
+        events: Publisher,
         metrics: Arc<Metrics>,
         timeout: Duration,
     ) -> Self {
         Self {
             client,
-            recorder,
+            events,
             metrics,
             timeout,
         }
@@ -98,7 +100,7 @@ impl Applier {
         let result = tokio::time::timeout(
             self.timeout,
             api.patch_scale(
-                &intent.key.name,
+                &intent.key.deployment,
                 &PatchParams::default(),
                 &Patch::Merge(&patch),
             ),
@@ -185,7 +187,8 @@ impl Applier {
         }
     }
 
-    /// Records an Event; failures are logged, never fatal.
+    /// Records an Event (truncated, digested, with a timeout: [`Publisher::publish`]);
+    /// failures are logged, never fatal.
     pub async fn event(
         &self,
         regarding: &ObjectReference,
@@ -193,30 +196,7 @@ impl Applier {
         reason: &str,
         note: String,
     ) {
-        let mut note = note;
-        if note.len() > 1000 {
-            // The API rejects notes over 1 kB.
-            let mut cut = 1000;
-            while !note.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            note.truncate(cut);
-        }
-        // The action carries a digest of the note: see `zeroscale_config::note_digest` for why.
-        let digest = zeroscale_config::note_digest(&note);
-        let ev = Event {
-            type_,
-            reason: reason.to_owned(),
-            note: Some(note),
-            action: format!("{reason}-{digest:08x}"),
-            secondary: None,
-        };
-        let publish = self.recorder.publish(&ev, regarding);
-        match tokio::time::timeout(self.timeout, publish).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, reason, "could not record event"),
-            Err(_) => tracing::warn!(reason, "recording an event timed out"),
-        }
+        self.events.publish(regarding, type_, reason, note).await;
     }
 }
 

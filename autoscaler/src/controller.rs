@@ -6,17 +6,16 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event, watcher};
 use kube::runtime::{WatchStreamExt, reflector as reflect};
@@ -27,6 +26,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::Instrument;
 use zeroscale_config::GlobalConfig;
+use zeroscale_kube::endpoints::{self, Select};
+use zeroscale_kube::events::Publisher;
 
 use crate::DeploymentKey;
 use crate::apply::Applier;
@@ -91,41 +92,7 @@ pub const WATCH_SILENT_AFTER: Duration = Duration::from_secs(WATCH_TIMEOUT_SECS 
 /// Lease renewals kube-lease-manager makes without a timeout of their own.
 pub const CLIENT_READ_TIMEOUT: Duration = Duration::from_secs(WATCH_TIMEOUT_SECS as u64 + 15);
 
-/// Retry delays of a failing watch: 0.5 s doubling to at most 5 s, reset by the next event.
-/// Shorter than kube-runtime's default (up to 30 s) so the watches, and with them readiness,
-/// come back within seconds of the API server; a handful of watches per replica keeps the
-/// load of retrying small.
-#[derive(Debug)]
-pub struct WatchBackoff {
-    next: Duration,
-}
-
-impl WatchBackoff {
-    const FIRST: Duration = Duration::from_millis(500);
-    const MAX: Duration = Duration::from_secs(5);
-}
-
-impl Default for WatchBackoff {
-    fn default() -> Self {
-        Self { next: Self::FIRST }
-    }
-}
-
-impl Iterator for WatchBackoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        let delay = self.next;
-        self.next = (delay * 2).min(Self::MAX);
-        Some(delay)
-    }
-}
-
-impl kube::runtime::utils::Backoff for WatchBackoff {
-    fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
-}
+pub use zeroscale_kube::watch::WatchBackoff;
 
 fn watch_config() -> watcher::Config {
     watcher::Config::default().timeout(WATCH_TIMEOUT_SECS)
@@ -184,41 +151,24 @@ fn hpa_key(h: &HorizontalPodAutoscaler) -> Option<(DeploymentKey, Option<Deploym
 }
 
 /// Forwards a watch stream into the control loop (what `wrap` turns into an input) and keeps
-/// the watch's health on the board; errors are logged (the watcher retries with backoff on
-/// its own).
+/// the watch's health on the board ([`zeroscale_kube::watch::forward`] logs its failures).
 async fn forward<K, S>(
     what: String,
     stream: S,
     health: Arc<Health>,
     tx: mpsc::Sender<Input>,
-    wrap: impl Fn(Event<K>) -> Option<Input>,
+    wrap: impl FnMut(Event<K>) -> Option<Input>,
 ) where
     S: Stream<Item = Result<Event<K>, watcher::Error>>,
 {
-    let mut stream = std::pin::pin!(stream);
-    let mut failing = false;
-    while let Some(item) = stream.next().await {
-        observe(&health, &what, &item);
-        match item {
-            Ok(ev) => {
-                if failing {
-                    tracing::info!(watch = %what, "watch recovered");
-                    failing = false;
-                }
-                if let Some(input) = wrap(ev)
-                    && tx.send(input).await.is_err()
-                {
-                    return;
-                }
-            }
-            Err(e) => {
-                if !failing {
-                    tracing::warn!(watch = %what, error = %e, "watch failed; retrying with backoff");
-                }
-                failing = true;
-            }
-        }
-    }
+    zeroscale_kube::watch::forward(
+        &what,
+        stream,
+        tx,
+        |item| observe(&health, &what, item),
+        wrap,
+    )
+    .await;
 }
 
 /// Activator metrics URLs from the EndpointSlices of the activator Service: ready endpoints,
@@ -226,33 +176,13 @@ async fn forward<K, S>(
 /// still hold queued and in-flight requests while they drain. Leaving those out would read
 /// their requests as gone and could scale a busy model down during a rollout.
 pub fn activator_urls(slices: &[Arc<EndpointSlice>], port: &str) -> Vec<String> {
-    let mut urls = Vec::new();
-    for slice in slices {
-        let number = slice.ports.iter().flatten().find_map(|p| {
-            let by_name = p.name.as_deref() == Some(port);
-            let by_number = p.port.is_some_and(|n| n.to_string() == port);
-            (by_name || by_number).then_some(p.port).flatten()
-        });
-        let number = number.or_else(|| port.parse::<i32>().ok());
-        let Some(number) = number else { continue };
-        for ep in slice.endpoints.iter().flatten() {
-            let c = ep.conditions.as_ref();
-            let ready = c.and_then(|c| c.ready) != Some(false);
-            let terminating = c.and_then(|c| c.terminating) == Some(true);
-            if !ready && !terminating {
-                continue;
-            }
-            for addr in &ep.addresses {
-                let host = match addr.parse::<IpAddr>() {
-                    Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
-                    _ => addr.clone(),
-                };
-                urls.push(format!("http://{host}:{number}/metrics"));
-            }
-        }
-    }
+    let port = endpoints::Port::NameOrNumber(port.to_owned());
+    let mut urls: Vec<String> =
+        endpoints::endpoints(slices.iter().map(|s| &**s), &port, Select::Draining)
+            .into_iter()
+            .map(|e| format!("http://{}/metrics", e.addr))
+            .collect();
     urls.sort();
-    urls.dedup();
     urls
 }
 
@@ -298,31 +228,24 @@ async fn scrape_loop(
     }
 }
 
-/// Ready pod addresses of a Service, from its EndpointSlices (listed from the API: pod-sourced
-/// Deployments are expected to be few).
+/// The pod addresses of a Service to scrape on `port`, from its EndpointSlices (listed from
+/// the API: pod-sourced Deployments are expected to be few): ready pods and draining ones,
+/// whose in-flight requests still count ([`Select::Draining`]).
 async fn ready_addresses(
     client: &Client,
     namespace: &str,
     service: &str,
-) -> Result<Vec<String>, kube::Error> {
+    port: u16,
+) -> Result<Vec<SocketAddr>, kube::Error> {
     let api: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
-    let lp =
-        kube::api::ListParams::default().labels(&format!("kubernetes.io/service-name={service}"));
-    let mut out = Vec::new();
-    for slice in api.list(&lp).await?.items {
-        for ep in slice.endpoints.into_iter().flatten() {
-            let c = ep.conditions.as_ref();
-            let ready = c.and_then(|c| c.ready) != Some(false);
-            let terminating = c.and_then(|c| c.terminating) == Some(true);
-            if !ready && !terminating {
-                continue;
-            }
-            out.extend(ep.addresses);
-        }
-    }
-    out.sort();
-    out.dedup();
-    Ok(out)
+    let lp = kube::api::ListParams::default()
+        .labels(&format!("{}={service}", endpoints::SERVICE_NAME_LABEL));
+    let slices = api.list(&lp).await?.items;
+    let port = endpoints::Port::Number(i32::from(port));
+    Ok(endpoints::endpoints(&slices, &port, Select::Draining)
+        .into_iter()
+        .map(|e| e.addr)
+        .collect())
 }
 
 /// One scrape of a pod-sourced Deployment: the gauge summed over its ready pods, or None when
@@ -333,7 +256,14 @@ async fn scrape_pods(
     target: &PodTarget,
     timeout: Duration,
 ) -> Option<f64> {
-    let addresses = match ready_addresses(client, &target.key.namespace, &target.service).await {
+    let addresses = match ready_addresses(
+        client,
+        &target.key.namespace,
+        &target.service,
+        target.port,
+    )
+    .await
+    {
         Ok(a) => a,
         Err(e) => {
             tracing::debug!(deployment = %target.key, error = %e, "listing pod endpoints failed");
@@ -341,11 +271,7 @@ async fn scrape_pods(
         }
     };
     let fetches = addresses.iter().map(|addr| {
-        let host = match addr.parse::<IpAddr>() {
-            Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
-            _ => addr.clone(),
-        };
-        let url = format!("http://{host}:{}{}", target.port, target.path);
+        let url = format!("http://{addr}{}", target.path);
         async move {
             let text = scrape::fetch(http, &url, timeout)
                 .await
@@ -590,16 +516,15 @@ pub async fn run(
         }
     };
 
-    let recorder = Recorder::new(
+    let events = Publisher::new(
         client.clone(),
-        Reporter {
-            controller: "zeroscale-autoscaler".into(),
-            instance: Some(settings.identity.clone()),
-        },
+        "zeroscale-autoscaler",
+        Some(settings.identity.clone()),
+        settings.api_timeout,
     );
     let applier = Applier::new(
         client.clone(),
-        recorder,
+        events,
         metrics.clone(),
         settings.api_timeout,
     );
@@ -710,18 +635,18 @@ pub async fn run(
         applier: applier.clone(),
         timeout: settings.api_timeout,
     };
-    tasks.push(tokio::spawn(server::serve(
+    let mut servers = vec![tokio::spawn(server::serve_api(
         api_listener,
-        move |req| server::api(wake_state.clone(), req),
+        wake_state,
         stopped(),
-    )));
+    ))];
     let admin_state = AdminState {
         registry,
         health: health.clone(),
     };
-    tasks.push(tokio::spawn(server::serve(
+    servers.push(tokio::spawn(server::serve_admin(
         metrics_listener,
-        move |req| server::admin(admin_state.clone(), req),
+        admin_state,
         stopped(),
     )));
 
@@ -762,6 +687,11 @@ pub async fn run(
     let _ = stop_tx.send(true);
     for t in &tasks {
         t.abort();
+    }
+    // The servers stop accepting and let requests in flight finish (bounded by their drain
+    // timeout).
+    for s in servers {
+        let _ = s.await;
     }
     // Aborting the supervisor dropped the election's receiver, which makes the lease task
     // release the Lease so a standby takes over at once; give it a moment.
@@ -1044,16 +974,6 @@ mod tests {
         assert_eq!(metrics.leader.get(), 0);
         assert_eq!(metrics.leader_lost.get(), 1);
         task.abort();
-    }
-
-    #[test]
-    fn watch_retries_back_off_to_five_seconds_and_reset() {
-        use kube::runtime::utils::Backoff;
-        let mut b = WatchBackoff::default();
-        let delays: Vec<u64> = b.by_ref().take(6).map(|d| d.as_millis() as u64).collect();
-        assert_eq!(delays, [500, 1000, 2000, 4000, 5000, 5000]);
-        b.reset();
-        assert_eq!(b.next(), Some(Duration::from_millis(500)));
     }
 
     #[test]

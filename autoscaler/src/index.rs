@@ -334,7 +334,7 @@ impl Index {
         self.hpas
             .iter()
             .find(|(_, target)| *target == key)
-            .map(|(hpa, _)| hpa.name.clone())
+            .map(|(hpa, _)| hpa.deployment.clone())
     }
 
     /// An HPA was added or changed; `target` is the Deployment it scales (None if it targets
@@ -350,7 +350,7 @@ impl Index {
                 if self.hpas.get(&hpa) != Some(&target) && managed {
                     notices.push(Notice::HpaConflict {
                         key: target.clone(),
-                        hpa: hpa.name.clone(),
+                        hpa: hpa.deployment.clone(),
                     });
                 }
                 self.hpas.insert(hpa, target);
@@ -410,7 +410,11 @@ impl Index {
                 };
                 Some(PodTarget {
                     key: k.clone(),
-                    service: m.settings.service.clone().unwrap_or_else(|| k.name.clone()),
+                    service: m
+                        .settings
+                        .service
+                        .clone()
+                        .unwrap_or_else(|| k.deployment.clone()),
                     metric: metric.clone(),
                     port: *port,
                     path: path.clone(),

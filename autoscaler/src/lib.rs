@@ -24,29 +24,5 @@ pub mod scrape;
 pub mod server;
 pub mod wake;
 
-use std::fmt;
-
-/// A Deployment's namespace and name: the autoscaler's key.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DeploymentKey {
-    /// Namespace.
-    pub namespace: String,
-    /// Name.
-    pub name: String,
-}
-
-impl DeploymentKey {
-    /// Builds a key.
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
-    }
-}
-
-impl fmt::Display for DeploymentKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
+/// A Deployment's namespace and name: the autoscaler's key (the one key type of both binaries).
+pub use zeroscale_config::DeploymentKey;

@@ -14,7 +14,7 @@ use zeroscale_autoscaler::controller::{self, Settings};
 #[command(name = "autoscaler", version)]
 struct Args {
     /// Kubeconfig file; without it the in-cluster config (or $KUBECONFIG, ~/.kube/config) is used.
-    #[arg(long, env = "KUBECONFIG_PATH")]
+    #[arg(long, env = "ZEROSCALE_KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
     /// The autoscaler's own namespace: holds the zeroscale-config ConfigMap and the leader Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "zeroscale-system")]
@@ -81,12 +81,7 @@ fn default_identity() -> String {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,kube=warn".into()),
-        )
-        .init();
+    zeroscale_kube::log::init();
     let Args {
         kubeconfig,
         namespace,
@@ -100,7 +95,7 @@ async fn main() -> anyhow::Result<()> {
         lease_renew_deadline,
         identity,
         api_timeout_ms,
-    } = Args::parse();
+    } = zeroscale_kube::env::parse::<Args>(zeroscale_kube::env::AUTOSCALER_RENAMES);
 
     let (act_ns, act_name) = activator_service.split_once('/').with_context(|| {
         format!("--activator-service {activator_service:?} must be namespace/name")
@@ -117,23 +112,13 @@ async fn main() -> anyhow::Result<()> {
                 )
             })?,
     };
-    let mut config = match kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(&path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                .await
-                .context("kubeconfig")?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("no in-cluster config or kubeconfig found")?,
-    };
-    // Bounds every API call that could hang (kube-lease-manager's have no timeout); long
-    // enough that a healthy watch never trips it.
-    config.read_timeout = Some(controller::CLIENT_READ_TIMEOUT);
-    config.reset_reader_on_write = true;
-    let client = kube::Client::try_from(config).context("building the Kubernetes client")?;
+    let client = zeroscale_kube::client::client(kubeconfig.as_deref(), |config| {
+        // Bounds every API call that could hang (kube-lease-manager's have no timeout); long
+        // enough that a healthy watch never trips it.
+        config.read_timeout = Some(controller::CLIENT_READ_TIMEOUT);
+        config.reset_reader_on_write = true;
+    })
+    .await?;
     let api = tokio::net::TcpListener::bind(api_listen)
         .await
         .with_context(|| format!("binding {api_listen}"))?;
@@ -153,12 +138,7 @@ async fn main() -> anyhow::Result<()> {
     };
     tracing::info!(identity = %settings.identity, api = %api.local_addr()?, metrics = %metrics.local_addr()?, "autoscaler starting");
     let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        zeroscale_kube::signal::shutdown().await;
         tracing::info!("shutting down");
     };
     controller::run(client, settings, api, metrics, Default::default(), shutdown).await?;

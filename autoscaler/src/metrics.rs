@@ -25,7 +25,7 @@ impl From<&DeploymentKey> for DeploymentLabels {
     fn from(k: &DeploymentKey) -> Self {
         Self {
             namespace: k.namespace.clone(),
-            deployment: k.name.clone(),
+            deployment: k.deployment.clone(),
         }
     }
 }
@@ -258,7 +258,7 @@ impl Metrics {
         self.decisions
             .get_or_create(&DecisionLabels {
                 namespace: key.namespace.clone(),
-                deployment: key.name.clone(),
+                deployment: key.deployment.clone(),
                 reason: reason.to_owned(),
             })
             .inc();

@@ -1,83 +1,88 @@
 //! The HTTP endpoints: the wake API on the API port; `/metrics`, `/healthz` and `/readyz` on the
 //! metrics port.
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client};
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 use tracing::Instrument;
 use zeroscale_config::GlobalConfig;
+use zeroscale_kube::admin::{
+    self, ADMIN_ROUTES, ErrorFormat, Options, POST, Received, Route, respond,
+};
 
 use crate::apply::{Applier, deployment_ref};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::wake::{self, WakeError};
 
+use kube::runtime::events::EventType;
+
 /// Largest wake body accepted; the contract's body is tiny.
 const MAX_WAKE_BODY: usize = 16 * 1024;
 
-/// Serves `handler` on `listener` until `shutdown` resolves.
-pub async fn serve<H, F>(listener: TcpListener, handler: H, shutdown: impl Future<Output = ()>)
-where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
-{
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => return,
-        };
-        let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let handler = handler.clone();
-                async move { Ok::<_, Infallible>(handler(req).await) }
-            });
-            if let Err(e) = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        });
+/// The API port's routes.
+pub const API_ROUTES: &[Route] = &[Route {
+    path: "/v1/wake",
+    methods: POST,
+}];
+
+/// The metrics port's server options: text errors, small bodies.
+pub fn admin_options() -> Options {
+    Options::default()
+}
+
+/// The API port's server options: JSON errors, the wake body limit.
+pub fn api_options() -> Options {
+    Options {
+        max_body_bytes: MAX_WAKE_BODY,
+        errors: ErrorFormat::Json,
+        ..Options::default()
     }
 }
 
-fn respond(
-    status: StatusCode,
-    content_type: &'static str,
-    body: impl Into<Bytes>,
-) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(body.into()));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(content_type),
-    );
-    r
+/// Serves the metrics port until `shutdown` resolves.
+pub async fn serve_admin(
+    listener: tokio::net::TcpListener,
+    state: AdminState,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    admin::serve(
+        listener,
+        ADMIN_ROUTES,
+        admin_options(),
+        move |req| {
+            let state = state.clone();
+            async move { self::admin(&state, &req) }
+        },
+        shutdown,
+    )
+    .await;
+}
+
+/// Serves the wake API until `shutdown` resolves.
+pub async fn serve_api(
+    listener: tokio::net::TcpListener,
+    state: WakeState,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    admin::serve(
+        listener,
+        API_ROUTES,
+        api_options(),
+        move |req| {
+            let state = state.clone();
+            async move { api(&state, req).await }
+        },
+        shutdown,
+    )
+    .await;
 }
 
 /// What the metrics port needs.
@@ -89,26 +94,12 @@ pub struct AdminState {
     pub health: Arc<Health>,
 }
 
-/// Handles one request on the metrics port.
-pub async fn admin(state: AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => {
-            let mut text = String::new();
-            match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
-                Ok(()) => respond(
-                    StatusCode::OK,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    text,
-                ),
-                Err(e) => respond(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "text/plain",
-                    e.to_string(),
-                ),
-            }
-        }
-        (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n"),
-        (&Method::GET, "/readyz") => {
+/// Handles one request on the metrics port (route and method already checked).
+pub fn admin(state: &AdminState, req: &Request<Bytes>) -> Response<Full<Bytes>> {
+    match req.uri().path() {
+        "/metrics" => admin::metrics(&state.registry),
+        "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n"),
+        "/readyz" => {
             let reasons = state
                 .health
                 .not_ready_at(tokio::time::Instant::now().into_std());
@@ -163,28 +154,13 @@ pub struct WakeState {
     pub timeout: Duration,
 }
 
-/// Handles one request on the API port.
-pub async fn api(state: WakeState, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let received = Instant::now();
-    if req.uri().path() != "/v1/wake" {
-        return respond(
-            StatusCode::NOT_FOUND,
-            "application/json",
-            r#"{"error":"not found; POST /v1/wake"}"#,
-        );
-    }
-    if req.method() != Method::POST {
-        return respond(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "application/json",
-            r#"{"error":"use POST"}"#,
-        );
-    }
-    let body = match Limited::new(req.into_body(), MAX_WAKE_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => return rescue(&state, &WakeError::Malformed(e.to_string())),
-    };
-    match wake_one(&state, &body, received).await {
+/// Handles one wake (route, method and body size already checked).
+pub async fn api(state: &WakeState, req: Request<Bytes>) -> Response<Full<Bytes>> {
+    let received = req
+        .extensions()
+        .get::<Received>()
+        .map_or_else(Instant::now, |r| r.0);
+    match wake_one(state, req.body(), received).await {
         Ok(answer) => {
             state.metrics.wake_result(if answer.scaled {
                 "scaled"
@@ -197,7 +173,7 @@ pub async fn api(state: WakeState, req: Request<Incoming>) -> Response<Full<Byte
                 serde_json::to_string(&answer).unwrap_or_default(),
             )
         }
-        Err(e) => rescue(&state, &e),
+        Err(e) => rescue(state, &e),
     }
 }
 

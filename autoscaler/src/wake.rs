@@ -173,7 +173,7 @@ pub async fn execute(
             }
             match api
                 .patch_scale(
-                    &plan.key.name,
+                    &plan.key.deployment,
                     &PatchParams::default(),
                     &Patch::Merge(&patch),
                 )
@@ -191,7 +191,7 @@ pub async fn execute(
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 => {
                     let scale = api
-                        .get_scale(&plan.key.name)
+                        .get_scale(&plan.key.deployment)
                         .await
                         .map_err(|e| api_error(e, &plan.key))?;
                     let replicas = scale.spec.and_then(|s| s.replicas).unwrap_or(0).max(0) as u32;

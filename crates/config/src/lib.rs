@@ -39,6 +39,7 @@ use std::time::Duration;
 mod deployment;
 mod event;
 mod global;
+mod key;
 mod keys;
 mod parse;
 mod rules;
@@ -46,6 +47,7 @@ mod rules;
 pub use deployment::{DEFAULT_POD_METRIC_PATH, MAX_CONTAINER_CONCURRENCY, is_opted_in};
 pub use event::note_digest;
 pub use global::MAX_REPLICAS;
+pub use key::DeploymentKey;
 pub use keys::{ANNOTATIONS, CONFIGMAP_KEYS, KeyDoc, markdown_table};
 pub use parse::{
     MODEL_NAME_RULE, format_bytes, format_duration, parse_bool, parse_bytes, parse_duration,

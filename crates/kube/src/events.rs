@@ -1,0 +1,140 @@
+//! The one Event publisher: notes cut to the API's limit, a digest of the note in the action,
+//! a timeout, failures logged and never fatal, and publishing off the caller's task when the
+//! caller must not wait.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::Client;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+
+/// The API server rejects an Event whose note is longer than this many bytes.
+pub const MAX_NOTE_BYTES: usize = 1000;
+
+/// How long publishing one Event may take when the caller has no API timeout of its own.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Cuts `note` to at most [`MAX_NOTE_BYTES`], at a character boundary.
+pub fn truncate_note(note: &mut String) {
+    if note.len() > MAX_NOTE_BYTES {
+        let mut cut = MAX_NOTE_BYTES;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+    }
+}
+
+/// The Event for `note`: truncated, with action `{reason}-{digest of the note}` (see
+/// [`zeroscale_config::note_digest`] for why the digest is there).
+pub fn event(type_: EventType, reason: &str, note: String) -> Event {
+    let mut note = note;
+    truncate_note(&mut note);
+    let digest = zeroscale_config::note_digest(&note);
+    Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: format!("{reason}-{digest:08x}"),
+        secondary: None,
+    }
+}
+
+/// Publishes Events as one controller instance.
+#[derive(Clone)]
+pub struct Publisher {
+    recorder: Recorder,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    /// A publisher reporting as `controller` (e.g. `zeroscale-autoscaler`), instance
+    /// `instance` (the pod name), each publish bounded by `timeout`.
+    pub fn new(
+        client: Client,
+        controller: &str,
+        instance: Option<String>,
+        timeout: Duration,
+    ) -> Self {
+        let recorder = Recorder::new(
+            client,
+            Reporter {
+                controller: controller.to_owned(),
+                instance,
+            },
+        );
+        Self { recorder, timeout }
+    }
+
+    /// Records an Event on `regarding` and waits for it (at most the timeout); failures are
+    /// logged, never returned.
+    pub async fn publish(
+        &self,
+        regarding: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let ev = event(type_, reason, note);
+        match tokio::time::timeout(self.timeout, self.recorder.publish(&ev, regarding)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, reason, "could not record event"),
+            Err(_) => tracing::warn!(reason, "recording an event timed out"),
+        }
+    }
+
+    /// Records an Event from a task of its own: the caller (a request, a sync) never waits
+    /// for the API server.
+    pub fn spawn(
+        &self,
+        regarding: ObjectReference,
+        type_: EventType,
+        reason: &'static str,
+        note: String,
+    ) {
+        let this = self.clone();
+        tokio::spawn(async move { this.publish(&regarding, type_, reason, note).await });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_notes_are_cut_at_a_character_boundary() {
+        let mut short = "fits".to_owned();
+        truncate_note(&mut short);
+        assert_eq!(short, "fits");
+        // 999 ASCII bytes then a 3-byte character straddling the limit.
+        let mut note = "a".repeat(999) + "€€";
+        truncate_note(&mut note);
+        assert_eq!(note.len(), 999);
+        let mut exact = "b".repeat(MAX_NOTE_BYTES + 500);
+        truncate_note(&mut exact);
+        assert_eq!(exact.len(), MAX_NOTE_BYTES);
+    }
+
+    #[test]
+    fn the_action_carries_a_digest_of_the_note_as_sent() {
+        let a = event(EventType::Normal, "Scaled", "Scaled 1 -> 3".into());
+        let b = event(EventType::Normal, "Scaled", "Scaled 3 -> 0".into());
+        assert!(a.action.starts_with("Scaled-"));
+        assert_eq!(a.action.len(), "Scaled-".len() + 8);
+        assert_ne!(a.action, b.action);
+        // The digest is of the truncated note: two notes equal in their first kilobyte are
+        // one occurrence, as the API would store them.
+        let long1 = event(EventType::Warning, "X", "c".repeat(2000));
+        let long2 = event(EventType::Warning, "X", "c".repeat(3000));
+        assert_eq!(long1.action, long2.action);
+        assert_eq!(long1.note.as_deref().map(str::len), Some(MAX_NOTE_BYTES));
+    }
+}

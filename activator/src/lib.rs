@@ -2,12 +2,11 @@
 //!
 //! Routes each request to its model's ready pods ([`route`], [`table`]), holds requests while a
 //! model has no capacity ([`queue`]) and tells the autoscaler at once ([`wake`]), balances among
-//! pods ([`balance`]) over pooled connections ([`upstream`]), streams bodies both ways ([`proxy`], [`body`]) and counts concurrency
+//! pods (`zeroscale_gate::balance`) over pooled connections ([`upstream`]), streams bodies both ways ([`proxy`], [`body`]) and counts concurrency
 //! ([`metrics`]). Errors become HTTP answers in one place ([`error::rescue`]). [`k8s`] feeds the
 //! table from Deployments, Services and EndpointSlices; the rest knows nothing of Kubernetes.
 
 pub mod answer;
-pub mod balance;
 pub mod body;
 pub mod chunked;
 pub mod error;

@@ -15,6 +15,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
+use zeroscale_gate::{GateMetrics, PodGauge};
 
 /// Labels of every per-model series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -344,7 +345,7 @@ impl Metrics {
 }
 
 /// The pre-resolved metric handles of one model.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ModelMetrics {
     /// Labels of this model's series.
     pub labels: ModelLabels,
@@ -367,6 +368,60 @@ pub struct ModelMetrics {
     /// Failure counters, resolved on first use: a model that never fails has no such series.
     failures: Arc<Failures>,
     root: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for ModelMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelMetrics")
+            .field("labels", &self.labels)
+            .finish()
+    }
+}
+
+/// The in-flight gauge of one pod (`pod_requests_in_flight`).
+#[derive(Debug)]
+pub struct PodInFlight(Gauge);
+
+impl PodGauge for PodInFlight {
+    fn inc(&self) {
+        self.0.inc();
+    }
+    fn dec(&self) {
+        self.0.dec();
+    }
+}
+
+/// The gate's counts land in this model's series.
+impl GateMetrics for ModelMetrics {
+    type Pod = PodInFlight;
+
+    fn queued(&self, delta: i64) {
+        self.queued.inc_by(delta);
+    }
+
+    fn in_flight(&self, delta: i64) {
+        self.in_flight.inc_by(delta);
+    }
+
+    fn waited(&self, waited: Duration) {
+        self.queue_wait.observe(waited.as_secs_f64());
+    }
+
+    fn abandoned(&self) {
+        self.abandoned.inc();
+    }
+
+    fn pod(&self, addr: std::net::SocketAddr) -> PodInFlight {
+        PodInFlight(ModelMetrics::pod(self, addr.ip().to_string()))
+    }
+
+    fn remove_pod(&self, addr: std::net::SocketAddr) {
+        ModelMetrics::remove_pod(self, addr.ip().to_string());
+    }
+
+    fn ejected(&self, addr: std::net::SocketAddr, pause: Duration) {
+        tracing::info!(model = %self.labels.model, namespace = %self.labels.namespace, pod = %addr, "pod refused a connection: no new requests for {pause:?}");
+    }
 }
 
 #[derive(Debug, Default)]
@@ -591,6 +646,42 @@ mod tests {
             !out.contains("code=\"503\""),
             "an unseen code must not be exported:\n{out}"
         );
+    }
+
+    #[test]
+    fn the_gate_counts_land_in_the_model_series() {
+        let mut reg = Registry::default();
+        let m = Metrics::register(&mut reg);
+        let mm = m.model(ModelLabels {
+            namespace: "ns".into(),
+            deployment: "d".into(),
+            model: "m".into(),
+        });
+        let addr: std::net::SocketAddr = "10.0.0.7:8080".parse().unwrap();
+        GateMetrics::queued(&mm, 3);
+        GateMetrics::queued(&mm, -1);
+        GateMetrics::in_flight(&mm, 2);
+        GateMetrics::abandoned(&mm);
+        GateMetrics::waited(&mm, Duration::from_millis(5));
+        let pod = GateMetrics::pod(&mm, addr);
+        pod.inc();
+        pod.inc();
+        pod.dec();
+        assert_eq!(
+            (mm.queued.get(), mm.in_flight.get(), mm.abandoned.get()),
+            (2, 2, 1)
+        );
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
+        assert!(
+            out.contains(r#"zeroscale_activator_pod_requests_in_flight{namespace="ns",deployment="d",model="m",pod_ip="10.0.0.7"} 1"#),
+            "{out}"
+        );
+        assert!(out.contains("zeroscale_activator_queue_wait_seconds_count{namespace=\"ns\",deployment=\"d\",model=\"m\"} 1"), "{out}");
+        GateMetrics::remove_pod(&mm, addr);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
+        assert!(!out.contains("pod_ip="), "{out}");
     }
 
     #[test]

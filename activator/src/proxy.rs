@@ -231,7 +231,7 @@ impl Proxy {
         let authority = parts
             .uri
             .authority()
-            .map_or_else(|| permit.authority().as_str(), |a| a.as_str())
+            .map_or_else(|| permit.pool().authority().as_str(), |a| a.as_str())
             .as_bytes();
         let mut headers = HeaderMap::with_capacity(parts.headers.len() + 2);
         plan.forward(
@@ -288,7 +288,7 @@ impl Proxy {
             // as one being sent (measured: +1.3 KiB per queued HTTP/2 request).
             let sending = Box::pin(tokio::time::timeout_at(
                 deadline,
-                permit.upstream().send(out, metrics),
+                permit.pool().send(out, metrics),
             ));
             let sent = sending.await;
             match sent {

@@ -20,7 +20,7 @@
 //!   [`BODY_BYTES`];
 //! - addressed by Host or path (not by body) to a known model;
 //! - the body arrives within the header read timeout (a slow body is streamed by hyper);
-//! - a pod has room now ([`Gate::try_admit`](crate::queue::Gate::try_admit)): a request that
+//! - a pod has room now ([`Gate::try_admit`](zeroscale_gate::Gate::try_admit)): a request that
 //!   must wait goes through hyper's path and its queue.
 //!
 //! Once a connection is hyper's it stays hyper's. Both paths forward what the policy says, retry
@@ -377,7 +377,7 @@ async fn exchange(
         finished = done;
     }
     if reusable && !body.eof_ends() {
-        permit.upstream().put_raw(pod);
+        permit.pool().put_raw(pod);
     }
     Ok(Next::Answered)
 }
@@ -415,7 +415,7 @@ async fn start(
     let mut tried = Vec::new();
     let mut stale = 0;
     loop {
-        let (mut pod, reused) = match send(permit.upstream(), req, stale > 0).await {
+        let (mut pod, reused) = match send(permit.pool(), req, stale > 0).await {
             Ok(x) => x,
             // A reused connection broke while the request was written: the pod never got it
             // whole. Again on a fresh connection, like a stale one.

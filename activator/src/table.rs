@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 use crate::metrics::{Metrics, ModelLabels};
 use crate::queue::{Endpoint, Gate, Limits};
 use crate::route::{self, PathRoute};
+use crate::upstream::Upstream;
 
 /// A model's identity: its Deployment (the key type both binaries share).
 pub use zeroscale_config::DeploymentKey as ModelKey;
@@ -322,7 +323,7 @@ impl Table {
             let spec = m.spec.read().unwrap_or_else(|e| e.into_inner()).clone();
             self.unindex(&spec, &m);
             m.gate.close();
-            m.gate.set_endpoints(&[]);
+            m.gate.set_endpoints(&[], Upstream::new);
             m.gate.metrics().remove();
         }
     }
@@ -339,7 +340,7 @@ impl Table {
         let Some(m) = self.models.get(key).map(|m| m.clone()) else {
             return;
         };
-        if m.gate.set_endpoints(&endpoints) {
+        if m.gate.set_endpoints(&endpoints, Upstream::new) {
             self.wake.wake(&m);
         }
     }

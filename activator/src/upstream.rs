@@ -103,6 +103,12 @@ pub enum SendError {
     Failed(hyper::Error),
 }
 
+impl zeroscale_gate::Pool for Upstream {
+    fn drop_idle(&self) {
+        Upstream::drop_idle(self);
+    }
+}
+
 impl Upstream {
     /// A pod at `addr`, with no connection yet.
     pub fn new(addr: SocketAddr) -> Arc<Self> {

@@ -1,6 +1,6 @@
 //! Choosing a pod: least requests in flight among ready pods that have room.
 //!
-//! Pure and synchronous: the caller (the `Gate`) holds the model's lock.
+//! Pure and synchronous: the caller ([`crate::Gate`]) holds the model's lock.
 
 /// What the balancer needs to know about one pod.
 pub trait Slot {

@@ -127,6 +127,20 @@ fn nice_step(range: f64, ticks: f64) -> f64 {
     }
 }
 
+/// A tick step in seconds that reads well on a time axis.
+fn time_step(range: f64, ticks: f64) -> f64 {
+    const STEPS: [f64; 20] = [
+        1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0,
+        10800.0, 21600.0, 43200.0, 86400.0, 172800.0, 604800.0,
+    ];
+    let raw = range / ticks;
+    STEPS
+        .iter()
+        .copied()
+        .find(|&s| s >= raw)
+        .unwrap_or(604800.0)
+}
+
 fn fmt_num(v: f64) -> String {
     if v.abs() >= 10_000.0 {
         format!("{:.0}k", v / 1000.0)
@@ -146,6 +160,8 @@ struct Frame {
     bottom: f64,
     x: (f64, f64),
     y: (f64, f64),
+    /// The x axis is seconds: ticks fall on whole seconds, minutes or hours.
+    time_axis: bool,
 }
 
 impl Frame {
@@ -166,7 +182,11 @@ impl Frame {
             w = self.w - self.left - self.right,
             h = self.h - self.top - self.bottom
         );
-        let sx = nice_step(self.x.1 - self.x.0, 6.0);
+        let sx = if self.time_axis {
+            time_step(self.x.1 - self.x.0, 6.0)
+        } else {
+            nice_step(self.x.1 - self.x.0, 6.0)
+        };
         let mut v = (self.x.0 / sx).ceil() * sx;
         while v <= self.x.1 + 1e-9 {
             let x = self.px(v);
@@ -217,13 +237,22 @@ fn polyline(out: &mut String, pts: &[(f64, f64)], color: &str, width: f64) {
 }
 
 fn time_fmt(v: f64) -> String {
-    if v >= 3600.0 && (v / 3600.0).fract() == 0.0 {
-        format!("{}h", v / 3600.0)
-    } else if v >= 60.0 && (v / 60.0).fract() == 0.0 {
-        format!("{}m", v / 60.0)
-    } else {
-        format!("{}s", fmt_num(v))
+    let (h, m, sec) = (
+        (v / 3600.0).floor(),
+        ((v % 3600.0) / 60.0).floor(),
+        v % 60.0,
+    );
+    let mut out = String::new();
+    if h > 0.0 {
+        out.push_str(&format!("{h}h"));
     }
+    if m > 0.0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if sec > 0.0 || out.is_empty() {
+        out.push_str(&format!("{}s", fmt_num(sec)));
+    }
+    out
 }
 
 /// Load (requests per second) and replicas (average pods, ready pods, highest spec) over time.
@@ -254,6 +283,7 @@ pub fn timeline_svg(t: &Timeline) -> String {
         bottom: 36.0,
         x: (0.0, end),
         y: (0.0, max_load * 1.05),
+        time_axis: true,
     };
     let _ = write!(
         out,
@@ -280,17 +310,18 @@ pub fn timeline_svg(t: &Timeline) -> String {
         .max(1.0);
     let f = Frame {
         w: 900.0,
-        h: 220.0,
+        h: 240.0,
         left: 60.0,
         right: 20.0,
-        top: 10.0,
+        top: 30.0,
         bottom: 36.0,
         x: (0.0, end),
         y: (0.0, max_rep * 1.05),
+        time_axis: true,
     };
     let _ = write!(
         out,
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="900" height="220" font-size="11" font-family="sans-serif">"##
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="900" height="240" font-size="11" font-family="sans-serif">"##
     );
     f.axes(&mut out, "time", "replicas", &time_fmt);
     for (series, color, w) in [
@@ -312,9 +343,18 @@ pub fn timeline_svg(t: &Timeline) -> String {
     }
     let _ = write!(
         out,
-        r##"<text x="70" y="24" fill="#d62728">highest spec.replicas per bin</text><text x="70" y="38" fill="#2ca02c">average pods (starting, ready, draining)</text><text x="70" y="52" fill="#9467bd">average ready pods</text></svg>"##
+        r##"<text x="60" y="18" fill="#d62728">highest spec.replicas per bin</text><text x="260" y="18" fill="#2ca02c">average pods (starting, ready, draining)</text><text x="520" y="18" fill="#9467bd">average ready pods</text></svg>"##
     );
     out
+}
+
+/// The values of a label (`a=1 b=2` -> `1 2`).
+fn short_label(label: &str) -> String {
+    label
+        .split(' ')
+        .map(|kv| kv.rsplit('=').next().unwrap_or(kv))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Cold starts against replica-seconds, one point per run; the frontier joined, the
@@ -336,6 +376,7 @@ pub fn pareto_svg(runs: &[RunOutcome], frontier: &[usize], recommended: Option<u
         bottom: 36.0,
         x: ((x0 - pad).max(0.0), x1 + pad),
         y: (0.0, y1 * 1.1),
+        time_axis: false,
     };
     let mut out = String::new();
     let _ = write!(
@@ -348,9 +389,16 @@ pub fn pareto_svg(runs: &[RunOutcome], frontier: &[usize], recommended: Option<u
         .map(|&i| (f.px(xs[i]), f.py(ys[i])))
         .collect();
     polyline(&mut out, &pts, "#ff7f0e", 1.5);
-    for (i, r) in runs.iter().enumerate() {
+    for i in 0..runs.len() {
+        // One mark and one label per distinct point: the values of every run on it.
+        if (0..i).any(|j| xs[j] == xs[i] && ys[j] == ys[i]) {
+            continue;
+        }
+        let same: Vec<usize> = (i..runs.len())
+            .filter(|&j| xs[j] == xs[i] && ys[j] == ys[i])
+            .collect();
         let (x, y) = (f.px(xs[i]), f.py(ys[i]));
-        let color = if frontier.contains(&i) {
+        let color = if same.iter().any(|j| frontier.contains(j)) {
             "#ff7f0e"
         } else {
             "#777"
@@ -359,20 +407,19 @@ pub fn pareto_svg(runs: &[RunOutcome], frontier: &[usize], recommended: Option<u
             out,
             r##"<circle cx="{x:.1}" cy="{y:.1}" r="4" fill="{color}"/>"##
         );
-        if Some(i) == recommended {
+        if recommended.is_some_and(|r| same.contains(&r)) {
             let _ = write!(
                 out,
                 r##"<circle cx="{x:.1}" cy="{y:.1}" r="9" fill="none" stroke="#d62728" stroke-width="2"/>"##
             );
         }
-        let short = r.label.rsplit(' ').next().unwrap_or(&r.label);
-        let short = short.rsplit('=').next().unwrap_or(short);
+        let label: Vec<String> = same.iter().map(|&j| short_label(&runs[j].label)).collect();
         let _ = write!(
             out,
             r##"<text x="{:.1}" y="{:.1}">{}</text>"##,
             x + 7.0,
             y - 6.0,
-            esc(short)
+            esc(&label.join(", "))
         );
     }
     out.push_str("</svg>");

@@ -299,3 +299,38 @@ fn a_longer_grace_never_costs_more_cold_starts_here() {
     assert!(cold.windows(2).all(|w| w[0] >= w[1]), "{cold:?}");
     assert!(cold[0] > cold[3], "{cold:?}");
 }
+
+#[test]
+fn a_sweep_recommends_and_its_report_is_self_contained() {
+    use zeroscale_sim::{report, sweep};
+    let t = sample_trace();
+    let axes = [sweep::axis("scale-to-zero-grace-period=5s,2m,10m").unwrap()];
+    let variants = sweep::variants(&ConfigSource::default(), &axes, &PolicyKind::Engine).unwrap();
+    let o = sample_opts(1, &t);
+    let runs = sweep::run_all(&t, &variants, &o, 2);
+    // Threads do not change the result.
+    let one = sweep::run_all(&t, &variants, &o, 1);
+    assert_eq!(
+        serde_json::to_string(&runs).unwrap(),
+        serde_json::to_string(&one).unwrap()
+    );
+    // Each variant is exactly its own single run.
+    let single = zeroscale_sim::run(&t, "x", &variants[1].settings, &PolicyKind::Engine, &o);
+    assert_eq!(single.total.replica_seconds, runs[1].total.replica_seconds);
+    let front = sweep::frontier(&runs);
+    assert!(!front.is_empty());
+    let rec = sweep::recommend(&runs, None).unwrap();
+    assert!(front.contains(&rec.index));
+    let html = report::html(
+        "t",
+        &["ctx <b>".into()],
+        &runs,
+        &front,
+        Some(rec.index),
+        Some(&rec.text),
+    );
+    assert_eq!(html.matches("<svg").count(), 3, "load, replicas, pareto");
+    assert!(!html.contains("<script"));
+    assert!(html.contains("ctx &lt;b&gt;"));
+    assert!(html.contains(&rec.text.replace(">", "&gt;")));
+}

@@ -288,7 +288,7 @@ impl Proxy {
             // as one being sent (measured: +1.3 KiB per queued HTTP/2 request).
             let sending = Box::pin(tokio::time::timeout_at(
                 deadline,
-                permit.pool().send(out, metrics),
+                permit.pool().send(out, metrics, peer.worker()),
             ));
             let sent = sending.await;
             match sent {

@@ -51,7 +51,7 @@ use crate::metrics::Event;
 use crate::peer::Peer;
 use crate::queue::Permit;
 use crate::table::{Addressed, Model, Table};
-use crate::upstream::Upstream;
+use crate::upstream::{Upstream, WorkerId};
 
 /// The first read of a request head reserves this much; the head may grow to
 /// [`RelayOptions::max_header_bytes`].
@@ -174,7 +174,7 @@ pub async fn serve(
         let held = gate.metrics().integral.hold();
         out.extend_from_slice(&inb[plan.head_len..total]);
         let close = plan.close || stopping.is_cancelled();
-        let outcome = exchange(client, &plan, permit, &out, close).await;
+        let outcome = exchange(client, &plan, permit, &out, close, peer.worker()).await;
         drop(held);
         if !matches!(outcome, Ok(Next::Queue)) {
             table.metrics().relayed();
@@ -301,12 +301,13 @@ async fn exchange(
     mut permit: Permit,
     req: &[u8],
     close: bool,
+    worker: WorkerId,
 ) -> Result<Next, Abort> {
     let gate = plan.model.gate();
     let metrics = gate.metrics();
     let (response_timeout, idle_timeout) = gate.timeouts();
     let started = tokio::select! {
-        r = start(plan, &mut permit, req, response_timeout) => r,
+        r = start(plan, &mut permit, req, response_timeout, worker) => r,
         // Nothing is waiting for the answer any more; the pod connection is dropped with it.
         () = closed(client) => {
             metrics.count(Event::ClientGone);
@@ -377,7 +378,7 @@ async fn exchange(
         finished = done;
     }
     if reusable && !body.eof_ends() {
-        permit.pool().put_raw(pod);
+        permit.pool().put_raw(pod, worker);
     }
     Ok(Next::Answered)
 }
@@ -409,13 +410,14 @@ async fn start(
     permit: &mut Permit,
     req: &[u8],
     response_timeout: Duration,
+    worker: WorkerId,
 ) -> Result<(TcpStream, Head, Vec<u8>), Failed> {
     let metrics = plan.model.gate().metrics();
     let deadline = Instant::now() + response_timeout;
     let mut tried = Vec::new();
     let mut stale = 0;
     loop {
-        let (mut pod, reused) = match send(permit.pool(), req, stale > 0).await {
+        let (mut pod, reused) = match send(permit.pool(), req, stale > 0, worker).await {
             Ok(x) => x,
             // A reused connection broke while the request was written: the pod never got it
             // whole. Again on a fresh connection, like a stale one.
@@ -514,10 +516,16 @@ enum SendFail {
     Broken(String),
 }
 
-/// Writes `req` on a pooled connection (unless `fresh`) or a new one; true when it was reused.
-/// A pooled connection that fails before any byte is written is dropped and the next one tried.
-async fn send(up: &Arc<Upstream>, req: &[u8], fresh: bool) -> Result<(TcpStream, bool), SendFail> {
-    while let Some(mut s) = if fresh { None } else { up.take_raw() } {
+/// Writes `req` on a pooled connection of `worker` (unless `fresh`) or a new one; true when it
+/// was reused. A pooled connection that fails before any byte is written is dropped and the
+/// next one tried.
+async fn send(
+    up: &Arc<Upstream>,
+    req: &[u8],
+    fresh: bool,
+    worker: WorkerId,
+) -> Result<(TcpStream, bool), SendFail> {
+    while let Some(mut s) = if fresh { None } else { up.take_raw(worker) } {
         match write_first(&mut s, req).await {
             Ok(()) => return Ok((s, true)),
             Err(Sent::Nothing) => continue,
@@ -1027,7 +1035,7 @@ mod tests {
             #[test]
             fn request_heads(data in input(REQUESTS)) {
                 let table = table();
-                let peer = Peer::new("10.0.0.1:1234".parse().unwrap());
+                let peer = Peer::new("10.0.0.1:1234".parse().unwrap(), WorkerId::default());
                 let mut out = Vec::new();
                 if let Parsed::Plan(p) = plan(&data, &table, &peer, &mut out) {
                     let mut h = [httparse::EMPTY_HEADER; 128];

@@ -26,6 +26,7 @@ use crate::park::{GoneReason, Parking, park};
 use crate::peer::Peer;
 use crate::proxy::Proxy;
 use crate::relay::{self, RelayOptions};
+use crate::upstream::WorkerId;
 
 /// Options of the proxy listener.
 #[derive(Clone, Debug)]
@@ -91,7 +92,7 @@ pub fn spawn_proxy_workers(
 ) -> std::io::Result<ProxyWorkers> {
     let workers = workers.max(1);
     listener.set_nonblocking(true)?;
-    crate::upstream::set_workers(workers);
+    proxy.table().set_proxy_workers(workers);
     let mut done = Vec::with_capacity(workers);
     for i in 0..workers {
         let listener = listener.try_clone()?;
@@ -100,7 +101,6 @@ pub fn spawn_proxy_workers(
         std::thread::Builder::new()
             .name(format!("proxy-{i}"))
             .spawn(move || {
-                crate::upstream::set_worker(i);
                 let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -124,7 +124,9 @@ pub fn spawn_proxy_workers(
                         }
                     });
                     match TcpListener::from_std(listener) {
-                        Ok(l) => serve_proxy(l, proxy, opts, stop.cancelled_owned()).await,
+                        Ok(l) => {
+                            serve_worker(l, proxy, opts, stop.cancelled_owned(), WorkerId(i)).await
+                        }
                         Err(e) => {
                             tracing::error!(worker = i, error = %e, "proxy worker cannot listen");
                             false
@@ -147,6 +149,17 @@ pub async fn serve_proxy(
     opts: ServerOptions,
     shutdown: impl Future<Output = ()>,
 ) -> bool {
+    serve_worker(listener, proxy, opts, shutdown, WorkerId::default()).await
+}
+
+/// [`serve_proxy`] as proxy worker `worker`: its connections use that worker's pod pools.
+async fn serve_worker(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    opts: ServerOptions,
+    shutdown: impl Future<Output = ()>,
+    worker: WorkerId,
+) -> bool {
     let builder = proxy_builder(&opts, true);
     // A parked connection serves the one request it waited with (see `crate::park`).
     let parked_builder = proxy_builder(&opts, false);
@@ -168,7 +181,7 @@ pub async fn serve_proxy(
         };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
-        let peer = Peer::new(remote);
+        let peer = Peer::new(remote, worker);
         let (builder, parked_builder) = (builder.clone(), parked_builder.clone());
         // Held from accept on, so a drain waits for parked requests too.
         let watcher = graceful.watcher();

@@ -15,7 +15,7 @@
 //! Deployment name. [`Table::upsert_model`] reports the conflict so the caller can put a
 //! Warning Event on the losers.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -125,6 +125,8 @@ pub struct Table {
     wake: Arc<dyn WakeSink>,
     /// Serializes writers so index updates are consistent; readers never take it.
     write: Mutex<()>,
+    /// Proxy worker threads: a pod's connection pools are split for them.
+    proxy_workers: AtomicUsize,
 }
 
 impl std::fmt::Debug for Table {
@@ -198,7 +200,14 @@ impl Table {
             hosts: DashMap::new(),
             wake,
             write: Mutex::new(()),
+            proxy_workers: AtomicUsize::new(1),
         }
+    }
+
+    /// Declares that the proxy runs on `workers` threads (`server::spawn_proxy_workers` does);
+    /// pods added afterwards keep one connection pool per worker.
+    pub fn set_proxy_workers(&self, workers: usize) {
+        self.proxy_workers.store(workers.max(1), Ordering::Relaxed);
     }
 
     /// The metrics every model's handles come from.
@@ -323,7 +332,7 @@ impl Table {
             let spec = m.spec.read().unwrap_or_else(|e| e.into_inner()).clone();
             self.unindex(&spec, &m);
             m.gate.close();
-            m.gate.set_endpoints(&[], Upstream::new);
+            m.gate.set_endpoints(&[], |addr| Upstream::new(addr, 1));
             m.gate.metrics().remove();
         }
     }
@@ -340,7 +349,10 @@ impl Table {
         let Some(m) = self.models.get(key).map(|m| m.clone()) else {
             return;
         };
-        if m.gate.set_endpoints(&endpoints, Upstream::new) {
+        let workers = self.proxy_workers.load(Ordering::Relaxed);
+        if m.gate
+            .set_endpoints(&endpoints, |addr| Upstream::new(addr, workers))
+        {
             self.wake.wake(&m);
         }
     }

@@ -16,10 +16,8 @@
 //! a fresh connection, as nginx and hyper-util's pool do. Otherwise a request is never re-sent
 //! once any byte of it was written.
 
-use std::cell::Cell;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -42,23 +40,11 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle connections kept per pod; beyond it the oldest is closed.
 pub const MAX_IDLE: usize = 512;
 
-/// How many proxy worker threads pools are split for (see [`set_worker`]).
-static WORKERS: AtomicUsize = AtomicUsize::new(1);
-
-thread_local! {
-    static WORKER: Cell<usize> = const { Cell::new(0) };
-}
-
-/// Declares that the proxy runs on `workers` threads; pods created afterwards keep one pool per
-/// worker, so a connection is reused by the thread whose runtime drives it.
-pub fn set_workers(workers: usize) {
-    WORKERS.store(workers.max(1), Ordering::Relaxed);
-}
-
-/// Marks the current thread as proxy worker `index` (0-based).
-pub fn set_worker(index: usize) {
-    WORKER.with(|w| w.set(index));
-}
+/// The proxy worker thread a connection is served on (0-based; see
+/// `server::spawn_proxy_workers`). Each worker has its own runtime, so a pod connection is
+/// reused only by the worker whose runtime drives it: every pool is split by worker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct WorkerId(pub usize);
 
 /// One pod's connections: one idle pool per proxy worker thread.
 pub struct Upstream {
@@ -110,18 +96,16 @@ impl zeroscale_gate::Pool for Upstream {
 }
 
 impl Upstream {
-    /// A pod at `addr`, with no connection yet.
-    pub fn new(addr: SocketAddr) -> Arc<Self> {
+    /// A pod at `addr`, with no connection yet, and a pool for each of `workers` proxy
+    /// workers (a [`WorkerId`] beyond them shares a pool).
+    pub fn new(addr: SocketAddr, workers: usize) -> Arc<Self> {
+        let workers = workers.max(1);
         Arc::new(Self {
             addr,
             authority: Authority::try_from(addr.to_string().as_str())
                 .expect("a socket address is a valid authority"),
-            idle: (0..WORKERS.load(Ordering::Relaxed))
-                .map(|_| Mutex::new(VecDeque::new()))
-                .collect(),
-            raw: (0..WORKERS.load(Ordering::Relaxed))
-                .map(|_| Mutex::new(Vec::new()))
-                .collect(),
+            idle: (0..workers).map(|_| Mutex::new(VecDeque::new())).collect(),
+            raw: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
         })
     }
 
@@ -150,15 +134,15 @@ impl Upstream {
         hyper + raw
     }
 
-    fn lock_raw(&self) -> std::sync::MutexGuard<'_, Vec<RawIdle>> {
-        let i = WORKER.with(Cell::get) % self.raw.len();
+    fn lock_raw(&self, worker: WorkerId) -> std::sync::MutexGuard<'_, Vec<RawIdle>> {
+        let i = worker.0 % self.raw.len();
         self.raw[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The relay's most recently used idle connection that still looks open: the pod has
     /// neither closed it nor sent anything on it since its last answer.
-    pub fn take_raw(&self) -> Option<TcpStream> {
-        let mut idle = self.lock_raw();
+    pub fn take_raw(&self, worker: WorkerId) -> Option<TcpStream> {
+        let mut idle = self.lock_raw(worker);
         while let Some(i) = idle.pop() {
             if i.since.elapsed() < IDLE_TIMEOUT && quiet(&i.stream) {
                 return Some(i.stream);
@@ -167,10 +151,10 @@ impl Upstream {
         None
     }
 
-    /// Gives a relay connection whose exchange ended cleanly back to this thread's pool.
-    pub fn put_raw(&self, stream: TcpStream) {
+    /// Gives a relay connection whose exchange ended cleanly back to `worker`'s pool.
+    pub fn put_raw(&self, stream: TcpStream, worker: WorkerId) {
         let now = Instant::now();
-        let mut idle = self.lock_raw();
+        let mut idle = self.lock_raw(worker);
         if idle.len() >= MAX_IDLE || idle.first().is_some_and(|i| now - i.since >= IDLE_TIMEOUT) {
             idle.remove(0);
         }
@@ -191,9 +175,9 @@ impl Upstream {
         Ok(stream)
     }
 
-    /// This thread's pool.
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
-        let i = WORKER.with(Cell::get) % self.idle.len();
+    /// `worker`'s pool.
+    fn lock(&self, worker: WorkerId) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
+        let i = worker.0 % self.idle.len();
         self.idle[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -207,18 +191,19 @@ impl Upstream {
         }
     }
 
-    /// Sends `req` (origin-form URI, `Host` set) on a pooled connection or a new one. The
-    /// returned [`Conn`] must live as long as the response body is read: dropping it gives the
-    /// connection back to the pool.
+    /// Sends `req` (origin-form URI, `Host` set) on a pooled connection of `worker` or a new
+    /// one. The returned [`Conn`] must live as long as the response body is read: dropping it
+    /// gives the connection back to the pool.
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<ReqBody>,
         metrics: &ModelMetrics,
+        worker: WorkerId,
     ) -> Result<(Response<Incoming>, Conn), SendError> {
-        while let Some(mut tx) = self.checkout() {
+        while let Some(mut tx) = self.checkout(worker) {
             let replay = replayable(&req);
             match tx.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, self.conn(tx))),
+                Ok(resp) => return Ok((resp, self.conn(tx, worker))),
                 Err(mut e) => match e.take_message() {
                     // The pod closed this idle connection; nothing was written: next one.
                     Some(r) => req = r,
@@ -249,7 +234,7 @@ impl Upstream {
         };
         let replay = replayable(&req);
         match tx.try_send_request(req).await {
-            Ok(resp) => Ok((resp, self.conn(tx))),
+            Ok(resp) => Ok((resp, self.conn(tx, worker))),
             Err(mut e) => match e.take_message() {
                 Some(r) => Err(SendError::NotSent {
                     error: format!("the connection to {} failed: {}", self.addr, e.error()),
@@ -273,16 +258,17 @@ impl Upstream {
         }
     }
 
-    fn conn(self: &Arc<Self>, tx: SendRequest<ReqBody>) -> Conn {
+    fn conn(self: &Arc<Self>, tx: SendRequest<ReqBody>, worker: WorkerId) -> Conn {
         Conn {
             tx: Some(tx),
             upstream: Arc::downgrade(self),
+            worker,
         }
     }
 
-    /// The most recently used idle connection that can take a request now.
-    fn checkout(&self) -> Option<SendRequest<ReqBody>> {
-        let mut idle = self.lock();
+    /// `worker`'s most recently used idle connection that can take a request now.
+    fn checkout(&self, worker: WorkerId) -> Option<SendRequest<ReqBody>> {
+        let mut idle = self.lock(worker);
         while let Some(i) = idle.pop_back() {
             if i.tx.is_ready() && i.since.elapsed() < IDLE_TIMEOUT {
                 return Some(i.tx);
@@ -311,9 +297,9 @@ impl Upstream {
     }
 
     /// Puts a connection whose exchange is over back, once it can take a new request.
-    fn put(self: Arc<Self>, mut tx: SendRequest<ReqBody>) {
+    fn put(self: Arc<Self>, mut tx: SendRequest<ReqBody>, worker: WorkerId) {
         if tx.is_ready() {
-            self.push(tx);
+            self.push(tx, worker);
         } else if !tx.is_closed() {
             // hyper has not yet noticed the end of the response on the connection's task; wait
             // for it there (rare: usually the connection is ready when the body's end arrives).
@@ -322,15 +308,15 @@ impl Upstream {
                 if tx.ready().await.is_ok()
                     && let Some(up) = up.upgrade()
                 {
-                    up.push(tx);
+                    up.push(tx, worker);
                 }
             });
         }
     }
 
-    fn push(&self, tx: SendRequest<ReqBody>) {
+    fn push(&self, tx: SendRequest<ReqBody>, worker: WorkerId) {
         let now = Instant::now();
-        let mut idle = self.lock();
+        let mut idle = self.lock(worker);
         while idle
             .front()
             .is_some_and(|i| idle.len() >= MAX_IDLE || now - i.since >= IDLE_TIMEOUT)
@@ -400,6 +386,8 @@ fn quiet(stream: &TcpStream) -> bool {
 pub struct Conn {
     tx: Option<SendRequest<ReqBody>>,
     upstream: Weak<Upstream>,
+    /// The pool it goes back to.
+    worker: WorkerId,
 }
 
 impl Conn {
@@ -414,7 +402,7 @@ impl Drop for Conn {
         if let Some(tx) = self.tx.take()
             && let Some(up) = self.upstream.upgrade()
         {
-            up.put(tx);
+            up.put(tx, self.worker);
         }
     }
 }
@@ -460,10 +448,13 @@ mod tests {
                 });
             }
         });
-        let up = Upstream::new(addr);
+        let up = Upstream::new(addr, 1);
         let m = mm();
         for _ in 0..3 {
-            let (resp, conn) = up.send(get("/"), &m).await.expect("answer");
+            let (resp, conn) = up
+                .send(get("/"), &m, WorkerId::default())
+                .await
+                .expect("answer");
             assert_eq!(body(resp).await, "ok");
             drop(conn);
             tokio::task::yield_now().await;
@@ -521,9 +512,12 @@ mod tests {
     #[tokio::test]
     async fn a_connection_is_reused_once_its_response_is_read() {
         let (addr, conns) = server(100).await;
-        let up = Upstream::new(addr);
+        let up = Upstream::new(addr, 1);
         for _ in 0..5 {
-            let (resp, conn) = up.send(get("/"), &mm()).await.expect("answer");
+            let (resp, conn) = up
+                .send(get("/"), &mm(), WorkerId::default())
+                .await
+                .expect("answer");
             assert_eq!(body(resp).await, "ok");
             drop(conn);
             // The connection may need its task to run once more before it is reusable.
@@ -534,11 +528,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn each_worker_reuses_only_its_own_connections() {
+        let (addr, conns) = server(100).await;
+        let up = Upstream::new(addr, 2);
+        let count = || conns.load(std::sync::atomic::Ordering::SeqCst);
+        for (worker, expected) in [(1, 1), (0, 2), (1, 2), (0, 2), (3, 2)] {
+            let (resp, conn) = up
+                .send(get("/"), &mm(), WorkerId(worker))
+                .await
+                .expect("answer");
+            assert_eq!(body(resp).await, "ok");
+            drop(conn);
+            tokio::task::yield_now().await;
+            // Worker 3 of a pod split for 2 shares worker 1's pool.
+            assert_eq!(count(), expected, "worker {worker}");
+        }
+        assert_eq!(up.idle_count(), 2);
+    }
+
+    #[tokio::test]
     async fn concurrent_exchanges_get_their_own_connections() {
         let (addr, conns) = server(100).await;
-        let up = Upstream::new(addr);
-        let (r1, c1) = up.send(get("/a"), &mm()).await.expect("answer");
-        let (r2, c2) = up.send(get("/b"), &mm()).await.expect("answer");
+        let up = Upstream::new(addr, 1);
+        let (r1, c1) = up
+            .send(get("/a"), &mm(), WorkerId::default())
+            .await
+            .expect("answer");
+        let (r2, c2) = up
+            .send(get("/b"), &mm(), WorkerId::default())
+            .await
+            .expect("answer");
         assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 2);
         assert_eq!(body(r1).await, "ok");
         assert_eq!(body(r2).await, "ok");
@@ -551,9 +570,12 @@ mod tests {
     async fn a_connection_the_pod_closed_is_skipped_without_resending() {
         // The pod answers one request per connection, then closes it.
         let (addr, conns) = server(1).await;
-        let up = Upstream::new(addr);
+        let up = Upstream::new(addr, 1);
         for _ in 0..3 {
-            let (resp, conn) = up.send(get("/"), &mm()).await.expect("answer");
+            let (resp, conn) = up
+                .send(get("/"), &mm(), WorkerId::default())
+                .await
+                .expect("answer");
             assert_eq!(body(resp).await, "ok");
             drop(conn);
             // Let the connection task see the pod's close.
@@ -567,8 +589,8 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = l.local_addr().expect("addr");
         drop(l);
-        let up = Upstream::new(addr);
-        match up.send(get("/x"), &mm()).await {
+        let up = Upstream::new(addr, 1);
+        match up.send(get("/x"), &mm(), WorkerId::default()).await {
             Err(SendError::NotSent { req, error }) => {
                 assert_eq!(req.uri().path(), "/x");
                 assert!(error.contains(&addr.to_string()), "{error}");
@@ -591,8 +613,11 @@ mod tests {
                 .await;
             tokio::time::sleep(Duration::from_secs(5)).await;
         });
-        let up = Upstream::new(addr);
-        let (resp, conn) = up.send(get("/"), &mm()).await.expect("answer");
+        let up = Upstream::new(addr, 1);
+        let (resp, conn) = up
+            .send(get("/"), &mm(), WorkerId::default())
+            .await
+            .expect("answer");
         drop(resp);
         drop(conn);
         tokio::time::sleep(Duration::from_millis(50)).await;

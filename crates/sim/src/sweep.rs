@@ -10,7 +10,9 @@
 //! **Frontier**: the variants not dominated on (cold starts, replica-seconds), fewer being
 //! better on both. **Recommendation**, two rules:
 //! - default, the *knee*: on the frontier, scale both axes to 0..1 over the frontier's range
-//!   and take the point nearest to (0, 0) (ties: fewer replica-seconds);
+//!   and take the point farthest below the chord joining the frontier's two ends (the
+//!   "Kneedle" knee: the point where buying fewer cold starts with replica-seconds stops
+//!   paying); in scaled coordinates that is the least `x + y` (ties: fewer replica-seconds);
 //! - with a price (`--cold-start-cost 60s`: one cold start is worth 60 replica-seconds to
 //!   you), the variant with the least `replica-seconds + price x cold starts`.
 
@@ -191,10 +193,10 @@ pub fn recommend(runs: &[RunOutcome], cold_start_cost: Option<f64>) -> Option<Re
                 if hi > lo { (v - lo) / (hi - lo) } else { 0.0 }
             };
             let k = (0..front.len()).min_by(|&a, &b| {
-                let d = |k: usize| norm(xs[k], &xs).hypot(norm(ys[k], &ys));
+                let d = |k: usize| norm(xs[k], &xs) + norm(ys[k], &ys);
                 d(a).total_cmp(&d(b))
             })?;
-            (front[k], "knee of the frontier (nearest to the ideal, both axes scaled to the frontier's range)".to_owned())
+            (front[k], "knee of the frontier (farthest below the chord between its ends, both axes scaled to the frontier's range)".to_owned())
         }
     };
     let r = &runs[index];
@@ -266,6 +268,7 @@ mod tests {
     #[test]
     fn knee_and_price() {
         // Cold starts fall fast at first, then slowly: the knee is "b".
+        //   scaled (replica-s, cold): a (0, 1), b (0.11, 0.03), c (0.56, 0.01), d (1, 0)
         let runs = [
             run("a", 100, 10.0),
             run("b", 12, 20.0),
@@ -273,6 +276,15 @@ mod tests {
             run("d", 9, 100.0),
         ];
         assert_eq!(recommend(&runs, None).unwrap().label, "b");
+        // A frontier that bends late: a (0, 1), b (0.6, 0.58), c (0.93, 0.02), d (1, 0); the
+        // point nearest to (0, 0) would be b, but c is where the cold starts are gone.
+        let late = [
+            run("a", 1716, 79694.0),
+            run("b", 1021, 97286.0),
+            run("c", 71, 107762.0),
+            run("d", 43, 109787.0),
+        ];
+        assert_eq!(recommend(&late, None).unwrap().label, "c");
         // A cold start worth 1000 replica-seconds: the fewest cold starts win.
         assert_eq!(recommend(&runs, Some(1000.0)).unwrap().label, "d");
         // Worth nothing: the cheapest.

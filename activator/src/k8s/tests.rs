@@ -667,3 +667,5 @@ fn an_unchanged_resource_version_is_not_a_change() {
     put_dep(&mut ix, &d);
     assert_eq!(ix.sync(&t).recomputed, 0);
 }
+
+mod oracle;

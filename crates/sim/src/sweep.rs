@@ -12,7 +12,9 @@
 //! - default, the *knee*: on the frontier, scale both axes to 0..1 over the frontier's range
 //!   and take the point farthest below the chord joining the frontier's two ends (the
 //!   "Kneedle" knee: the point where buying fewer cold starts with replica-seconds stops
-//!   paying); in scaled coordinates that is the least `x + y` (ties: fewer replica-seconds);
+//!   paying); in scaled coordinates that is the least `x + y` (ties: fewer replica-seconds).
+//!   A frontier of two points has no knee: the one with fewer cold starts is taken when it cuts
+//!   cold starts by a larger share than it adds replica-seconds, else the cheaper one;
 //! - with a price (`--cold-start-cost 60s`: one cold start is worth 60 replica-seconds to
 //!   you), the variant with the least `replica-seconds + price x cold starts`.
 
@@ -192,11 +194,27 @@ pub fn recommend(runs: &[RunOutcome], cold_start_cost: Option<f64>) -> Option<Re
                     .fold((f64::MAX, f64::MIN), |(l, h), &x| (l.min(x), h.max(x)));
                 if hi > lo { (v - lo) / (hi - lo) } else { 0.0 }
             };
-            let k = (0..front.len()).min_by(|&a, &b| {
-                let d = |k: usize| norm(xs[k], &xs) + norm(ys[k], &ys);
-                d(a).total_cmp(&d(b))
-            })?;
-            (front[k], "knee of the frontier (farthest below the chord between its ends, both axes scaled to the frontier's range)".to_owned())
+            if let [cheap, safe] = front[..] {
+                // Two points have no knee: take the one whose advantage is the larger share.
+                let (a, b) = (&runs[cheap].total, &runs[safe].total);
+                let fewer_cold = 1.0 - b.cold_starts as f64 / (a.cold_starts as f64).max(1.0);
+                let more_cost = b.replica_seconds / a.replica_seconds.max(1e-9) - 1.0;
+                let pick = if fewer_cold > more_cost { safe } else { cheap };
+                (
+                    pick,
+                    format!(
+                        "two frontier points: the second cuts cold starts by {:.0}% for {:.0}% more replica-seconds; the larger share wins",
+                        100.0 * fewer_cold,
+                        100.0 * more_cost
+                    ),
+                )
+            } else {
+                let k = (0..front.len()).min_by(|&a, &b| {
+                    let d = |k: usize| norm(xs[k], &xs) + norm(ys[k], &ys);
+                    d(a).total_cmp(&d(b))
+                })?;
+                (front[k], "knee of the frontier (farthest below the chord between its ends, both axes scaled to the frontier's range)".to_owned())
+            }
         }
     };
     let r = &runs[index];
@@ -285,6 +303,11 @@ mod tests {
             run("d", 43, 109787.0),
         ];
         assert_eq!(recommend(&late, None).unwrap().label, "c");
+        // Two points: -72% cold starts for +57% replica-seconds is worth it; for +80% it is not.
+        let two = [run("a", 180, 344.0), run("b", 51, 540.0)];
+        assert_eq!(recommend(&two, None).unwrap().label, "b");
+        let two = [run("a", 180, 344.0), run("b", 51, 620.0)];
+        assert_eq!(recommend(&two, None).unwrap().label, "a");
         // A cold start worth 1000 replica-seconds: the fewest cold starts win.
         assert_eq!(recommend(&runs, Some(1000.0)).unwrap().label, "d");
         // Worth nothing: the cheapest.

@@ -4,13 +4,15 @@
 //! Working out what should be is separate from applying it (the linkerd2 policy-controller
 //! shape):
 //! - [`index`]: the pure domain core, fed by events, returning scale intents on each tick;
-//! - [`scrape`]: activator (and pod) metrics, parsed and turned into samples;
+//! - [`scrape`]: activator (and pod) metrics, parsed and turned into samples; its
+//!   [`scrape::loops`] scrape the endpoints the EndpointSlices list, every interval;
 //! - [`apply`]: the small controller that patches scales (leader only) and records Events;
 //! - [`wake`]: `POST /v1/wake`, the fast 0 -> N path any replica serves;
 //! - [`beat`]: a client wrapper that turns a watch's responses and bookmarks into signs of
 //!   life;
 //! - [`health`]: the renew deadline and watch staleness (pure, time passed in), behind the
 //!   write gate and `/readyz`;
+//! - [`lease`]: leader election on the Lease, its renewals made visible, the write gate;
 //! - [`controller`]: the wiring of watchers, reflectors, the Lease and the loops;
 //! - [`server`]: the HTTP endpoints (wake API, `/metrics`, `/healthz`, `/readyz`).
 
@@ -19,6 +21,7 @@ pub mod beat;
 pub mod controller;
 pub mod health;
 pub mod index;
+pub mod lease;
 pub mod metrics;
 pub mod scrape;
 pub mod server;
@@ -26,3 +29,8 @@ pub mod wake;
 
 /// A Deployment's namespace and name: the autoscaler's key (the one key type of both binaries).
 pub use zeroscale_config::DeploymentKey;
+
+/// The time the health board is judged in: tokio's clock, so tests can pause it.
+pub(crate) fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}

@@ -510,6 +510,7 @@ fn main() -> anyhow::Result<()> {
             let took = started.elapsed();
             let front = sweep::frontier(&runs);
             let rec = sweep::recommend(&runs, cold_start_cost.map(|d| d.as_secs_f64()));
+            let per = cold_start_cost.and_then(|d| sweep::per_model_choice(&runs, d.as_secs_f64()));
             let mut context = l.context.clone();
             context.extend(demand_lines(&l));
             if let Some(r) = &rec {
@@ -523,6 +524,7 @@ fn main() -> anyhow::Result<()> {
                         "runs": runs,
                         "frontier": front.iter().map(|&i| &runs[i].label).collect::<Vec<_>>(),
                         "recommendation": rec,
+                        "per_model": per,
                     }))?
                 );
             } else {
@@ -539,6 +541,16 @@ fn main() -> anyhow::Result<()> {
                 println!("frontier: {}", labels.join(" | "));
                 if let Some(r) = &rec {
                     println!("{}", r.text);
+                }
+                if let Some(p) = &per {
+                    let counts: Vec<String> =
+                        p.counts.iter().map(|(l, n)| format!("{l} x{n}")).collect();
+                    println!(
+                        "per model at the same price (each model on its own best setting): {} cold starts, {:.0} replica-seconds ({})",
+                        p.cold_starts,
+                        p.replica_seconds,
+                        counts.join(", ")
+                    );
                 }
                 let n: u64 = runs.iter().map(|r| r.total.requests).sum();
                 eprintln!(

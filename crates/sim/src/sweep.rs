@@ -242,6 +242,54 @@ pub fn recommend(runs: &[RunOutcome], cold_start_cost: Option<f64>) -> Option<Re
     })
 }
 
+/// Each model on the variant that suits it best at one price: what a per-model choice of the
+/// swept setting would reach (an upper bound for a policy that learns per model, and the gap
+/// to the best single setting).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct PerModel {
+    /// Replica-seconds one cold start is worth.
+    pub price: f64,
+    /// For each model (trace order), the label of the variant chosen.
+    pub choices: Vec<String>,
+    /// Cold starts of that combination.
+    pub cold_starts: u64,
+    /// Replica-seconds of that combination.
+    pub replica_seconds: f64,
+    /// How many models chose each variant, in variant order (variants never chosen left out).
+    pub counts: Vec<(String, usize)>,
+}
+
+/// Per model, the variant with the least `replica-seconds + price x cold starts` (ties: the
+/// first variant). `None` without runs.
+pub fn per_model_choice(runs: &[RunOutcome], price: f64) -> Option<PerModel> {
+    let models = runs.first()?.models.len();
+    let cost = |m: &ModelOutcome| m.replica_seconds + price * m.cold_starts as f64;
+    let mut out = PerModel {
+        price,
+        choices: Vec::with_capacity(models),
+        cold_starts: 0,
+        replica_seconds: 0.0,
+        counts: Vec::new(),
+    };
+    let mut counts = vec![0usize; runs.len()];
+    for m in 0..models {
+        let v = (0..runs.len())
+            .min_by(|&a, &b| cost(&runs[a].models[m]).total_cmp(&cost(&runs[b].models[m])))?;
+        counts[v] += 1;
+        let o = &runs[v].models[m];
+        out.cold_starts += o.cold_starts;
+        out.replica_seconds += o.replica_seconds;
+        out.choices.push(runs[v].label.clone());
+    }
+    out.counts = counts
+        .into_iter()
+        .enumerate()
+        .filter(|(_, n)| *n > 0)
+        .map(|(v, n)| (runs[v].label.clone(), n))
+        .collect();
+    Some(out)
+}
+
 /// Splits `key=v1,v2,...`.
 pub fn axis(s: &str) -> Result<(String, Vec<String>), SetupError> {
     let (k, v) = crate::setup::key_value(s)?;
@@ -312,6 +360,43 @@ mod tests {
         assert_eq!(recommend(&runs, Some(1000.0)).unwrap().label, "d");
         // Worth nothing: the cheapest.
         assert_eq!(recommend(&runs, Some(0.0)).unwrap().label, "a");
+    }
+
+    fn fleet(label: &str, per_model: &[(u64, f64)]) -> RunOutcome {
+        let models: Vec<ModelOutcome> = per_model
+            .iter()
+            .map(|&(c, rs)| ModelOutcome {
+                cold_starts: c,
+                replica_seconds: rs,
+                ..Default::default()
+            })
+            .collect();
+        RunOutcome {
+            label: label.into(),
+            policy: "engine",
+            total: stats::total(&models),
+            models,
+        }
+    }
+
+    #[test]
+    fn per_model_choice_beats_every_single_setting_at_its_price() {
+        // Model 0 is busy (short grace is cheap and costs no cold starts), model 1 is rare.
+        let runs = [
+            fleet("short", &[(0, 100.0), (10, 50.0)]),
+            fleet("long", &[(0, 150.0), (1, 200.0)]),
+        ];
+        let p = per_model_choice(&runs, 60.0).unwrap();
+        assert_eq!(p.choices, ["short", "long"]);
+        assert_eq!((p.cold_starts, p.replica_seconds), (1, 300.0));
+        assert_eq!(p.counts, [("short".to_owned(), 1), ("long".to_owned(), 1)]);
+        let cost = |c: u64, rs: f64| rs + 60.0 * c as f64;
+        for r in &runs {
+            assert!(
+                cost(p.cold_starts, p.replica_seconds)
+                    <= cost(r.total.cold_starts, r.total.replica_seconds)
+            );
+        }
     }
 
     #[test]

@@ -14,52 +14,24 @@ use futures::Stream;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::reflector;
-use kube::runtime::watcher::{self, Event, watcher};
-use kube::runtime::{WatchStreamExt, reflector as reflect};
-use kube::{Api, Client};
+use kube::Client;
+use kube::runtime::watcher::{self, Event};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::mpsc;
 use tracing::Instrument;
 use zeroscale_config::GlobalConfig;
-use zeroscale_kube::events::Publisher;
 
 use crate::DeploymentKey;
 use crate::apply::Applier;
 use crate::beat;
 use crate::health::{Health, WatchHealth};
 use crate::index::{DeploymentView, Index, Notice, PodTarget, Source};
-use crate::lease;
 use crate::metrics::Metrics;
 use crate::now;
-use crate::scrape::loops::{self, Scraped};
-use crate::server::{self, AdminState, DeploymentCache, WakeState};
+use crate::scrape::loops::Scraped;
 
-/// Everything the autoscaler is configured with (built by `main` from flags and env).
-#[derive(Clone, Debug)]
-pub struct Settings {
-    /// The autoscaler's own namespace (ConfigMap, Lease, Events on the ConfigMap).
-    pub namespace: String,
-    /// Namespaces whose Deployments are managed; empty means all.
-    pub namespaces: Vec<String>,
-    /// The activator Service: namespace and name.
-    pub activator_service: (String, String),
-    /// The activator's metrics port: a port name of the EndpointSlice or a number.
-    pub activator_metrics_port: String,
-    /// Name of the leader Lease.
-    pub lease_name: String,
-    /// Lease duration: a standby takes over at most this long after the leader dies.
-    pub lease_duration: Duration,
-    /// A leader that has not renewed the Lease for this long stops writing (and a replica whose
-    /// API server has not answered for this long reports not ready). Below `lease_duration`.
-    pub renew_deadline: Duration,
-    /// This replica's identity in the Lease and in Events.
-    pub identity: String,
-    /// Timeout of one API write (scale patch, wake, Event).
-    pub api_timeout: Duration,
-}
+pub use crate::app::Settings;
 
 /// Why the autoscaler stopped.
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +41,7 @@ pub enum RunError {
     Lease(#[from] kube_lease_manager::LeaseManagerError),
 }
 
-enum Input {
+pub(crate) enum Input {
     Deployment(Option<String>, Box<Event<Deployment>>),
     ConfigMap(Box<Event<ConfigMap>>),
     Hpa(Option<String>, Box<Event<HorizontalPodAutoscaler>>),
@@ -98,13 +70,13 @@ pub const CLIENT_READ_TIMEOUT: Duration = Duration::from_secs(WATCH_TIMEOUT_SECS
 
 pub use zeroscale_kube::watch::WatchBackoff;
 
-fn watch_config() -> watcher::Config {
+pub(crate) fn watch_config() -> watcher::Config {
     watcher::Config::default().timeout(WATCH_TIMEOUT_SECS)
 }
 
 /// A client for the watch `what`: registered on the health board, its successful responses
 /// and their chunks mark the watch alive.
-fn watch_client(client: &Client, health: &Arc<Health>, what: &str) -> Client {
+pub(crate) fn watch_client(client: &Client, health: &Arc<Health>, what: &str) -> Client {
     health.with(|b| b.watches.insert(what.to_owned(), WatchHealth::new(now())));
     let (board, name) = (health.clone(), what.to_owned());
     beat::client(
@@ -156,7 +128,7 @@ fn hpa_key(h: &HorizontalPodAutoscaler) -> Option<(DeploymentKey, Option<Deploym
 
 /// Forwards a watch stream into the control loop (what `wrap` turns into an input) and keeps
 /// the watch's health on the board ([`zeroscale_kube::watch::forward`] logs its failures).
-async fn forward<K, S>(
+pub(crate) async fn forward<K, S>(
     what: String,
     stream: S,
     health: Arc<Health>,
@@ -175,236 +147,43 @@ async fn forward<K, S>(
     .await;
 }
 
-/// Runs the autoscaler until `shutdown` resolves.
+/// Runs the autoscaler until `shutdown` resolves: the real [`App`](crate::app::App), built
+/// from a client and listeners the caller made.
 pub async fn run(
     client: Client,
     settings: Settings,
     api_listener: TcpListener,
     metrics_listener: TcpListener,
-    mut registry: Registry,
+    registry: Registry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let metrics = Arc::new(Metrics::default());
-    metrics.register(&mut registry);
-    let registry = Arc::new(registry);
-    // Watches failing for as long as a leader may go unrenewed are stale: one knob for both.
-    let health = Arc::new(Health::new(
-        settings.renew_deadline,
-        settings.renew_deadline,
-        WATCH_SILENT_AFTER,
-        now(),
-    ));
-    let global = Arc::new(RwLock::new(GlobalConfig::default()));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-
-    let events = Publisher::new(
-        client.clone(),
-        "zeroscale-autoscaler",
-        Some(settings.identity.clone()),
-        settings.api_timeout,
-    );
-    let applier = Applier::new(
-        client.clone(),
-        events,
-        metrics.clone(),
-        settings.api_timeout,
-    );
-
-    // Watches. One channel into the control loop; bounded so a stuck loop pushes back.
-    let (tx, mut rx) = mpsc::channel::<Input>(1024);
-    let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
-        vec![None]
-    } else {
-        settings.namespaces.iter().cloned().map(Some).collect()
-    };
-    let mut stores = Vec::new();
-    let mut tasks = Vec::new();
-    for scope in &scopes {
-        let in_scope = scope.as_deref().unwrap_or("*");
-        let what = format!("deployments/{in_scope}");
-        let c = watch_client(&client, &health, &what);
-        let deployments: Api<Deployment> = match scope {
-            Some(ns) => Api::namespaced(c, ns),
-            None => Api::all(c),
-        };
-        let (reader, writer) = reflector::store();
-        stores.push((scope.clone(), reader));
-        let stream = reflect(
-            writer,
-            watcher(deployments, watch_config()).backoff(WatchBackoff::default()),
-        );
-        let s = scope.clone();
-        tasks.push(tokio::spawn(forward(
-            what,
-            stream,
-            health.clone(),
-            tx.clone(),
-            move |e| Some(Input::Deployment(s.clone(), Box::new(e))),
-        )));
-
-        let what = format!("hpas/{in_scope}");
-        let c = watch_client(&client, &health, &what);
-        let hpas: Api<HorizontalPodAutoscaler> = match scope {
-            Some(ns) => Api::namespaced(c, ns),
-            None => Api::all(c),
-        };
-        let s = scope.clone();
-        let stream = watcher(hpas, watch_config()).backoff(WatchBackoff::default());
-        tasks.push(tokio::spawn(forward(
-            what,
-            stream,
-            health.clone(),
-            tx.clone(),
-            move |e| Some(Input::Hpa(s.clone(), Box::new(e))),
-        )));
-    }
-    let what = "configmap".to_owned();
-    let configmaps: Api<ConfigMap> =
-        Api::namespaced(watch_client(&client, &health, &what), &settings.namespace);
-    let cm_config = watch_config().fields(&format!(
-        "metadata.name={}",
-        zeroscale_config::CONFIGMAP_NAME
-    ));
-    tasks.push(tokio::spawn(forward(
-        what,
-        watcher(configmaps, cm_config).backoff(WatchBackoff::default()),
-        health.clone(),
-        tx.clone(),
-        |e| Some(Input::ConfigMap(Box::new(e))),
-    )));
-
-    let (act_ns, act_name) = settings.activator_service.clone();
-    let what = "activator-endpointslices".to_owned();
-    let slices_api: Api<EndpointSlice> =
-        Api::namespaced(watch_client(&client, &health, &what), &act_ns);
-    let slice_config = watch_config().labels(&format!("kubernetes.io/service-name={act_name}"));
-    let (slice_reader, slice_writer) = reflector::store();
-    let slice_stream = reflect(
-        slice_writer,
-        watcher(slices_api, slice_config).backoff(WatchBackoff::default()),
-    );
-    // Only the reflector store is used; nothing goes to the control loop.
-    tasks.push(tokio::spawn(forward(
-        what,
-        slice_stream,
-        health.clone(),
-        tx.clone(),
-        |_| None,
-    )));
-    let pod_targets = Arc::new(RwLock::new(Vec::new()));
-    tasks.push(tokio::spawn(loops::pod_loop(
-        client.clone(),
-        pod_targets.clone(),
-        global.clone(),
-        metrics.clone(),
-        tx.clone(),
-    )));
-    tasks.push(tokio::spawn(loops::activator_loop(
-        slice_reader,
-        settings.activator_metrics_port.clone(),
-        global.clone(),
-        metrics.clone(),
-        tx.clone(),
-    )));
-
-    // Servers.
-    let wake_state = WakeState {
-        client: client.clone(),
-        cache: DeploymentCache { stores },
-        global: global.clone(),
-        metrics: metrics.clone(),
-        applier: applier.clone(),
-        timeout: settings.api_timeout,
-    };
-    let mut servers = vec![tokio::spawn(server::serve_api(
-        api_listener,
-        wake_state,
-        stopped(),
-    ))];
-    let admin_state = AdminState {
-        registry,
-        health: health.clone(),
-    };
-    servers.push(tokio::spawn(server::serve_admin(
-        metrics_listener,
-        admin_state,
-        stopped(),
-    )));
-
-    let wake_supervisor = Arc::new(Notify::new());
-    tasks.push(tokio::spawn(lease::poll_lease(
-        client.clone(),
-        settings.clone(),
-        health.clone(),
-        wake_supervisor.clone(),
-    )));
-    let (elected_rx, lease_task) = lease::start_lease(&client, &settings).await;
-    // Holds the election's receiver: aborting it at shutdown releases the Lease.
-    tasks.push(tokio::spawn(lease::supervise_lease(
-        elected_rx,
-        health.clone(),
-        metrics.clone(),
-        wake_supervisor,
-        settings.identity.clone(),
-    )));
-
-    let control = ControlLoop {
-        index: Index::new(&scopes),
-        settings: settings.clone(),
-        applier,
-        metrics: metrics.clone(),
-        global,
-        health,
-        synced: false,
-        tx: tx.clone(),
-        buffered_configmap: None,
-        pod_targets,
-    };
-    drop(tx);
-    tokio::select! {
-        () = control.run(&mut rx) => {}
-        () = shutdown => {}
-    }
-    let _ = stop_tx.send(true);
-    for t in &tasks {
-        t.abort();
-    }
-    // The servers stop accepting and let requests in flight finish (bounded by their drain
-    // timeout).
-    for s in servers {
-        let _ = s.await;
-    }
-    // Aborting the supervisor dropped the election's receiver, which makes the lease task
-    // release the Lease so a standby takes over at once; give it a moment.
-    let _ = tokio::time::timeout(Duration::from_secs(3), lease_task).await;
+    crate::app::App::new(client, settings, api_listener, metrics_listener, registry)
+        .spawn()
+        .await
+        .run_until(shutdown)
+        .await;
     Ok(())
 }
 
-struct ControlLoop {
-    index: Index,
-    settings: Settings,
-    applier: Applier,
-    metrics: Arc<Metrics>,
-    global: Arc<RwLock<GlobalConfig>>,
+pub(crate) struct ControlLoop {
+    pub(crate) index: Index,
+    pub(crate) settings: Settings,
+    pub(crate) applier: Applier,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) global: Arc<RwLock<GlobalConfig>>,
     /// Readiness and the write gate (leadership within the renew deadline).
-    health: Arc<Health>,
+    pub(crate) health: Arc<Health>,
     /// Last `is_synced` put on the board.
-    synced: bool,
-    tx: mpsc::Sender<Input>,
+    pub(crate) synced: bool,
+    pub(crate) tx: mpsc::Sender<Input>,
     /// The ConfigMap as listed during a re-list, applied at its end.
-    buffered_configmap: Option<Option<BTreeMap<String, String>>>,
+    pub(crate) buffered_configmap: Option<Option<BTreeMap<String, String>>>,
     /// Pod-sourced Deployments, for the pod scrape loop (refreshed every tick).
-    pod_targets: Arc<RwLock<Vec<PodTarget>>>,
+    pub(crate) pod_targets: Arc<RwLock<Vec<PodTarget>>>,
 }
 
 impl ControlLoop {
-    async fn run(mut self, rx: &mut mpsc::Receiver<Input>) {
+    pub(crate) async fn run(mut self, rx: &mut mpsc::Receiver<Input>) {
         let mut tick_every = self.index.global().tick_interval;
         let mut ticker = tokio::time::interval(tick_every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -11,7 +11,7 @@ use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::{Notify, watch};
 
-use crate::controller::Settings;
+use crate::app::Settings;
 use crate::health::{self, Health, LeaderStatus};
 use crate::metrics::Metrics;
 use crate::now;

@@ -16,6 +16,7 @@
 //! - [`controller`]: the wiring of watchers, reflectors, the Lease and the loops;
 //! - [`server`]: the HTTP endpoints (wake API, `/metrics`, `/healthz`, `/readyz`).
 
+pub mod app;
 pub mod apply;
 pub mod beat;
 pub mod controller;

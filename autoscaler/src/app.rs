@@ -1,0 +1,579 @@
+//! The autoscaler as one value: [`Config`] (the flags, with `ZEROSCALE_*` environment
+//! fallbacks), checked into [`Settings`]; [`App`] builds the client and listeners from it,
+//! [`App::spawn`] starts every task (watches, scrape loops, servers, leader election, the
+//! control loop) and [`Running::drain`] stops them. `main` only parses flags and runs it; the
+//! component tests start the same `App`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use clap::Parser;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::watcher::watcher;
+use kube::runtime::{WatchStreamExt, reflector, reflector as reflect};
+use kube::{Api, Client};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+use zeroscale_config::GlobalConfig;
+use zeroscale_kube::endpoints::SERVICE_NAME_LABEL;
+use zeroscale_kube::events::Publisher;
+use zeroscale_kube::watch::WatchBackoff;
+
+use crate::apply::Applier;
+use crate::controller::{
+    CLIENT_READ_TIMEOUT, ControlLoop, Input, WATCH_SILENT_AFTER, forward, watch_client,
+    watch_config,
+};
+use crate::health::Health;
+use crate::index::Index;
+use crate::lease;
+use crate::metrics::Metrics;
+use crate::now;
+use crate::scrape::loops;
+use crate::server::{self, AdminState, DeploymentCache, WakeState};
+
+/// zeroscale autoscaler: scales opted-in Deployments (annotation zeroscale.dev/enabled: "true")
+/// from request concurrency, to and from zero.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "autoscaler", version)]
+pub struct Config {
+    /// Kubeconfig file; without it the in-cluster config (or $KUBECONFIG, ~/.kube/config) is used.
+    #[arg(long, env = "ZEROSCALE_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The autoscaler's own namespace: holds the zeroscale-config ConfigMap and the leader Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "zeroscale-system")]
+    pub namespace: String,
+    /// Comma-separated namespaces whose Deployments are managed; empty means all namespaces.
+    #[arg(
+        long,
+        env = "ZEROSCALE_NAMESPACES",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub namespaces: Vec<String>,
+    /// Listen address of the wake API (POST /v1/wake).
+    #[arg(long, env = "ZEROSCALE_API_LISTEN", default_value = "0.0.0.0:8080")]
+    pub api_listen: SocketAddr,
+    /// Listen address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "ZEROSCALE_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    pub metrics_listen: SocketAddr,
+    /// The activator Service as namespace/name; its EndpointSlices list the activator replicas.
+    #[arg(
+        long,
+        env = "ZEROSCALE_ACTIVATOR_SERVICE",
+        default_value = "zeroscale-system/zeroscale-activator"
+    )]
+    pub activator_service: String,
+    /// The activator's metrics port: an EndpointSlice port name or a number.
+    #[arg(
+        long,
+        env = "ZEROSCALE_ACTIVATOR_METRICS_PORT",
+        default_value = "metrics"
+    )]
+    pub activator_metrics_port: String,
+    /// Name of the coordination Lease used for leader election.
+    #[arg(
+        long,
+        env = "ZEROSCALE_LEASE_NAME",
+        default_value = "zeroscale-autoscaler"
+    )]
+    pub lease_name: String,
+    /// Lease duration in seconds: a standby takes over at most this long after the leader dies.
+    #[arg(long, env = "ZEROSCALE_LEASE_DURATION", default_value_t = 15)]
+    pub lease_duration: u64,
+    /// Renew deadline in seconds (fractions allowed): a leader that has not renewed the Lease
+    /// for this long stops writing and reports not ready. Must be below the lease duration;
+    /// defaults to 2/3 of it (client-go's RenewDeadline 10s for LeaseDuration 15s).
+    #[arg(long, env = "ZEROSCALE_LEASE_RENEW_DEADLINE")]
+    pub lease_renew_deadline: Option<f64>,
+    /// Identity in the Lease and in Events; defaults to the hostname and process id.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Timeout in milliseconds of one API write (scale patch, wake, Event).
+    #[arg(long, env = "ZEROSCALE_API_TIMEOUT_MS", default_value_t = 5000)]
+    pub api_timeout_ms: u64,
+}
+
+impl Config {
+    /// The process's flags and environment; old environment names are still read, with a
+    /// deprecation warning ([`zeroscale_kube::env`]). Exits on bad flags.
+    pub fn from_env() -> Self {
+        zeroscale_kube::env::parse::<Self>(zeroscale_kube::env::AUTOSCALER_RENAMES)
+    }
+
+    /// The checked settings.
+    pub fn settings(&self) -> Result<Settings, StartError> {
+        let (act_ns, act_name) = self.activator_service.split_once('/').ok_or_else(|| {
+            StartError::Config(format!(
+                "--activator-service {:?} must be namespace/name",
+                self.activator_service
+            ))
+        })?;
+        let lease = Duration::from_secs(self.lease_duration);
+        let renew_deadline = match self.lease_renew_deadline {
+            None => lease * 2 / 3,
+            Some(secs) => Duration::try_from_secs_f64(secs)
+                .ok()
+                .filter(|d| !d.is_zero() && *d < lease)
+                .ok_or_else(|| {
+                    StartError::Config(format!(
+                        "--lease-renew-deadline {secs} must be above 0 and below --lease-duration {}",
+                        self.lease_duration
+                    ))
+                })?,
+        };
+        Ok(Settings {
+            namespace: self.namespace.clone(),
+            namespaces: self
+                .namespaces
+                .iter()
+                .filter(|n| !n.is_empty())
+                .cloned()
+                .collect(),
+            activator_service: (act_ns.to_owned(), act_name.to_owned()),
+            activator_metrics_port: self.activator_metrics_port.clone(),
+            lease_name: self.lease_name.clone(),
+            lease_duration: lease,
+            renew_deadline,
+            identity: self.identity.clone().unwrap_or_else(default_identity),
+            api_timeout: Duration::from_millis(self.api_timeout_ms),
+        })
+    }
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "autoscaler".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Everything the autoscaler is configured with (worked out from [`Config`]).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The autoscaler's own namespace (ConfigMap, Lease, Events on the ConfigMap).
+    pub namespace: String,
+    /// Namespaces whose Deployments are managed; empty means all.
+    pub namespaces: Vec<String>,
+    /// The activator Service: namespace and name.
+    pub activator_service: (String, String),
+    /// The activator's metrics port: a port name of the EndpointSlice or a number.
+    pub activator_metrics_port: String,
+    /// Name of the leader Lease.
+    pub lease_name: String,
+    /// Lease duration: a standby takes over at most this long after the leader dies.
+    pub lease_duration: Duration,
+    /// A leader that has not renewed the Lease for this long stops writing (and a replica whose
+    /// API server has not answered for this long reports not ready). Below `lease_duration`.
+    pub renew_deadline: Duration,
+    /// This replica's identity in the Lease and in Events.
+    pub identity: String,
+    /// Timeout of one API write (scale patch, wake, Event).
+    pub api_timeout: Duration,
+}
+
+/// Why the autoscaler could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A flag's value is invalid.
+    #[error("{0}")]
+    Config(String),
+    /// No Kubernetes client.
+    #[error(transparent)]
+    Client(#[from] zeroscale_kube::client::ClientError),
+    /// A listener could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+}
+
+/// The autoscaler, built and not yet running.
+pub struct App {
+    client: Client,
+    settings: Settings,
+    api: TcpListener,
+    metrics: TcpListener,
+    registry: Registry,
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+impl App {
+    /// Checks `config`, builds the Kubernetes client and binds both listeners.
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        let settings = config.settings()?;
+        let client = zeroscale_kube::client::client(config.kubeconfig.as_deref(), |c| {
+            // Bounds every API call that could hang (kube-lease-manager's have no timeout);
+            // long enough that a healthy watch never trips it.
+            c.read_timeout = Some(CLIENT_READ_TIMEOUT);
+            c.reset_reader_on_write = true;
+        })
+        .await?;
+        let api = bind(config.api_listen).await?;
+        let metrics = bind(config.metrics_listen).await?;
+        Ok(Self::new(
+            client,
+            settings,
+            api,
+            metrics,
+            Registry::default(),
+        ))
+    }
+
+    /// An app from a client and listeners the caller made; its metrics go into `registry`.
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        api: TcpListener,
+        metrics: TcpListener,
+        registry: Registry,
+    ) -> Self {
+        Self {
+            client,
+            settings,
+            api,
+            metrics,
+            registry,
+        }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Where the wake API listens.
+    pub fn api_addr(&self) -> std::io::Result<SocketAddr> {
+        self.api.local_addr()
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` listen.
+    pub fn metrics_addr(&self) -> std::io::Result<SocketAddr> {
+        self.metrics.local_addr()
+    }
+
+    /// Starts every task. Returns once leader election has started (it is retried while the
+    /// API server is unreachable; the servers answer meanwhile).
+    pub async fn spawn(self) -> Running {
+        let Self {
+            client,
+            settings,
+            api: api_listener,
+            metrics: metrics_listener,
+            mut registry,
+        } = self;
+        let metrics = Arc::new(Metrics::default());
+        metrics.register(&mut registry);
+        let registry = Arc::new(registry);
+        // Watches failing for as long as a leader may go unrenewed are stale: one knob for both.
+        let health = Arc::new(Health::new(
+            settings.renew_deadline,
+            settings.renew_deadline,
+            WATCH_SILENT_AFTER,
+            now(),
+        ));
+        let global = Arc::new(RwLock::new(GlobalConfig::default()));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+
+        let events = Publisher::new(
+            client.clone(),
+            "zeroscale-autoscaler",
+            Some(settings.identity.clone()),
+            settings.api_timeout,
+        );
+        let applier = Applier::new(
+            client.clone(),
+            events,
+            metrics.clone(),
+            settings.api_timeout,
+        );
+
+        // Watches. One channel into the control loop; bounded so a stuck loop pushes back.
+        let (tx, rx) = mpsc::channel::<Input>(1024);
+        let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
+            vec![None]
+        } else {
+            settings.namespaces.iter().cloned().map(Some).collect()
+        };
+        let mut stores = Vec::new();
+        let mut tasks = Vec::new();
+        for scope in &scopes {
+            let in_scope = scope.as_deref().unwrap_or("*");
+            let what = format!("deployments/{in_scope}");
+            let c = watch_client(&client, &health, &what);
+            let deployments: Api<Deployment> = match scope {
+                Some(ns) => Api::namespaced(c, ns),
+                None => Api::all(c),
+            };
+            let (reader, writer) = reflector::store();
+            stores.push((scope.clone(), reader));
+            let stream = reflect(
+                writer,
+                watcher(deployments, watch_config()).backoff(WatchBackoff::default()),
+            );
+            let s = scope.clone();
+            tasks.push(tokio::spawn(forward(
+                what,
+                stream,
+                health.clone(),
+                tx.clone(),
+                move |e| Some(Input::Deployment(s.clone(), Box::new(e))),
+            )));
+
+            let what = format!("hpas/{in_scope}");
+            let c = watch_client(&client, &health, &what);
+            let hpas: Api<HorizontalPodAutoscaler> = match scope {
+                Some(ns) => Api::namespaced(c, ns),
+                None => Api::all(c),
+            };
+            let s = scope.clone();
+            let stream = watcher(hpas, watch_config()).backoff(WatchBackoff::default());
+            tasks.push(tokio::spawn(forward(
+                what,
+                stream,
+                health.clone(),
+                tx.clone(),
+                move |e| Some(Input::Hpa(s.clone(), Box::new(e))),
+            )));
+        }
+        let what = "configmap".to_owned();
+        let configmaps: Api<ConfigMap> =
+            Api::namespaced(watch_client(&client, &health, &what), &settings.namespace);
+        let cm_config = watch_config().fields(&format!(
+            "metadata.name={}",
+            zeroscale_config::CONFIGMAP_NAME
+        ));
+        tasks.push(tokio::spawn(forward(
+            what,
+            watcher(configmaps, cm_config).backoff(WatchBackoff::default()),
+            health.clone(),
+            tx.clone(),
+            |e| Some(Input::ConfigMap(Box::new(e))),
+        )));
+
+        let (act_ns, act_name) = settings.activator_service.clone();
+        let what = "activator-endpointslices".to_owned();
+        let slices_api: Api<EndpointSlice> =
+            Api::namespaced(watch_client(&client, &health, &what), &act_ns);
+        let slice_config = watch_config().labels(&format!("{SERVICE_NAME_LABEL}={act_name}"));
+        let (slice_reader, slice_writer) = reflector::store();
+        let slice_stream = reflect(
+            slice_writer,
+            watcher(slices_api, slice_config).backoff(WatchBackoff::default()),
+        );
+        // Only the reflector store is used; nothing goes to the control loop.
+        tasks.push(tokio::spawn(forward(
+            what,
+            slice_stream,
+            health.clone(),
+            tx.clone(),
+            |_| None,
+        )));
+        let pod_targets = Arc::new(RwLock::new(Vec::new()));
+        tasks.push(tokio::spawn(loops::pod_loop(
+            client.clone(),
+            pod_targets.clone(),
+            global.clone(),
+            metrics.clone(),
+            tx.clone(),
+        )));
+        tasks.push(tokio::spawn(loops::activator_loop(
+            slice_reader,
+            settings.activator_metrics_port.clone(),
+            global.clone(),
+            metrics.clone(),
+            tx.clone(),
+        )));
+
+        // Servers.
+        let wake_state = WakeState {
+            client: client.clone(),
+            cache: DeploymentCache { stores },
+            global: global.clone(),
+            metrics: metrics.clone(),
+            applier: applier.clone(),
+            timeout: settings.api_timeout,
+        };
+        let mut servers = vec![tokio::spawn(server::serve_api(
+            api_listener,
+            wake_state,
+            stopped(),
+        ))];
+        let admin_state = AdminState {
+            registry,
+            health: health.clone(),
+        };
+        servers.push(tokio::spawn(server::serve_admin(
+            metrics_listener,
+            admin_state,
+            stopped(),
+        )));
+
+        let wake_supervisor = Arc::new(Notify::new());
+        tasks.push(tokio::spawn(lease::poll_lease(
+            client.clone(),
+            settings.clone(),
+            health.clone(),
+            wake_supervisor.clone(),
+        )));
+        let (elected_rx, lease_task) = lease::start_lease(&client, &settings).await;
+        // Holds the election's receiver: aborting it at shutdown releases the Lease.
+        tasks.push(tokio::spawn(lease::supervise_lease(
+            elected_rx,
+            health.clone(),
+            metrics.clone(),
+            wake_supervisor,
+            settings.identity.clone(),
+        )));
+
+        let control = ControlLoop {
+            index: Index::new(&scopes),
+            settings: settings.clone(),
+            applier,
+            metrics: metrics.clone(),
+            global,
+            health,
+            synced: false,
+            tx: tx.clone(),
+            buffered_configmap: None,
+            pod_targets,
+        };
+        drop(tx);
+
+        let control = tokio::spawn(async move {
+            let mut rx = rx;
+            control.run(&mut rx).await
+        });
+        Running {
+            stop_tx,
+            tasks,
+            servers,
+            lease_task,
+            control,
+        }
+    }
+}
+
+/// The running autoscaler.
+pub struct Running {
+    stop_tx: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    servers: Vec<JoinHandle<()>>,
+    lease_task: JoinHandle<()>,
+    control: JoinHandle<()>,
+}
+
+impl Running {
+    /// Runs until `shutdown` resolves (or the control loop ends), then drains.
+    pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) {
+        tokio::select! {
+            _ = &mut self.control => {}
+            () = shutdown => {}
+        }
+        self.drain().await;
+    }
+
+    /// Stops everything: the servers stop accepting and finish what is in flight (bounded
+    /// by their drain timeout); the Lease is released so a standby takes over at once.
+    pub async fn drain(self) {
+        let Self {
+            stop_tx,
+            tasks,
+            servers,
+            lease_task,
+            control,
+        } = self;
+        control.abort();
+        let _ = stop_tx.send(true);
+        for t in &tasks {
+            t.abort();
+        }
+        // The servers stop accepting and let requests in flight finish (bounded by their drain
+        // timeout).
+        for s in servers {
+            let _ = s.await;
+        }
+        // Aborting the supervisor dropped the election's receiver, which makes the lease task
+        // release the Lease so a standby takes over at once; give it a moment.
+        let _ = tokio::time::timeout(Duration::from_secs(3), lease_task).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn config(args: &[&str]) -> Config {
+        Config::try_parse_from(std::iter::once("autoscaler").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn every_renamed_variable_names_a_flag() {
+        // Panics when the table and the flags disagree.
+        zeroscale_kube::env::with_old_names(
+            Config::command(),
+            zeroscale_kube::env::AUTOSCALER_RENAMES,
+            |_| None,
+        );
+    }
+
+    #[test]
+    fn settings_come_from_the_flags_with_their_defaults() {
+        let s = config(&["--namespaces", "a,,b", "--identity", "me"])
+            .settings()
+            .unwrap();
+        assert_eq!(s.namespaces, ["a", "b"]);
+        assert_eq!(
+            s.activator_service,
+            ("zeroscale-system".into(), "zeroscale-activator".into())
+        );
+        assert_eq!(s.lease_duration, Duration::from_secs(15));
+        assert_eq!(s.renew_deadline, Duration::from_secs(10));
+        assert_eq!(s.identity, "me");
+        assert_eq!(s.api_timeout, Duration::from_millis(5000));
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let e = config(&["--activator-service", "nope"])
+            .settings()
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#"--activator-service "nope" must be namespace/name"#
+        );
+        let e = config(&["--lease-renew-deadline", "20"])
+            .settings()
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--lease-renew-deadline 20 must be above 0 and below --lease-duration 15"
+        );
+    }
+}

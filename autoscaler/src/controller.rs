@@ -1,6 +1,7 @@
-//! The wiring: watchers and reflectors feed the index, the scrape loops ([`crate::scrape::loops`])
-//! feed it samples, a tick asks it for intents, the applier carries them out while this replica
-//! holds the Lease ([`crate::lease`]).
+//! The control loop: watch events (forwarded here, with their health kept on the board), the
+//! scrape loops' samples ([`crate::scrape::loops`]) and applied patches feed the index; a tick
+//! asks it for intents, and the applier carries them out while this replica holds the Lease
+//! ([`crate::lease`]). [`crate::app`] wires it all together.
 //!
 //! One task owns the [`Index`]; everything else talks to it through a channel, so the index
 //! stays a plain value with no locks.

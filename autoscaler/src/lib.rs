@@ -13,7 +13,9 @@
 //! - [`health`]: the renew deadline and watch staleness (pure, time passed in), behind the
 //!   write gate and `/readyz`;
 //! - [`lease`]: leader election on the Lease, its renewals made visible, the write gate;
-//! - [`controller`]: the wiring of watchers, reflectors, the Lease and the loops;
+//! - [`controller`]: the control loop: the one task that owns the index, fed by the watches
+//!   (forwarded here), the scrape loops and applied patches; it ticks and hands intents on;
+//! - [`app`]: [`app::Config`] (flags) and [`app::App`]: builds, spawns and drains all of it;
 //! - [`server`]: the HTTP endpoints (wake API, `/metrics`, `/healthz`, `/readyz`).
 
 pub mod app;

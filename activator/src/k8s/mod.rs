@@ -1,5 +1,5 @@
 //! Kubernetes glue: watches opted-in Deployments, their Services and EndpointSlices, and the
-//! `zeroscale-config` ConfigMap, and feeds the [`Table`].
+//! `zeroscale-config` ConfigMap, and feeds the [`Table`](crate::table::Table).
 //!
 //! Working out what should be routed is separate from applying it. [`Index`] holds the watched
 //! objects, indexed by namespace and Service, and is fed watch events ([`Change`]); each event
@@ -15,11 +15,15 @@
 //! namespace whose (non-empty) selector matches the pod template's labels (the first by name if
 //! several do). Which port: the `zeroscale.dev/port` annotation (a Service port name or number;
 //! a number matching no Service port is used as the pod port directly), else the Service's first
-//! port. Endpoints come from the EndpointSlices labelled `kubernetes.io/service-name`.
+//! port. Endpoints come from the EndpointSlices labelled `kubernetes.io/service-name`, read
+//! with the rule both binaries share ([`zeroscale_kube::endpoints`]): `IPv4`/`IPv6` slices,
+//! addresses that parse as IPs, each address once, every endpoint with its `ready` and
+//! `terminating` conditions (unset: ready, not terminating).
 //!
-//! Files: [`resolve`] (which Service, port and endpoints), [`store`] (objects and re-lists),
-//! [`index`] (dirty tracking, incremental sync), [`apply`] (the table, touched only where it
-//! differs), [`run`] (the watches).
+//! Files: `resolve` (which Service, port and endpoints), `store` (objects and re-lists),
+//! `index` (dirty tracking, incremental sync), `apply` (the table, touched only where it
+//! differs), `run` (the watches); `tests/oracle.rs` checks the index against a naive
+//! recomputation over random event sequences.
 
 mod apply;
 mod index;

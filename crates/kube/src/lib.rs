@@ -8,7 +8,7 @@
 //! - [`endpoints`]: which EndpointSlice endpoints are ready, serving or still draining;
 //! - [`admin`]: the small HTTP/1 server of the admin and API ports (method checks, timeouts,
 //!   body limit, graceful stop);
-//! - [`env`]: the `ZEROSCALE_<FLAG>` environment names and the deprecated names they replace.
+//! - [`env`](mod@env): the `ZEROSCALE_<FLAG>` environment names and the deprecated names they replace.
 //!
 //! The key of a Deployment both binaries use is [`zeroscale_config::DeploymentKey`]: it is a
 //! pure value, so it lives in the pure configuration crate, where the autoscaler's index and

@@ -198,6 +198,8 @@ enum Ev {
 struct Waiter {
     req: u32,
     arrived: Nanos,
+    /// Counted as a cold start (it waits for a pod to start, not for a busy one).
+    cold: bool,
 }
 
 struct Model<'a> {
@@ -332,6 +334,7 @@ impl Model<'_> {
         self.queue.push_back(Waiter {
             req,
             arrived: self.now,
+            cold: !has_ready,
         });
         self.q.push(
             self.now + self.settings.queue_deadline,
@@ -460,6 +463,19 @@ impl Model<'_> {
                 }
             }
         }
+        // The last ready pod went while requests wait behind it: they now wait for a start,
+        // and the activator asks for a wake (as `activator/src/queue.rs` does).
+        if self.ready.is_empty() && !self.queue.is_empty() {
+            for w in self.queue.iter_mut().filter(|w| !w.cold) {
+                w.cold = true;
+                self.out.cold_starts += 1;
+            }
+            if self.wake_task.is_none() {
+                self.wake_tasks += 1;
+                self.wake_task = Some(self.wake_tasks);
+                self.signal();
+            }
+        }
     }
 
     fn set_spec(&mut self, to: u32, reason: &'static str) {
@@ -478,6 +494,7 @@ impl Model<'_> {
             self.out.wakes += 1;
         }
         self.out.peak_replicas = self.out.peak_replicas.max(to);
+        self.out.timeline.spec(self.now, to);
         self.out.events.push(ScaleEvent {
             at: self.now,
             from,

@@ -173,6 +173,29 @@ fn a_deleted_pod_drains_before_it_exits() {
 }
 
 #[test]
+fn losing_the_last_pod_with_waiters_wakes_and_counts_them_cold() {
+    // container-concurrency 1, one ready pod busy with A (1 s .. 6 s); B arrives at 1.5 s and
+    // waits behind it: no cold start yet. At 2 s the pod is deleted (it drains A): B now waits
+    // for a start, the activator asks for a wake, and the new pod is ready at 3 s.
+    let s = settings(&[
+        ("tick-interval", "1s"),
+        ("zeroscale.dev/container-concurrency", "1"),
+    ]);
+    let mut o = opts(SEC, 5 * SEC, 10 * SEC);
+    o.initial_replicas = 1;
+    let script = Script(vec![(0, 1), (2 * SEC, 0), (3 * SEC, 1)]);
+    let m = simulate_with("m", &reqs(&[SEC, 1500 * MS]), &s, Box::new(script), &o, 0);
+    assert_eq!(m.cold_starts, 1);
+    assert_eq!(m.wakes, 1);
+    let mut waits = m.waits.clone();
+    waits.sort_unstable();
+    assert_eq!(waits, [0, 1500 * MS]);
+    let changes: Vec<(Nanos, u32, &str)> =
+        m.events.iter().map(|e| (e.at, e.to, e.reason)).collect();
+    assert_eq!(changes, [(2 * SEC, 0, "script"), (2 * SEC, 1, "wake")]);
+}
+
+#[test]
 fn scale_to_zero_happens_when_the_engine_says() {
     // One request at 0.5 s; pod start 1 s; service 100 ms; tick = scrape = 1 s; 6 s window.
     // The wake lands at 0.5 s (0 -> 1). The request waits until 1.5 s and ends at 1.6 s, so the

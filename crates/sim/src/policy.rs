@@ -16,7 +16,7 @@
 
 use std::time::{Duration, Instant};
 
-use zeroscale_scaling::{DataState, Decider, Observation, Reason, Sample};
+use zeroscale_scaling::{DataState, Decider, Observation, Sample};
 
 use crate::event::{Nanos, SEC};
 use crate::setup::ModelSettings;
@@ -185,12 +185,8 @@ impl Policy for EnginePolicy {
         let d = self.decider.decide(self.instant(decide_at), &obs);
         Choice {
             desired: d.desired,
-            reason: reason_label(d.reason),
+            reason: d.reason.as_str(),
             in_panic: self.decider.in_panic(),
         }
     }
-}
-
-fn reason_label(r: Reason) -> &'static str {
-    r.as_str()
 }

@@ -357,3 +357,37 @@ fn a_sweep_recommends_and_its_report_is_self_contained() {
     assert!(html.contains("ctx &lt;b&gt;"));
     assert!(html.contains(&rec.text.replace(">", "&gt;")));
 }
+
+#[test]
+fn the_full_azure_traces_when_present() {
+    // Beside the repository, as tests/data/README.md says; skipped when absent.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/data/azure-llm-2023");
+    for (name, rows) in [("code", 8_819), ("conv", 19_366)] {
+        let path = dir.join(format!("AzureLLMInferenceTrace_{name}.csv"));
+        if !path.exists() {
+            eprintln!("{} absent: skipped", path.display());
+            continue;
+        }
+        let t = Trace::read(&path).unwrap();
+        assert_eq!(t.requests.len(), rows);
+        assert!(
+            t.requests
+                .iter()
+                .all(|r| r.context_tokens.is_some() && r.generated_tokens.is_some())
+        );
+        // About one hour each.
+        assert!(
+            (3000 * SEC..4000 * SEC).contains(&t.duration()),
+            "{}",
+            t.duration()
+        );
+        let s = settings(&[("zeroscale.dev/container-concurrency", "8")]);
+        let mut o = sample_opts(1, &t);
+        o.horizon = zeroscale_sim::horizon(&t, 60 * SEC);
+        o.bin = 60 * SEC;
+        let run = zeroscale_sim::run(&t, name, &s, &PolicyKind::Engine, &o);
+        conserved(&run.total);
+        assert_eq!(run.total.requests, rows as u64);
+    }
+}

@@ -25,11 +25,9 @@ use tokio::time::Sleep;
 
 use crate::chunked::Chunks;
 use crate::error::ProxyError;
-use crate::forward::{self, RequestBody, Version};
+use crate::head::{self, Next};
 use crate::metrics::Metrics;
 
-/// Header lines parsed per head (hyper's default limit).
-const MAX_HEADERS: usize = 100;
 /// What hyper reads in place of a refused head; the service answers it from [`Refused`].
 const REFUSED_REQUEST: &[u8] =
     b"GET / HTTP/1.1\r\nhost: refused.zeroscale\r\nconnection: close\r\n\r\n";
@@ -62,6 +60,18 @@ enum State {
     Done,
 }
 
+impl State {
+    /// The state after a head that `next` follows.
+    fn after(next: Next) -> Self {
+        match next {
+            Next::Head => State::Head,
+            Next::Body(n) => State::Body(n),
+            Next::Chunked => State::Chunked(Chunks::default()),
+            Next::Opaque => State::Opaque,
+        }
+    }
+}
+
 /// A client connection for hyper; see the module docs.
 pub struct HandOff {
     stream: TcpStream,
@@ -86,18 +96,28 @@ impl std::fmt::Debug for HandOff {
 }
 
 impl HandOff {
-    /// `stream`, whose next bytes are `prefix` (what the relay read and did not use).
-    pub fn new(prefix: Vec<u8>, stream: TcpStream, checks: Checks) -> (Self, Refused) {
-        let state = if prefix.starts_with(b"PRI * HTTP/2.0") {
-            State::Opaque
-        } else {
-            State::Head
+    /// `stream`, whose next bytes are `prefix` (what the relay read and did not use). When the
+    /// relay checked the head at the front of `prefix` already, `checked` says how long it is
+    /// and what follows it: it passes without being parsed again.
+    pub fn new(
+        prefix: Vec<u8>,
+        stream: TcpStream,
+        checks: Checks,
+        checked: Option<(usize, Next)>,
+    ) -> (Self, Refused) {
+        let (approved, state) = match checked {
+            // A head over the limit is left to the check, which refuses it (431).
+            Some((len, next)) if len <= checks.max_header_bytes && len <= prefix.len() => {
+                (len, State::after(next))
+            }
+            _ if prefix.starts_with(b"PRI * HTTP/2.0") => (0, State::Opaque),
+            _ => (0, State::Head),
         };
         let refused = Refused::default();
         let h = Self {
             stream,
             pending: BytesMut::from(&prefix[..]),
-            approved: 0,
+            approved,
             state,
             checks,
             refused: refused.clone(),
@@ -118,44 +138,10 @@ impl HandOff {
 
     /// Checks the head at the front of `pending`: `Ok(None)` when it is not complete yet.
     fn check_head(&mut self) -> Result<Option<(usize, State)>, ProxyError> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        let data = &self.pending[..];
-        let len = match req.parse(data) {
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) if data.len() >= self.checks.max_header_bytes => {
-                return Err(ProxyError::HeadTooLarge(self.checks.max_header_bytes));
-            }
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(ProxyError::Malformed(format!(
-                    "more than {MAX_HEADERS} header lines"
-                )));
-            }
-            Err(e) => return Err(ProxyError::Malformed(e.to_string())),
-        };
-        if len > self.checks.max_header_bytes {
-            return Err(ProxyError::HeadTooLarge(self.checks.max_header_bytes));
-        }
-        let (Some(method), Some(v)) = (req.method, req.version) else {
-            return Err(ProxyError::Malformed("incomplete request line".into()));
-        };
-        let version = if v == 0 {
-            Version::Http10
-        } else {
-            Version::Http11
-        };
-        let plan = forward::check_request(method.as_bytes(), version, || req.headers.iter())?;
-        let next = if plan.upgrade {
-            State::Opaque
-        } else {
-            match plan.body {
-                RequestBody::None => State::Head,
-                RequestBody::Length(n) => State::Body(n),
-                RequestBody::Chunked => State::Chunked(Chunks::default()),
-            }
-        };
-        Ok(Some((len, next)))
+        let checked = head::parse(&self.pending, self.checks.max_header_bytes, |h| {
+            (h.len, h.next())
+        })?;
+        Ok(checked.map(|(len, next)| (len, State::after(next))))
     }
 
     /// Replaces the refused head (and everything after it) with the request the service answers.
@@ -310,12 +296,22 @@ impl AsyncWrite for HandOff {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::forward;
     use prometheus_client::registry::Registry;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     /// A hand-off over a loopback connection whose client wrote `sent` (and keeps it open).
     async fn handoff(prefix: &[u8], sent: &[u8]) -> (HandOff, Refused, TcpStream, Arc<Metrics>) {
+        handoff_checked(prefix, sent, None).await
+    }
+
+    /// [`handoff`] whose first head the relay checked already (`checked`).
+    async fn handoff_checked(
+        prefix: &[u8],
+        sent: &[u8],
+        checked: Option<(usize, Next)>,
+    ) -> (HandOff, Refused, TcpStream, Arc<Metrics>) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (server, _) = l.accept().await.unwrap();
@@ -329,6 +325,7 @@ mod tests {
                 max_header_bytes: 4096,
                 header_timeout: Duration::from_millis(200),
             },
+            checked,
         );
         (h, r, client, metrics)
     }
@@ -354,6 +351,42 @@ mod tests {
         let (mut h, refused, _c, _) = handoff(&GOOD[..20], &GOOD[20..]).await;
         assert_eq!(drain(&mut h).await.unwrap(), GOOD);
         assert!(refused.lock().unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_head_the_relay_checked_is_not_parsed_again() {
+        // Stand-in for a checked head: one the policy would refuse (two Hosts), 5 body bytes.
+        let first = b"POST /a HTTP/1.1\r\nHost: m\r\nHost: n\r\n\r\n";
+        let prefix = [&first[..], b"hello"].concat();
+        let checked = Some((first.len(), Next::Body(5)));
+        let then = b"GET /c HTTP/1.1\r\nHost: m\r\n\r\n";
+        let (mut h, refused, _c, _) = handoff_checked(&prefix, then, checked).await;
+        // It passes with its body; what follows is checked as ever.
+        assert_eq!(
+            drain(&mut h).await.unwrap(),
+            [&prefix[..], &then[..]].concat()
+        );
+        assert!(refused.lock().unwrap().is_none());
+        let (mut h, refused, _c, _) = handoff_checked(&prefix, first, checked).await;
+        assert_eq!(
+            drain(&mut h).await.unwrap(),
+            [&prefix[..], REFUSED_REQUEST].concat()
+        );
+        assert!(refused.lock().unwrap().is_some());
+        // Longer than the limit: checked again, and refused.
+        let big = [
+            &b"GET / HTTP/1.1\r\nHost: m\r\nx: "[..],
+            &[b'a'; 5000],
+            b"\r\n\r\n",
+        ]
+        .concat();
+        let checked = Some((big.len(), Next::Head));
+        let (mut h, refused, _c, _) = handoff_checked(&big, b"", checked).await;
+        assert_eq!(drain(&mut h).await.unwrap(), REFUSED_REQUEST);
+        assert!(matches!(
+            refused.lock().unwrap().take(),
+            Some(ProxyError::HeadTooLarge(4096))
+        ));
     }
 
     #[tokio::test]

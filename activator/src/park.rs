@@ -6,13 +6,15 @@
 //! "Activator"). A model at zero collects a burst of requests during its cold start, usually one
 //! connection each, so before a new connection is handed to hyper its first request head is
 //! *peeked* (read into a short-lived buffer; the bytes stay in the kernel's socket buffer),
-//! routed, and, when the model has no ready pod, the connection waits in the model's queue as
-//! it is: a task, a queue entry and no buffer. When a pod has room, the connection goes to hyper, which reads the request as usual
+//! parsed and routed the way the relay does it ([`relay::plan`]), and, when the model has no
+//! ready pod, the connection waits in the model's queue as it is: a task, a queue entry and no
+//! buffer. When a pod has room, the connection goes to hyper, which reads the request as usual
 //! and forwards it on the slot already taken.
 //!
-//! Everything else goes straight to hyper: HTTP/2, heads that are incomplete, malformed or
-//! larger than [`PEEK_BYTES`], routing by body, unknown models (hyper's path answers them), and
-//! models with a ready pod. A parked connection is served without keep-alive (one request, then
+//! Everything else goes on to the relay, with the peeked head's outcome when the head was
+//! complete (so the relay does not parse or route it again): HTTP/2, heads that are incomplete,
+//! malformed or larger than [`PEEK_BYTES`], routing by body, unknown models, and models with a
+//! ready pod. A parked connection is served without keep-alive (one request, then
 //! closed): it cannot be watched for graceful shutdown before hyper has read its request (an
 //! idle HTTP/1 connection is closed at once on shutdown), so the server holds its place in the
 //! drain itself.
@@ -26,13 +28,13 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Held;
+use crate::peer::Peer;
 use crate::queue::{Admit, Permit, QueueError};
-use crate::table::{Addressed, Model, Table};
+use crate::relay::{self, Peeked};
+use crate::table::{Model, Table};
 
-/// The most bytes of a first request head looked at; a longer head goes to hyper directly.
+/// The most bytes of a first request head looked at; a longer head is not parked.
 pub const PEEK_BYTES: usize = crate::head::FIRST_HEAD_BYTES;
-/// The most header lines looked at (hyper's default limit is 100).
-const MAX_HEADERS: usize = 100;
 
 /// What became of a parked request, for hyper's first request on the connection.
 #[derive(Debug)]
@@ -48,8 +50,11 @@ pub struct Parked {
 /// How a new connection goes on.
 #[derive(Debug)]
 pub enum Parking {
-    /// Hand it to hyper, with the first request's outcome if it was parked.
-    Serve(TcpStream, Option<Parked>),
+    /// The relay serves it (and hands it to hyper when it must); its first request head, when
+    /// the peek saw all of it, comes parsed.
+    Relay(TcpStream, Option<Peeked>),
+    /// hyper serves it: its first request was parked, this is what became of it.
+    Parked(TcpStream, Parked),
     /// The client sent nothing in time, or went away while parked: close it.
     Gone(GoneReason),
 }
@@ -71,6 +76,7 @@ pub enum GoneReason {
 pub async fn park(
     stream: TcpStream,
     table: &Table,
+    peer: &Peer,
     idle_timeout: Duration,
     stopping: &CancellationToken,
 ) -> Parking {
@@ -82,22 +88,21 @@ pub async fn park(
         },
         () = stopping.cancelled() => return Parking::Gone(GoneReason::Stopping),
     }
-    let model = match peek_model(&stream, table).await {
-        Ok(Some(m)) => m,
-        Ok(None) => return Parking::Serve(stream, None),
+    let peeked = match peek(&stream, table, peer).await {
+        Ok(p) => p,
         Err(_) => return Parking::Gone(GoneReason::Closed),
     };
-    if model.gate().has_ready() {
-        return Parking::Serve(stream, None);
-    }
+    let model = match peeked.as_ref().and_then(|p| addressed(&p.parsed)) {
+        Some(m) if !m.gate().has_ready() => m.clone(),
+        _ => return Parking::Relay(stream, peeked),
+    };
+    // Freed before the request waits: a parked connection holds no buffer.
+    drop(peeked);
     let held = model.gate().metrics().integral.hold();
-    let (stream, outcome) = match model.gate().admit(0) {
+    let (stream, outcome) = match table.admit(&model, 0) {
         Ok(Admit::Ready(p)) => (stream, Ok(p)),
         Err(e) => (stream, Err(e)),
         Ok(Admit::Queued(t)) => {
-            if t.needs_wake() {
-                table.wake_sink().wake(&model);
-            }
             let outcome = tokio::select! {
                 r = t.wait() => r,
                 // Dropping the ticket takes it out of the queue and counts it abandoned.
@@ -110,60 +115,47 @@ pub async fn park(
             }
         }
     };
-    Parking::Serve(
+    Parking::Parked(
         stream,
-        Some(Parked {
+        Parked {
             model,
             held,
             outcome,
-        }),
+        },
     )
 }
 
-/// The model the first request head addresses by Host or path; `None` when hyper should see
-/// the connection as it is. Errors: the client closed or reset the connection.
-async fn peek_model(stream: &TcpStream, table: &Table) -> io::Result<Option<Arc<Model>>> {
-    // Freed before the request waits: a parked connection holds no buffer.
+/// Peeks at the first request head and parses it the way the relay does ([`relay::plan`]): once,
+/// for both the parking decision and the relay. `None` when the head is not all there (the
+/// relay reads it as usual). Errors: the client closed or reset the connection.
+async fn peek(stream: &TcpStream, table: &Table, peer: &Peer) -> io::Result<Option<Peeked>> {
     let mut buf = Vec::with_capacity(PEEK_BYTES);
     let mut rb = ReadBuf::uninit(buf.spare_capacity_mut());
     let n = std::future::poll_fn(|cx| stream.poll_peek(cx, &mut rb)).await?;
     if n == 0 {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
-    Ok(route_head(rb.filled(), table))
+    let mut out = Vec::new();
+    let parsed = relay::plan(rb.filled(), table, peer, &mut out);
+    if matches!(parsed, relay::Parsed::Partial) {
+        return Ok(None);
+    }
+    Ok(Some(Peeked {
+        parsed,
+        len: n,
+        buf,
+        out,
+    }))
 }
 
-/// Routes a complete HTTP/1 request head the way the proxy does (Host, then KServe path).
-fn route_head(data: &[u8], table: &Table) -> Option<Arc<Model>> {
-    if data.starts_with(b"PRI ") {
-        return None; // HTTP/2 prior knowledge
-    }
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(data) {
-        Ok(httparse::Status::Complete(_)) => {}
-        _ => return None,
-    }
-    let version = match req.version? {
-        0 => crate::forward::Version::Http10,
-        _ => crate::forward::Version::Http11,
-    };
-    // A head the policy refuses is answered at once, never parked.
-    crate::forward::check_request(req.method?.as_bytes(), version, || req.headers.iter()).ok()?;
-    let host = req
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("host"))
-        .and_then(|h| std::str::from_utf8(h.value).ok());
-    let path = match req.path? {
-        p if p.starts_with('/') => p.split_once('?').map_or(p, |(p, _)| p),
-        // Absolute-form: the Host may still route it; its path is left to hyper's route.
-        _ => "",
-    };
-    match table.addressed(host, path) {
-        Addressed::Model(m) => Some(m),
-        // Unknown models and routing by body: hyper's path answers them.
-        Addressed::Unknown(_) | Addressed::Body | Addressed::Nothing => None,
+/// The routed model a first head addresses by Host or path, if it may be parked for it: a
+/// complete head the policy accepts. Unknown models, routing by body, refused, malformed and
+/// HTTP/2 heads are not parked (the relay or hyper's path answers them at once).
+fn addressed(parsed: &relay::Parsed) -> Option<&Arc<Model>> {
+    match parsed {
+        relay::Parsed::Plan(p) => Some(p.model()),
+        relay::Parsed::HandOff(Some(c)) => c.model.as_ref(),
+        relay::Parsed::HandOff(None) | relay::Parsed::Partial | relay::Parsed::Refuse(_) => None,
     }
 }
 
@@ -220,7 +212,9 @@ mod tests {
     }
 
     fn routed(head: &str) -> Option<String> {
-        route_head(head.as_bytes(), &table()).map(|m| m.name())
+        let peer = Peer::new("10.0.0.1:1234".parse().unwrap(), Default::default());
+        let parsed = relay::plan(head.as_bytes(), &table(), &peer, &mut Vec::new());
+        addressed(&parsed).map(|m| m.name())
     }
 
     #[test]

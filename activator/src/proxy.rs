@@ -70,7 +70,18 @@ impl Proxy {
         req: Request<Incoming>,
         peer: Peer,
     ) -> impl Future<Output = Response<RespBody>> + Send + 'static {
-        self.respond(req, peer, None)
+        self.respond(req, peer, None, None)
+    }
+
+    /// Answers a request whose head the relay already routed to `model` (it handed the
+    /// connection over with the head unread by hyper): no second lookup.
+    pub fn handle_routed(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: Peer,
+        model: Option<Arc<Model>>,
+    ) -> impl Future<Output = Response<RespBody>> + Send + 'static {
+        self.respond(req, peer, None, model)
     }
 
     /// Answers the first request of a connection that waited in its model's queue before hyper
@@ -81,7 +92,7 @@ impl Proxy {
         peer: Peer,
         parked: Parked,
     ) -> impl Future<Output = Response<RespBody>> + Send + 'static {
-        self.respond(req, peer, Some(parked))
+        self.respond(req, peer, Some(parked), None)
     }
 
     // One async fn from route to answer: every layer of async fn keeps its arguments (the
@@ -91,6 +102,7 @@ impl Proxy {
         req: Request<Incoming>,
         peer: Peer,
         parked: Option<Parked>,
+        routed: Option<Arc<Model>>,
     ) -> Response<RespBody> {
         // The same policy the relay applies, over hyper's parse (it catches what hyper lets
         // through: a second Host, Connection naming a framing header, CONNECT, ...).
@@ -104,7 +116,7 @@ impl Proxy {
             self.metrics.rejected(e.reason());
             return rescue(&e);
         }
-        let (model, req, bytes) = match self.route(req).await {
+        let (model, req, bytes) = match self.route(req, routed).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(error = %e, "request rejected");
@@ -123,14 +135,9 @@ impl Proxy {
         // none of it.
         let admitted = match admitted {
             Some(outcome) => outcome.map_err(ProxyError::from),
-            None => match model.gate().admit(bytes) {
+            None => match self.table.admit(&model, bytes) {
                 Ok(Admit::Ready(p)) => Ok(p),
-                Ok(Admit::Queued(t)) => {
-                    if t.needs_wake() {
-                        self.table.wake_sink().wake(&model);
-                    }
-                    t.wait().await.map_err(ProxyError::from)
-                }
+                Ok(Admit::Queued(t)) => t.wait().await.map_err(ProxyError::from),
                 Err(e) => Err(e.into()),
             },
         };
@@ -161,17 +168,25 @@ impl Proxy {
     /// accounts for in the queue: the buffered body when routing by body, else 0 (a streamed
     /// body is not read while the request waits: it stays with the client, held back by TCP
     /// flow control, so only the queue's count bounds it).
+    /// A head the relay routed already comes with its model (`routed`).
     async fn route(
         &self,
         req: Request<Incoming>,
+        routed: Option<Arc<Model>>,
     ) -> Result<(Arc<Model>, Request<ReqBody>, u64), ProxyError> {
         let declared = content_length(req.headers());
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri().authority().map(|a| a.as_str()));
-        match self.table.addressed(host, req.uri().path()) {
+        let addressed = match routed {
+            Some(m) => Addressed::Model(m),
+            None => {
+                let host = req
+                    .headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .or_else(|| req.uri().authority().map(|a| a.as_str()));
+                self.table.addressed(host, req.uri().path())
+            }
+        };
+        match addressed {
             Addressed::Model(m) => {
                 let idle = IdleTimer::new(m.gate().timeouts().1);
                 Ok((m, req.map(|b| ReqBody::Stream(b, idle)), 0))
@@ -316,12 +331,9 @@ impl Proxy {
                         None => {
                             tracing::debug!(model = %model.key(), failed = %permit.addr(), %error, "connect failed and no other pod has room: back to the queue");
                             drop(permit);
-                            let p = match model.gate().admit(bytes)? {
+                            let p = match self.table.admit(model, bytes)? {
                                 Admit::Ready(p) => p,
                                 Admit::Queued(t) => {
-                                    if t.needs_wake() {
-                                        self.table.wake_sink().wake(model);
-                                    }
                                     let wait = Box::pin(t.wait());
                                     wait.await?
                                 }

@@ -47,6 +47,7 @@ use crate::chunked::Chunks;
 use crate::error::{ProxyError, rescue};
 use crate::forward::{self, BadAnswer, Framing, RequestBody, Version, Wire};
 use crate::forward::{MAX_CONNECT_ATTEMPTS, MAX_STALE_RETRIES};
+use crate::head;
 use crate::metrics::Event;
 use crate::peer::Peer;
 use crate::queue::Permit;
@@ -58,8 +59,8 @@ use crate::upstream::{Upstream, WorkerId};
 pub const HEAD_BYTES: usize = crate::head::FIRST_HEAD_BYTES;
 /// The largest request body the relay buffers; a larger one is streamed by hyper.
 pub const BODY_BYTES: usize = forward::REPLAYABLE_BODY_BYTES;
-/// Header lines parsed per head (hyper's default limit).
-const MAX_HEADERS: usize = 100;
+/// Header lines parsed per answer head (hyper's default limit).
+const MAX_HEADERS: usize = head::MAX_HEADERS;
 /// Bytes read from a pod per system call.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -83,8 +84,9 @@ pub struct RelayOptions {
 pub enum End {
     /// Closed (the client left, asked for it, timed out, or the server is stopping).
     Closed,
-    /// hyper serves the rest; these bytes were read from the socket and not used.
-    HandOff(Vec<u8>),
+    /// hyper serves the rest; these bytes were read from the socket and not used, starting
+    /// with the head described, when it was checked.
+    HandOff(Vec<u8>, Option<Checked>),
 }
 
 /// Serves requests from `client` until it closes or one needs hyper.
@@ -94,12 +96,13 @@ pub async fn serve(
     peer: &Peer,
     opts: &RelayOptions,
     stopping: &CancellationToken,
+    mut peeked: Option<Peeked>,
 ) -> End {
     let mut inb: Vec<u8> = Vec::new();
     let mut out: Vec<u8> = Vec::new();
     loop {
         // A connection waiting for its next request holds no buffer.
-        if inb.is_empty() {
+        if inb.is_empty() && peeked.is_none() {
             inb = Vec::new();
             out = Vec::new();
             tokio::select! {
@@ -115,12 +118,23 @@ pub async fn serve(
         let deadline = Instant::now() + opts.header_timeout;
         // The head.
         let plan = loop {
-            out.clear();
-            // Room for the head the pod gets (about the client's, plus two headers) in one go.
-            out.reserve(inb.len() + 128);
-            let refused = match plan(&inb, table, peer, &mut out) {
+            let parsed = match peeked.take() {
+                // Parsed already: read the bytes it was parsed from.
+                Some(p) => match read_peeked(client, p, &mut inb, &mut out, deadline).await {
+                    Some(parsed) => parsed,
+                    None => return End::Closed,
+                },
+                None => {
+                    out.clear();
+                    // Room for the head the pod gets (about the client's, plus two headers) in
+                    // one go.
+                    out.reserve(inb.len() + 128);
+                    plan(&inb, table, peer, &mut out)
+                }
+            };
+            let refused = match parsed {
                 Parsed::Plan(p) => break p,
-                Parsed::HandOff => return End::HandOff(inb),
+                Parsed::HandOff(checked) => return End::HandOff(inb, checked),
                 Parsed::Refuse(e) => e,
                 Parsed::Partial if inb.len() >= opts.max_header_bytes => {
                     ProxyError::HeadTooLarge(opts.max_header_bytes)
@@ -142,7 +156,7 @@ pub async fn serve(
             return End::Closed;
         };
         if !opts.forward {
-            return End::HandOff(inb);
+            return End::HandOff(inb, Some(plan.handed_off()));
         }
         // The body, whole.
         let total = plan.head_len + plan.body_len;
@@ -163,13 +177,13 @@ pub async fn serve(
                     return End::Closed;
                 }
                 // A slow body: hyper streams it.
-                Read::Timeout => return End::HandOff(inb),
+                Read::Timeout => return End::HandOff(inb, Some(plan.handed_off())),
             }
         }
         let gate = plan.model.gate();
         let Some(permit) = gate.try_admit() else {
             // Every pod busy, or none ready: hyper's path queues it.
-            return End::HandOff(inb);
+            return End::HandOff(inb, Some(plan.handed_off()));
         };
         let held = gate.metrics().integral.hold();
         out.extend_from_slice(&inb[plan.head_len..total]);
@@ -182,7 +196,7 @@ pub async fn serve(
         match outcome {
             // Every pod with room refused a connection and nothing was sent: hyper's path
             // queues the request, whole in `inb`, until a pod can take it.
-            Ok(Next::Queue) => return End::HandOff(inb),
+            Ok(Next::Queue) => return End::HandOff(inb, Some(plan.handed_off())),
             Ok(Next::Answered) if !close => {}
             Ok(Next::Answered) | Err(Abort) => return End::Closed,
         }
@@ -191,7 +205,8 @@ pub async fn serve(
 }
 
 /// A request the relay takes.
-struct Plan {
+#[derive(Debug)]
+pub struct Plan {
     model: Arc<Model>,
     head_len: usize,
     body_len: usize,
@@ -199,78 +214,131 @@ struct Plan {
     close: bool,
     /// A HEAD request: the answer has no body whatever its headers say.
     head_method: bool,
+    /// hyper's path would route this head to the same model (see [`Checked::for_hyper`]).
+    for_hyper: bool,
 }
 
-enum Parsed {
+impl Plan {
+    /// The model the head addresses.
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+
+    /// The head as hyper gets it when the relay hands the request over after all.
+    fn handed_off(self) -> Checked {
+        Checked {
+            len: self.head_len,
+            next: match self.body_len {
+                0 => head::Next::Head,
+                n => head::Next::Body(n as u64),
+            },
+            model: Some(self.model),
+            for_hyper: self.for_hyper,
+        }
+    }
+}
+
+/// A checked request head the relay leaves to hyper: at the front of the bytes it hands over.
+#[derive(Debug)]
+pub struct Checked {
+    /// Bytes of the head.
+    pub len: usize,
+    /// What follows it.
+    pub next: head::Next,
+    /// The routed model it addresses by Host or path, if any (looked up once, here).
+    pub model: Option<Arc<Model>>,
+    /// hyper's path, which reads `Host` through `HeaderValue::to_str`, routes this head as
+    /// the relay did: its Host is absent, ASCII, or not text at all.
+    pub for_hyper: bool,
+}
+
+/// What a request head at the front of a buffer is to the relay.
+#[derive(Debug)]
+pub enum Parsed {
+    /// The relay forwards it.
     Plan(Plan),
+    /// Not complete yet.
     Partial,
-    HandOff,
+    /// hyper serves it; `None` when it is not an HTTP/1 head (HTTP/2 prior knowledge).
+    HandOff(Option<Checked>),
+    /// Answered with this, then the connection is closed.
     Refuse(ProxyError),
 }
 
-/// Parses the request head at the start of `inb`, checks it against the forwarding policy and,
-/// when the relay takes it, writes the head the pod gets into `out`.
-fn plan(inb: &[u8], table: &Table, peer: &Peer, out: &mut Vec<u8>) -> Parsed {
-    if inb.starts_with(b"PRI * HTTP/2.0") {
-        return Parsed::HandOff; // HTTP/2 prior knowledge: hyper's
-    }
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let head_len = match req.parse(inb) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(httparse::Error::TooManyHeaders) => {
-            return Parsed::Refuse(ProxyError::Malformed(format!(
-                "more than {MAX_HEADERS} header lines"
-            )));
-        }
-        Err(e) => return Parsed::Refuse(ProxyError::Malformed(e.to_string())),
-    };
-    let (Some(method), Some(target), Some(v)) = (req.method, req.path, req.version) else {
-        return Parsed::Refuse(ProxyError::Malformed("incomplete request line".into()));
-    };
-    let version = if v == 0 {
-        Version::Http10
-    } else {
-        Version::Http11
-    };
-    let policy = match forward::check_request(method.as_bytes(), version, || req.headers.iter()) {
-        Ok(p) => p,
-        Err(r) => return Parsed::Refuse(r.into()),
-    };
-    let body_len = match policy.body {
-        RequestBody::None => 0,
-        RequestBody::Length(n) if n <= BODY_BYTES as u64 => n as usize,
-        // Streamed bodies are hyper's.
-        RequestBody::Length(_) | RequestBody::Chunked => return Parsed::HandOff,
-    };
-    if version == Version::Http10 || !target.starts_with('/') || policy.upgrade || policy.expect {
-        return Parsed::HandOff;
-    }
-    let Some(host) = policy.host.and_then(|h| std::str::from_utf8(h).ok()) else {
-        return Parsed::HandOff;
-    };
-    let path = target.split_once('?').map_or(target, |(p, _)| p);
-    let model = match table.addressed(Some(host), path) {
-        Addressed::Model(m) => m,
-        // Unknown models and routing by body: hyper's path answers them.
-        Addressed::Unknown(_) | Addressed::Body | Addressed::Nothing => return Parsed::HandOff,
-    };
+/// A first request head that was peeked (and so parsed) before the relay got the connection
+/// (by `park`): its bytes are still unread in the socket.
+#[derive(Debug)]
+pub struct Peeked {
+    /// The head's outcome ([`plan`] over the peeked bytes); never [`Parsed::Partial`].
+    pub parsed: Parsed,
+    /// Bytes peeked (the head is among them).
+    pub len: usize,
+    /// The empty buffer they were peeked into: the relay reads into it.
+    pub buf: Vec<u8>,
+    /// What [`plan`] wrote: the head the pod gets, for a [`Parsed::Plan`].
+    pub out: Vec<u8>,
+}
 
-    out.extend_from_slice(method.as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    // Host is present (checked above), so no fallback authority is needed.
-    policy.forward(|| req.headers.iter(), peer.ip_bytes(), b"", &mut Wire(out));
-    out.extend_from_slice(b"\r\n");
-    Parsed::Plan(Plan {
-        model,
-        head_len,
-        body_len,
-        close: policy.close,
-        head_method: method == "HEAD",
-    })
+/// Parses the request head at the start of `inb` ([`head::parse`]: parsed and checked once),
+/// looks up what it addresses (once) and, when the relay takes it, writes the head the pod gets
+/// into `out`.
+pub fn plan(inb: &[u8], table: &Table, peer: &Peer, out: &mut Vec<u8>) -> Parsed {
+    if inb.starts_with(b"PRI * HTTP/2.0") {
+        return Parsed::HandOff(None); // HTTP/2 prior knowledge: hyper's
+    }
+    // The relay bounds a head as it reads it (431 once `max_header_bytes` are read).
+    let planned = head::parse(inb, usize::MAX, |h| {
+        let model = match table.addressed(h.host(), h.path()) {
+            Addressed::Model(m) => Some(m),
+            // Unknown models and routing by body: hyper's path answers them.
+            Addressed::Unknown(_) | Addressed::Body | Addressed::Nothing => None,
+        };
+        // hyper's path reads Host as visible ASCII only (else it routes without it).
+        let for_hyper = h
+            .policy
+            .host
+            .is_none_or(|v| v.is_ascii() || std::str::from_utf8(v).is_err());
+        let body_len = match h.policy.body {
+            RequestBody::None => Some(0),
+            RequestBody::Length(n) if n <= BODY_BYTES as u64 => Some(n as usize),
+            // Streamed bodies are hyper's.
+            RequestBody::Length(_) | RequestBody::Chunked => None,
+        };
+        let takes = h.version == Version::Http11
+            && h.target.starts_with('/')
+            && !h.policy.upgrade
+            && !h.policy.expect
+            && h.host().is_some();
+        let (Some(model), Some(body_len), true) = (model.clone(), body_len, takes) else {
+            return Parsed::HandOff(Some(Checked {
+                len: h.len,
+                next: h.next(),
+                model,
+                for_hyper,
+            }));
+        };
+        out.extend_from_slice(h.method.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(h.target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        // Host is present (checked above), so no fallback authority is needed.
+        h.policy
+            .forward(|| h.headers.iter(), peer.ip_bytes(), b"", &mut Wire(out));
+        out.extend_from_slice(b"\r\n");
+        Parsed::Plan(Plan {
+            model,
+            head_len: h.len,
+            body_len,
+            close: h.policy.close,
+            head_method: h.method == "HEAD",
+            for_hyper,
+        })
+    });
+    match planned {
+        Ok(Some(p)) => p,
+        Ok(None) => Parsed::Partial,
+        Err(e) => Parsed::Refuse(e),
+    }
 }
 
 /// The relay gave up on the connection (the client left, or a pod failed mid-answer).
@@ -805,6 +873,28 @@ impl Body {
             out.extend_from_slice(b"\r\n");
         }
     }
+}
+
+/// Reads the peeked bytes into `inb` (the buffer they were peeked into) and gives back what
+/// they were parsed into; `None` when the client went away. They wait in the socket already, so
+/// this is one read (the kernel returns at least what it showed the peek).
+async fn read_peeked(
+    client: &mut TcpStream,
+    p: Peeked,
+    inb: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    deadline: Instant,
+) -> Option<Parsed> {
+    *inb = p.buf;
+    inb.clear();
+    while inb.len() < p.len {
+        match read_until(client, inb, deadline).await {
+            Read::Data => {}
+            Read::Eof | Read::Error | Read::Timeout => return None,
+        }
+    }
+    *out = p.out;
+    Some(p.parsed)
 }
 
 enum Read {

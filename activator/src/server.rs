@@ -198,6 +198,7 @@ async fn serve_worker(
             let res = match park(
                 stream,
                 proxy.table(),
+                &peer,
                 relay_opts.keep_alive_timeout,
                 &stopping,
             )
@@ -206,21 +207,29 @@ async fn serve_worker(
                 Parking::Gone(GoneReason::Idle | GoneReason::Closed | GoneReason::Stopping) => {
                     return;
                 }
-                Parking::Serve(mut stream, None) => {
+                Parking::Relay(mut stream, peeked) => {
                     // Every first head is checked here, relay on or off (one policy, one
                     // error shape); with the relay on, it forwards what it can.
-                    let prefix = match Box::pin(relay::serve(
+                    let (prefix, checked) = match Box::pin(relay::serve(
                         &mut stream,
                         proxy.table(),
                         &peer,
                         &relay_opts,
                         &stopping,
+                        peeked,
                     ))
                     .await
                     {
                         relay::End::Closed => return,
-                        relay::End::HandOff(prefix) => prefix,
+                        relay::End::HandOff(prefix, checked) => (prefix, checked),
                     };
+                    // The head at the front was parsed, checked and routed by the relay: hyper's
+                    // path takes its model instead of looking it up again.
+                    let (approved, routed) = match checked {
+                        Some(c) => (Some((c.len, c.next)), c.model.filter(|_| c.for_hyper)),
+                        None => (None, None),
+                    };
+                    let routed = std::cell::Cell::new(routed);
                     // hyper serves the rest, each head checked before hyper reads it; a refused
                     // one comes to the service as a stand-in request and is answered here.
                     let checks = Checks {
@@ -228,15 +237,18 @@ async fn serve_worker(
                         max_header_bytes: relay_opts.max_header_bytes,
                         header_timeout: relay_opts.header_timeout,
                     };
-                    let (stream, refused) = HandOff::new(prefix, stream, checks);
+                    let (stream, refused) = HandOff::new(prefix, stream, checks, approved);
                     handed_off = true;
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let (proxy, peer) = (proxy.clone(), peer.clone());
                         let refusal = refused.lock().unwrap_or_else(|e| e.into_inner()).take();
+                        // Only the first request is the head the relay routed (a refusal takes
+                        // its place when the hand-off refused it after all).
+                        let routed = routed.take();
                         async move {
                             Ok::<_, Infallible>(match refusal {
                                 Some(e) => rescue(&e),
-                                None => proxy.handle(req, peer).await,
+                                None => proxy.handle_routed(req, peer, routed).await,
                             })
                         }
                     });
@@ -245,7 +257,7 @@ async fn serve_worker(
                     // connection state inline while it waits.
                     Box::pin(watcher.watch(conn.into_owned())).await
                 }
-                Parking::Serve(stream, Some(p)) => {
+                Parking::Parked(stream, p) => {
                     let first = std::sync::Mutex::new(Some(p));
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let (proxy, peer) = (proxy.clone(), peer.clone());

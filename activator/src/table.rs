@@ -23,7 +23,7 @@ use dashmap::DashMap;
 use tokio::sync::Notify;
 
 use crate::metrics::{Metrics, ModelLabels};
-use crate::queue::{Endpoint, Gate, Limits};
+use crate::queue::{Admit, Endpoint, Gate, Limits, QueueError};
 use crate::route::{self, PathRoute};
 use crate::upstream::Upstream;
 
@@ -215,11 +215,6 @@ impl Table {
         &self.metrics
     }
 
-    /// The wake sink.
-    pub fn wake_sink(&self) -> &Arc<dyn WakeSink> {
-        &self.wake
-    }
-
     /// Adds a model or updates its settings (queue and pods are kept). Returns the name
     /// conflicts that involve this model.
     pub fn upsert_model(&self, spec: ModelSpec) -> Vec<Conflict> {
@@ -355,6 +350,20 @@ impl Table {
         {
             self.wake.wake(&m);
         }
+    }
+
+    /// Admits a request whose body accounts for `bytes` to `model`'s gate. The first request
+    /// to wait while the model has no eligible pod starts the model's wake signal here; with
+    /// [`Table::set_endpoints`] (the last eligible pod gone while requests wait) this is the
+    /// only place a wake starts.
+    pub fn admit(&self, model: &Arc<Model>, bytes: u64) -> Result<Admit, QueueError> {
+        let admitted = model.gate.admit(bytes)?;
+        if let Admit::Queued(t) = &admitted
+            && t.needs_wake()
+        {
+            self.wake.wake(model);
+        }
+        Ok(admitted)
     }
 
     /// The model of a Deployment.

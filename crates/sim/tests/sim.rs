@@ -253,6 +253,35 @@ fn sustained_load_scales_up_to_the_target() {
     conserved(&m);
 }
 
+#[test]
+fn a_slower_scrape_still_reads_the_whole_load() {
+    // Scrapes every 2 s: each sample also fills the second it skipped (as index.rs does), so
+    // the engine sees 20 concurrent, not 10, and sizes 4 pods as with 1 s scrapes.
+    let s = settings(&[
+        ("zeroscale.dev/target", "5"),
+        ("container-concurrency-target-percentage", "100"),
+        ("tick-interval", "1s"),
+        ("scrape-interval", "2s"),
+        ("scrape-timeout", "1s"),
+    ]);
+    let ats: Vec<Nanos> = (0..20 * 120).map(|i| i * 50 * MS).collect();
+    let mut o = opts(SEC, SEC, 150 * SEC);
+    o.initial_replicas = 2;
+    let m = engine(&reqs(&ats), &s, &o);
+    let steady: Vec<u32> = m
+        .events
+        .iter()
+        .filter(|e| e.at > 10 * SEC && e.at <= 120 * SEC)
+        .map(|e| e.to)
+        .collect();
+    assert_eq!(m.peak_replicas, 4, "{:?}", m.events);
+    assert!(
+        steady.is_empty(),
+        "no change in steady load: {:?}",
+        m.events
+    );
+}
+
 fn sample_trace() -> Trace {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),

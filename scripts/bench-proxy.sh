@@ -8,6 +8,10 @@
 #     against a queue of 10,000;
 #  3. endpoint Ready -> first queued request forwarded.
 #
+# BASE_BIN=path/to/activator-bench (built from another commit, e.g. before a refactor) adds its
+# activator as target `base` to the proxy runs and the alternating rounds, side by side with this
+# tree's (ALT rounds then print activator/base too).
+#
 # Needs: wrk and nginx (Debian: apt-get install -y wrk nginx-light), taskset, root or a hard fd
 # limit >= 12000. Everything listens on 127.0.0.1 and stops by itself.
 #
@@ -35,9 +39,13 @@ BACKEND=127.0.0.1:28081
 ACT=127.0.0.1:28080
 ACT_ADMIN=127.0.0.1:29090
 NGINX=127.0.0.1:28082
+BASE=127.0.0.1:28083
+BASE_ADMIN=127.0.0.1:29093
+BASE_BIN=${BASE_BIN:-}
 
 cargo build --release -p zeroscale-benches --bin activator-bench
 BIN=$CARGO_TARGET_DIR/release/activator-bench
+[[ -z $BASE_BIN || -x $BASE_BIN ]] || { echo "BASE_BIN=$BASE_BIN is not an executable" >&2; exit 1; }
 command -v wrk >/dev/null || { echo "wrk missing (apt-get install -y wrk)" >&2; exit 1; }
 command -v nginx >/dev/null || { echo "nginx missing (apt-get install -y nginx-light)" >&2; exit 1; }
 
@@ -111,15 +119,26 @@ EOF
   taskset -c "$SERVER_CPU" nginx -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf" &
   PIDS+=($!); NPID=$!
   wait_port $BACKEND; wait_port $ACT; wait_port $NGINX
-  declare -A URL=([direct]=http://$BACKEND [activator]=http://$ACT [nginx]=http://$NGINX)
-  for t in direct activator nginx; do # each answers 200
+  declare -A URL=([direct]=http://$BACKEND [activator]=http://$ACT [nginx]=http://$NGINX [base]=http://$BASE)
+  TARGETS="direct activator nginx"
+  ALT_TARGETS="activator nginx"
+  if [[ -n $BASE_BIN ]]; then
+    echo "# base: $BASE_BIN"
+    taskset -c "$SERVER_CPU" "$BASE_BIN" --threads "$WORKERS" activator \
+      --listen $BASE --admin $BASE_ADMIN --backend $BACKEND &
+    PIDS+=($!); BASE_PID=$!
+    wait_port $BASE
+    TARGETS="direct activator base nginx"
+    ALT_TARGETS="activator base nginx"
+  fi
+  for t in $TARGETS; do # each answers 200
     code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'content-type: application/json' \
       -d '{"instances":[[1.0]]}' "${URL[$t]}/v1/models/sample:predict")
     [[ $code == 200 ]] || { echo "$t answered $code" >&2; exit 1; }
   done
 
   for r in $(seq 1 "$ROUNDS"); do
-    for t in direct activator nginx; do
+    for t in $TARGETS; do
       taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d2s -s "$WORK/post.lua" "${URL[$t]}/v1/models/sample:predict" >/dev/null
       out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DUR}s" --latency -s "$WORK/post.lua" \
         "${URL[$t]}/v1/models/sample:predict")
@@ -130,7 +149,7 @@ EOF
       echo "wrk round=$r label=$t conns=$CONNS rps=$rps p50=$p50 p99=$p99 $errs"
     done
     load
-    for t in direct activator nginx; do
+    for t in $TARGETS; do
       taskset -c "$LOAD_CPU" "$BIN" --threads 0 load --label "$t" --url "${URL[$t]}" \
         --rate "$RATE" --secs "$DUR" --warmup-secs 2 | sed "s/^load /load round=$r /"
     done
@@ -139,16 +158,21 @@ EOF
   # Short alternating rounds: one 10 s round per target is at the mercy of this VM's noise.
   for r in $(seq 1 "$ALT_ROUNDS"); do
     declare -A RPS=()
-    for t in activator nginx; do
+    for t in $ALT_TARGETS; do
       taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d1s -s "$WORK/post.lua" "${URL[$t]}/v1/models/sample:predict" >/dev/null
       RPS[$t]=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${ALT_DUR}s" -s "$WORK/post.lua" \
         "${URL[$t]}/v1/models/sample:predict" | awk '/^Requests\/sec/ {print $2}')
     done
-    echo "alt round=$r activator=${RPS[activator]} nginx=${RPS[nginx]} ratio=$(awk -v a="${RPS[activator]}" -v n="${RPS[nginx]}" 'BEGIN {printf "%.2f", a / n}')"
+    line="alt round=$r activator=${RPS[activator]} nginx=${RPS[nginx]} ratio=$(awk -v a="${RPS[activator]}" -v n="${RPS[nginx]}" 'BEGIN {printf "%.2f", a / n}')"
+    if [[ -n $BASE_BIN ]]; then
+      line+=" base=${RPS[base]} vs_base=$(awk -v a="${RPS[activator]}" -v b="${RPS[base]}" 'BEGIN {printf "%.3f", a / b}')"
+    fi
+    echo "$line"
   done
   echo "# activator RSS after the proxy runs: $(grep VmHWM /proc/$APID/status | tr -s ' ')"
   echo "# nginx worker RSS: $(for p in $(pgrep -P $NPID); do grep VmHWM /proc/$p/status | tr -s ' '; done)"
   stop $NPID; stop $APID; stop $BPID
+  [[ -z $BASE_BIN ]] || stop "$BASE_PID"
 fi
 
 if [[ " $PARTS " == *" memory "* ]]; then

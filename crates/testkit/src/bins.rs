@@ -8,6 +8,7 @@
 //! - The node's containerd, shim, ctr and CoreDNS: `$ZEROSCALE_NODE_BIN`, else the cache dir of
 //!   `scripts/build-node.sh`; its images: `$ZEROSCALE_IMAGES`, else `<target>/images`
 //!   (`scripts/build-images.sh`).
+//! - Helm: `$ZEROSCALE_HELM_BIN`, else the cache dir of `scripts/build-helm.sh`.
 //! - Workspace binaries (`sample-model`, `activator`, `autoscaler`, ...): next to the running test
 //!   executable, i.e. `target/<profile>/` (the parent of `deps/` or `examples/`). Build them first
 //!   with `cargo build --workspace --bins`.
@@ -23,6 +24,9 @@ pub const ETCD_VERSION: &str = "v3.6.16";
 pub const CONTAINERD_VERSION: &str = "v2.4.2";
 /// CoreDNS version built by `scripts/build-node.sh`.
 pub const COREDNS_VERSION: &str = "v1.15.0";
+
+/// Helm version built by `scripts/build-helm.sh`.
+pub const HELM_VERSION: &str = "v3.22.0";
 
 fn env_dir(var: &str) -> Option<PathBuf> {
     std::env::var_os(var)
@@ -56,6 +60,13 @@ pub fn node_bin_dir() -> PathBuf {
             ))
             .join("bin")
     })
+}
+
+/// Directory holding `helm`: `$ZEROSCALE_HELM_BIN`, else where `scripts/build-helm.sh` caches
+/// it (not checked).
+pub fn helm_bin_dir() -> PathBuf {
+    env_dir("ZEROSCALE_HELM_BIN")
+        .unwrap_or_else(|| cache_dir().join(format!("helm-{HELM_VERSION}")).join("bin"))
 }
 
 /// Directory of the OCI archives `scripts/build-images.sh` writes: `$ZEROSCALE_IMAGES`, else

@@ -135,7 +135,8 @@ async fn peek(stream: &TcpStream, table: &Table, peer: &Peer) -> io::Result<Opti
     if n == 0 {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
-    let mut out = Vec::new();
+    // Room for the head the pod gets in one go, as the relay reserves it.
+    let mut out = Vec::with_capacity(n + 128);
     let parsed = relay::plan(rb.filled(), table, peer, &mut out);
     if matches!(parsed, relay::Parsed::Partial) {
         return Ok(None);

@@ -1,8 +1,9 @@
 //! The activator's modules form a layered graph: no module reaches, through `crate::` paths
 //! (imports, qualified paths and doc links alike), a module that reaches it back.
 //!
-//! Reads `src/` as text: every file is a module (`relay/mod.rs` is `relay`, `relay/head.rs` is
-//! `relay::head`); a `crate::a::b` path points at the longest module it names. Edges between a
+//! Reads `src/` as text: every file is a module (`relay/mod.rs` is `relay`, `relay/request.rs`
+//! is `relay::request`); a `crate::a::b` path (or `super::b` in `a::c`) points at the longest
+//! module it names. Edges between a
 //! module and its own parent or children are left out (a parent declares its children). Cycles
 //! are looked for twice: between top-level modules (submodules folded into their top), and
 //! between every module.
@@ -87,19 +88,23 @@ fn use_tree(s: &str, prefix: &[String], out: &mut Vec<Vec<String>>) {
     out.push(path);
 }
 
-/// Every `crate::` path in `text`.
-fn crate_paths(text: &str) -> Vec<Vec<String>> {
+/// Every path of this crate in `text`, the text of module `module`: `crate::` paths, and
+/// `super::` paths resolved against the module's parent.
+fn crate_paths(text: &str, module: &[String]) -> Vec<Vec<String>> {
     let mut out = Vec::new();
-    let mut at = 0;
-    while let Some(i) = text[at..].find("crate::") {
-        let start = at + i;
-        let before = text[..start].bytes().last();
-        at = start + "crate::".len();
-        // `zeroscale_activator::` or `my_crate::` are not this crate's paths.
-        if before.is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            continue;
+    let parent = &module[..module.len().saturating_sub(1)];
+    for (word, prefix) in [("crate::", &[][..]), ("super::", parent)] {
+        let mut at = 0;
+        while let Some(i) = text[at..].find(word) {
+            let start = at + i;
+            let before = text[..start].bytes().last();
+            at = start + word.len();
+            // `zeroscale_activator::`, `my_crate::` or `super::super::` are not followed.
+            if before.is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':') {
+                continue;
+            }
+            use_tree(&text[at..], prefix, &mut out);
         }
-        use_tree(&text[at..], &[], &mut out);
     }
     out
 }
@@ -113,7 +118,7 @@ fn graph(src: &Path) -> Graph {
     for (m, text) in &files {
         let from = m.join("::");
         let edges = g.entry(from.clone()).or_default();
-        for path in crate_paths(text) {
+        for path in crate_paths(text, m) {
             // The longest prefix that is a module.
             let Some(to) = (1..=path.len())
                 .rev()
@@ -237,8 +242,17 @@ fn the_module_graph_has_no_cycle() {
 #[test]
 fn paths_and_cycles_are_found() {
     let text = "use crate::a::{self, B};\nuse crate::{b, c::{d::E, f}};\n/// [`x`](crate::g::h)\nzeroscale_activator::z; fn f() { crate::i::j(); }";
-    let paths: Vec<String> = crate_paths(text).iter().map(|p| p.join("::")).collect();
+    let paths: Vec<String> = crate_paths(text, &[])
+        .iter()
+        .map(|p| p.join("::"))
+        .collect();
     assert_eq!(paths, ["a", "a::B", "b", "c::d::E", "c::f", "g::h", "i::j"]);
+    let module = ["relay".to_string(), "exchange".to_string()];
+    let paths: Vec<String> = crate_paths("use super::{client::closed, request::Plan};", &module)
+        .iter()
+        .map(|p| p.join("::"))
+        .collect();
+    assert_eq!(paths, ["relay::client::closed", "relay::request::Plan"]);
 
     let g = |edges: &[(&str, &str)]| {
         let mut g = Graph::new();

@@ -137,4 +137,112 @@ mod tests {
         assert_eq!(long1.action, long2.action);
         assert_eq!(long1.note.as_deref().map(str::len), Some(MAX_NOTE_BYTES));
     }
+
+    /// A stand-in API server: records each request body, then answers 500 (or never, when
+    /// `hang`).
+    #[derive(Clone)]
+    struct StandIn {
+        bodies: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+        hang: bool,
+    }
+
+    impl tower_service::Service<http::Request<kube::client::Body>> for StandIn {
+        type Response = http::Response<http_body_util::Full<bytes::Bytes>>;
+        type Error = std::convert::Infallible;
+        type Future = std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+        >;
+
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: http::Request<kube::client::Body>) -> Self::Future {
+            let this = self.clone();
+            Box::pin(async move {
+                use http_body_util::BodyExt;
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                this.bodies.lock().unwrap().push(body.to_vec());
+                if this.hang {
+                    std::future::pending::<()>().await;
+                }
+                let status = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"no","reason":"InternalError","code":500}"#;
+                Ok(http::Response::builder()
+                    .status(500)
+                    .header("content-type", "application/json")
+                    .body(http_body_util::Full::new(bytes::Bytes::from(status)))
+                    .unwrap())
+            })
+        }
+    }
+
+    fn regarding() -> ObjectReference {
+        ObjectReference {
+            api_version: Some("apps/v1".into()),
+            kind: Some("Deployment".into()),
+            namespace: Some("ns".into()),
+            name: Some("m".into()),
+            ..Default::default()
+        }
+    }
+
+    fn publisher(hang: bool) -> (Publisher, StandIn) {
+        let stand_in = StandIn {
+            bodies: Default::default(),
+            hang,
+        };
+        let client = Client::new(stand_in.clone(), "default");
+        let p = Publisher::new(client, "test", Some("me".into()), Duration::from_secs(5));
+        (p, stand_in)
+    }
+
+    #[tokio::test]
+    async fn a_refused_event_is_logged_and_what_was_sent_is_truncated_and_digested() {
+        let (p, stand_in) = publisher(false);
+        p.publish(&regarding(), EventType::Warning, "Bad", "x".repeat(5000))
+            .await;
+        let bodies = stand_in.bodies.lock().unwrap().clone();
+        assert_eq!(bodies.len(), 1);
+        let sent: serde_json::Value = serde_json::from_slice(&bodies[0]).unwrap();
+        assert_eq!(sent["note"].as_str().map(str::len), Some(MAX_NOTE_BYTES));
+        let digest = zeroscale_config::note_digest(&"x".repeat(MAX_NOTE_BYTES));
+        assert_eq!(sent["action"], format!("Bad-{digest:08x}"));
+        assert_eq!(sent["reason"], "Bad");
+        assert_eq!(sent["reportingController"], "test");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_api_server_that_never_answers_costs_the_timeout_only() {
+        let (p, stand_in) = publisher(true);
+        let started = tokio::time::Instant::now();
+        p.publish(
+            &regarding(),
+            EventType::Normal,
+            "Scaled",
+            "Scaled 0 -> 1".into(),
+        )
+        .await;
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        assert_eq!(stand_in.bodies.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn spawn_returns_at_once_and_publishes_in_the_background() {
+        let (p, stand_in) = publisher(true);
+        p.spawn(
+            regarding(),
+            EventType::Normal,
+            "Scaled",
+            "Scaled 0 -> 1".into(),
+        );
+        assert!(
+            stand_in.bodies.lock().unwrap().is_empty(),
+            "published inline"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(stand_in.bodies.lock().unwrap().len(), 1);
+    }
 }

@@ -13,9 +13,7 @@ use kube::{Api, Client};
 use prometheus_client::registry::Registry;
 use tracing::Instrument;
 use zeroscale_config::GlobalConfig;
-use zeroscale_kube::admin::{
-    self, ADMIN_ROUTES, ErrorFormat, Options, POST, Received, Route, respond,
-};
+use zeroscale_kube::admin::{self, ErrorFormat, Options, POST, Received, Route, respond};
 
 use crate::apply::{Applier, deployment_ref};
 use crate::health::Health;
@@ -33,11 +31,6 @@ pub const API_ROUTES: &[Route] = &[Route {
     methods: POST,
 }];
 
-/// The metrics port's server options: text errors, small bodies.
-pub fn admin_options() -> Options {
-    Options::default()
-}
-
 /// The API port's server options: JSON errors, the wake body limit.
 pub fn api_options() -> Options {
     Options {
@@ -47,19 +40,24 @@ pub fn api_options() -> Options {
     }
 }
 
-/// Serves the metrics port until `shutdown` resolves.
+/// Serves the metrics port until `shutdown` resolves: the shared admin server, with this
+/// replica's readiness reasons ([`Health::not_ready_at`]) on `/readyz`.
 pub async fn serve_admin(
     listener: tokio::net::TcpListener,
     state: AdminState,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    admin::serve(
+    let health = state.health;
+    admin::serve_admin(
         listener,
-        ADMIN_ROUTES,
-        admin_options(),
-        move |req| {
-            let state = state.clone();
-            async move { self::admin(&state, &req) }
+        state.registry,
+        move || {
+            let at = tokio::time::Instant::now().into_std();
+            health
+                .not_ready_at(at)
+                .into_iter()
+                .map(|r| r.text)
+                .collect()
         },
         shutdown,
     )
@@ -92,31 +90,6 @@ pub struct AdminState {
     pub registry: Arc<Registry>,
     /// Readiness: watches synced and fresh, API server reachable, leadership not lapsed.
     pub health: Arc<Health>,
-}
-
-/// Handles one request on the metrics port (route and method already checked).
-pub fn admin(state: &AdminState, req: &Request<Bytes>) -> Response<Full<Bytes>> {
-    match req.uri().path() {
-        "/metrics" => admin::metrics(&state.registry),
-        "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n"),
-        "/readyz" => {
-            let reasons = state
-                .health
-                .not_ready_at(tokio::time::Instant::now().into_std());
-            if reasons.is_empty() {
-                respond(StatusCode::OK, "text/plain", "ready\n")
-            } else {
-                // One reason a line, so a probe's log shows them all.
-                let mut body = String::new();
-                for r in &reasons {
-                    body.push_str(&r.text);
-                    body.push('\n');
-                }
-                respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", body)
-            }
-        }
-        _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
-    }
 }
 
 /// Looks up cached Deployments, whichever watch scope holds them.

@@ -59,6 +59,56 @@ pub fn metrics(registry: &prometheus_client::registry::Registry) -> Response<Ful
     }
 }
 
+/// The answer of an [`ADMIN_ROUTES`] path: `/metrics` from `registry`, `/healthz` always
+/// `ok`, `/readyz` `ready` (200) when `not_ready` gives no reason, else 503 with one reason a
+/// line (so a probe's log shows them all). `not_ready` runs only for `/readyz`.
+pub fn admin_answer(
+    path: &str,
+    registry: &prometheus_client::registry::Registry,
+    not_ready: impl FnOnce() -> Vec<String>,
+) -> Response<Full<Bytes>> {
+    match path {
+        "/metrics" => metrics(registry),
+        "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n"),
+        "/readyz" => {
+            let reasons = not_ready();
+            if reasons.is_empty() {
+                respond(StatusCode::OK, "text/plain", "ready\n")
+            } else {
+                let mut body = String::new();
+                for r in &reasons {
+                    body.push_str(r);
+                    body.push('\n');
+                }
+                respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", body)
+            }
+        }
+        _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    }
+}
+
+/// Serves [`ADMIN_ROUTES`] with [`admin_answer`] on `listener` until `shutdown` resolves.
+pub async fn serve_admin<R>(
+    listener: TcpListener,
+    registry: std::sync::Arc<prometheus_client::registry::Registry>,
+    not_ready: R,
+    shutdown: impl Future<Output = ()>,
+) where
+    R: Fn() -> Vec<String> + Clone + Send + Sync + 'static,
+{
+    serve(
+        listener,
+        ADMIN_ROUTES,
+        Options::default(),
+        move |req: Request<Bytes>| {
+            let answer = admin_answer(req.uri().path(), &registry, not_ready.clone());
+            async move { answer }
+        },
+        shutdown,
+    )
+    .await;
+}
+
 /// One path and the methods it answers.
 #[derive(Clone, Copy, Debug)]
 pub struct Route {
@@ -425,5 +475,47 @@ mod tests {
         let answer = inflight.await.unwrap();
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(TcpStream::connect(addr).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn the_admin_port_answers_metrics_health_and_readiness_with_reasons() {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let counter = prometheus_client::metrics::counter::Counter::<u64>::default();
+        registry.register("test_things", "Things", counter.clone());
+        counter.inc();
+        let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let flag = ready.clone();
+        tokio::spawn(serve_admin(
+            listener,
+            std::sync::Arc::new(registry),
+            move || {
+                if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    Vec::new()
+                } else {
+                    vec!["watches not synced".into(), "not leading".into()]
+                }
+            },
+            std::future::pending(),
+        ));
+        let get = |p: &str| format!("GET {p} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let m = exchange(addr, get("/metrics").as_bytes()).await;
+        assert!(m.contains("test_things_total 1"), "{m}");
+        assert!(m.contains("application/openmetrics-text"), "{m}");
+        let h = exchange(addr, get("/healthz").as_bytes()).await;
+        assert!(h.starts_with("HTTP/1.1 200") && h.ends_with("ok\n"), "{h}");
+        let r = exchange(addr, get("/readyz").as_bytes()).await;
+        assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+        assert!(
+            r.ends_with("\r\n\r\nwatches not synced\nnot leading\n"),
+            "{r}"
+        );
+        ready.store(true, std::sync::atomic::Ordering::SeqCst);
+        let r = exchange(addr, get("/readyz").as_bytes()).await;
+        assert!(
+            r.starts_with("HTTP/1.1 200") && r.ends_with("ready\n"),
+            "{r}"
+        );
     }
 }

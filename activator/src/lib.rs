@@ -1,12 +1,15 @@
 //! The activator: zeroscale's HTTP data path.
 //!
 //! Routes each request to its model's ready pods ([`route`], [`table`]), holds requests while a
-//! model has no capacity ([`queue`]) and tells the autoscaler at once ([`wake`]), balances among
-//! pods (`zeroscale_gate::balance`) over pooled connections ([`upstream`]), streams bodies both ways ([`proxy`], [`body`]) and counts concurrency
-//! ([`metrics`]). Errors become HTTP answers in one place ([`error::rescue`]). [`k8s`] feeds the
-//! table from Deployments, Services and EndpointSlices; the rest knows nothing of Kubernetes.
+//! model has no capacity ([`queue`], over the `zeroscale-gate` crate) and tells the autoscaler at
+//! once ([`wake`]), balances among pods over pooled connections ([`upstream`]), forwards on the
+//! fast lane ([`relay`]) or through hyper ([`proxy`], [`answer`], [`body`]) under one policy
+//! ([`forward`]), and counts concurrency ([`metrics`]). Errors become HTTP answers in one place
+//! ([`error::rescue`]). [`k8s`] feeds the table from Deployments, Services and EndpointSlices;
+//! the rest knows nothing of Kubernetes. [`App`] wires it all from a [`Config`].
 
 pub mod answer;
+pub mod app;
 pub mod body;
 pub mod chunked;
 pub mod error;
@@ -26,6 +29,7 @@ pub mod table;
 pub mod upstream;
 pub mod wake;
 
+pub use app::{App, Config, Feed, Running};
 pub use metrics::Metrics;
 pub use peer::Peer;
 pub use proxy::Proxy;

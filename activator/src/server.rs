@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, header};
+use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -19,6 +19,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use tokio_util::sync::CancellationToken;
+use zeroscale_kube::admin;
 
 use crate::error::rescue;
 use crate::handoff::{Checks, HandOff};
@@ -348,73 +349,35 @@ pub struct Admin {
 }
 
 impl Admin {
-    fn answer(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-        let (status, ctype, body) = match req.uri().path() {
-            "/metrics" => {
-                let mut s = String::new();
-                match prometheus_client::encoding::text::encode(&mut s, &self.registry) {
-                    Ok(()) => (
-                        StatusCode::OK,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        s,
-                    ),
-                    Err(_) => (
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "text/plain",
-                        "encoding metrics failed\n".to_string(),
-                    ),
-                }
-            }
-            "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+    /// Answers one request on the admin port (route and method checked by the server).
+    fn answer(&self, req: &Request<Bytes>) -> Response<Full<Bytes>> {
+        match req.uri().path() {
+            "/metrics" => admin::metrics(&self.registry),
+            "/healthz" => admin::respond(StatusCode::OK, "text/plain", "ok\n"),
             "/readyz" if self.ready.load(Ordering::Relaxed) => {
-                (StatusCode::OK, "text/plain", "ready\n".to_string())
+                admin::respond(StatusCode::OK, "text/plain", "ready\n")
             }
-            "/readyz" => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain",
-                "not ready\n".to_string(),
-            ),
-            _ => (
-                StatusCode::NOT_FOUND,
-                "text/plain",
-                "not found\n".to_string(),
-            ),
-        };
-        let mut r = Response::new(Full::new(Bytes::from(body)));
-        *r.status_mut() = status;
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static(ctype),
-        );
-        r
+            "/readyz" => {
+                admin::respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n")
+            }
+            // Only declared routes reach the handler.
+            _ => admin::respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+        }
     }
 }
 
-/// Serves the admin endpoints until `shutdown` completes.
+/// Serves the admin endpoints until `shutdown` completes, on the shared admin server
+/// (`zeroscale_kube::admin`: methods checked, header-read timeout, body limit).
 pub async fn serve_admin(listener: TcpListener, admin: Admin, shutdown: impl Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => return,
-        };
-        let admin = admin.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let r = admin.answer(&req);
-                async move { Ok::<_, Infallible>(r) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+    admin::serve(
+        listener,
+        admin::ADMIN_ROUTES,
+        admin::Options::default(),
+        move |req| {
+            let r = admin.answer(&req);
+            async move { r }
+        },
+        shutdown,
+    )
+    .await;
 }

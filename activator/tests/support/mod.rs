@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use clap::Parser;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -17,13 +18,14 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use prometheus_client::registry::Registry;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
-use zeroscale_activator::server::{self, Admin, ServerOptions};
+use zeroscale_activator::server::ServerOptions;
 use zeroscale_activator::table::WakeSink;
-use zeroscale_activator::{Endpoint, Limits, Metrics, ModelKey, ModelSpec, Proxy, Table};
+use zeroscale_activator::{
+    App, Config, Endpoint, Feed, Limits, Metrics, ModelKey, ModelSpec, Proxy, Table,
+};
 
 type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
@@ -242,7 +244,7 @@ impl WakeRecorder {
     }
 }
 
-/// An activator listening on loopback.
+/// An activator listening on loopback: the real [`App`], its table fed by the test.
 pub struct Activator {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
@@ -259,53 +261,49 @@ impl Activator {
         Self::start_on(wake, opts, 0).await
     }
 
-    /// `workers` > 0: the proxy on that many worker threads (`server::spawn_proxy_workers`).
+    /// `workers` > 0: the proxy on that many worker threads, as the binary runs it
+    /// ([`App::spawn`]); 0: on the test's runtime ([`App::spawn_local`]).
     pub async fn start_on(
         wake: Arc<dyn WakeSink>,
         opts: ServerOptions,
         workers: usize,
     ) -> Activator {
-        let mut registry = Registry::default();
-        let metrics = Metrics::register(&mut registry);
-        let table = Arc::new(Table::new(metrics.clone(), wake));
-        let proxy = Proxy::new(table.clone(), metrics.clone(), 1024);
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let al = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = al.local_addr().unwrap();
-        let ready = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = oneshot::channel::<()>();
-        let done = match workers {
-            // On the test's runtime.
-            0 => tokio::spawn(server::serve_proxy(l, proxy.clone(), opts, async {
-                let _ = rx.await;
-            })),
-            // On worker threads, as the binary runs it.
-            n => {
-                let stop = tokio_util::sync::CancellationToken::new();
-                let w = server::spawn_proxy_workers(
-                    l.into_std().unwrap(),
-                    n,
-                    proxy.clone(),
-                    opts,
-                    stop.clone(),
-                )
-                .unwrap();
-                tokio::spawn(async move {
-                    let _ = rx.await;
-                    stop.cancel();
-                    w.wait().await
-                })
-            }
+        let ServerOptions {
+            header_read_timeout,
+            keep_alive_timeout,
+            max_header_bytes,
+            drain_timeout,
+            relay,
+        } = opts;
+        let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let config = Config {
+            listen: loopback,
+            admin_listen: loopback,
+            header_read_timeout,
+            keep_alive_timeout,
+            max_header_bytes,
+            drain_timeout,
+            relay,
+            workers,
+            // A test's shutdown drains at once.
+            shutdown_delay: Duration::ZERO,
+            ..Config::parse_from(["activator"])
         };
-        tokio::spawn(server::serve_admin(
-            al,
-            Admin {
-                registry: Arc::new(registry),
-                ready: ready.clone(),
-            },
-            futures::future::pending::<()>(),
-        ));
+        let app = App::build_with(config, Feed::Local { wake }).await.unwrap();
+        // Small, so body-routing limits are cheap to reach.
+        app.proxy().set_max_routing_body_bytes(1024);
+        let (addr, admin) = (app.addr().unwrap(), app.admin_addr().unwrap());
+        let (table, proxy) = (app.table().clone(), app.proxy().clone());
+        let (metrics, ready) = (app.metrics().clone(), app.ready().clone());
+        let running = match workers {
+            0 => app.spawn_local(),
+            _ => app.spawn().unwrap(),
+        };
+        let (tx, rx) = oneshot::channel::<()>();
+        let done = tokio::spawn(async move {
+            let _ = rx.await;
+            running.drain().await
+        });
         Activator {
             addr,
             admin,

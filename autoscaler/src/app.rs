@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 use zeroscale_config::GlobalConfig;
 use zeroscale_kube::endpoints::SERVICE_NAME_LABEL;
 use zeroscale_kube::events::Publisher;
-use zeroscale_kube::watch::WatchBackoff;
+use zeroscale_kube::watch::{WatchBackoff, scoped_api};
 
 use crate::apply::Applier;
 use crate::controller::{
@@ -325,10 +325,7 @@ impl App {
             let in_scope = scope.as_deref().unwrap_or("*");
             let what = format!("deployments/{in_scope}");
             let c = watch_client(&client, &health, &what);
-            let deployments: Api<Deployment> = match scope {
-                Some(ns) => Api::namespaced(c, ns),
-                None => Api::all(c),
-            };
+            let deployments: Api<Deployment> = scoped_api(c, scope.as_deref());
             let (reader, writer) = reflector::store();
             stores.push((scope.clone(), reader));
             let stream = reflect(
@@ -346,10 +343,7 @@ impl App {
 
             let what = format!("hpas/{in_scope}");
             let c = watch_client(&client, &health, &what);
-            let hpas: Api<HorizontalPodAutoscaler> = match scope {
-                Some(ns) => Api::namespaced(c, ns),
-                None => Api::all(c),
-            };
+            let hpas: Api<HorizontalPodAutoscaler> = scoped_api(c, scope.as_deref());
             let s = scope.clone();
             let stream = watcher(hpas, watch_config()).backoff(WatchBackoff::default());
             tasks.push(tokio::spawn(forward(

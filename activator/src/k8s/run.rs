@@ -14,7 +14,7 @@ use kube::{Api, Client, Resource};
 use tokio::sync::mpsc;
 use zeroscale_kube::endpoints::SERVICE_NAME_LABEL;
 use zeroscale_kube::events::Publisher;
-use zeroscale_kube::watch::{WatchBackoff, forward};
+use zeroscale_kube::watch::{WatchBackoff, forward, scoped_api};
 
 use super::index::Index;
 use super::store::{Change, Kind, Scope};
@@ -76,17 +76,6 @@ fn watch<K>(
     });
 }
 
-fn api<K>(client: &Client, scope: &Scope) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-    <K as Resource>::DynamicType: Default,
-{
-    match scope {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
 /// Watches and syncs until the process ends.
 pub async fn run(client: Client, cfg: WatchConfig, targets: Targets) {
     // Bounded: a slow sync pushes back on the watchers instead of buffering without limit.
@@ -101,7 +90,7 @@ pub async fn run(client: Client, cfg: WatchConfig, targets: Targets) {
     for scope in &scopes {
         index.expect(Kind::Deployment, scope.clone());
         watch(
-            api::<Deployment>(&client, scope),
+            scoped_api::<Deployment>(client.clone(), scope.as_deref()),
             watcher::Config::default().any_semantic(),
             scope.clone(),
             &tx,
@@ -109,7 +98,7 @@ pub async fn run(client: Client, cfg: WatchConfig, targets: Targets) {
         );
         index.expect(Kind::Service, scope.clone());
         watch(
-            api::<Service>(&client, scope),
+            scoped_api::<Service>(client.clone(), scope.as_deref()),
             watcher::Config::default().any_semantic(),
             scope.clone(),
             &tx,
@@ -117,7 +106,7 @@ pub async fn run(client: Client, cfg: WatchConfig, targets: Targets) {
         );
         index.expect(Kind::EndpointSlice, scope.clone());
         watch(
-            api::<EndpointSlice>(&client, scope),
+            scoped_api::<EndpointSlice>(client.clone(), scope.as_deref()),
             watcher::Config::default()
                 .any_semantic()
                 .labels(SERVICE_NAME_LABEL),
@@ -129,7 +118,7 @@ pub async fn run(client: Client, cfg: WatchConfig, targets: Targets) {
     let cm_scope = Some(cfg.namespace.clone());
     index.expect(Kind::ConfigMap, cm_scope.clone());
     watch(
-        api::<ConfigMap>(&client, &cm_scope),
+        scoped_api::<ConfigMap>(client.clone(), cm_scope.as_deref()),
         watcher::Config::default().any_semantic().fields(&format!(
             "metadata.name={}",
             zeroscale_config::CONFIGMAP_NAME

@@ -8,6 +8,19 @@ use futures::{Stream, StreamExt};
 use kube::runtime::watcher;
 use tokio::sync::mpsc;
 
+/// The API of `K` in one namespace, or in every namespace for `None`: the scope of one watch
+/// stream (a re-list replaces that scope's objects).
+pub fn scoped_api<K>(client: kube::Client, namespace: Option<&str>) -> kube::Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => kube::Api::namespaced(client, ns),
+        None => kube::Api::all(client),
+    }
+}
+
 /// Retry delays of a failing watch: 0.5 s doubling to at most 5 s, reset by the next event.
 /// Shorter than kube-runtime's default (up to 30 s) so the watches, and with them readiness
 /// and routing, come back within seconds of the API server; a handful of watches per replica

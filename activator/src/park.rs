@@ -92,12 +92,14 @@ pub async fn park(
         Ok(p) => p,
         Err(_) => return Parking::Gone(GoneReason::Closed),
     };
-    let model = match peeked.as_ref().and_then(|p| addressed(&p.parsed)) {
-        Some(m) if !m.gate().has_ready() => m.clone(),
-        _ => return Parking::Relay(stream, peeked),
+    // Freed (end of the block) before the request waits: a parked connection holds no buffer.
+    let model = {
+        let peeked = peeked;
+        match peeked.as_ref().and_then(|p| addressed(&p.parsed)) {
+            Some(m) if !m.gate().has_ready() => m.clone(),
+            _ => return Parking::Relay(stream, peeked),
+        }
     };
-    // Freed before the request waits: a parked connection holds no buffer.
-    drop(peeked);
     let held = model.gate().metrics().integral.hold();
     let (stream, outcome) = match table.admit(&model, 0) {
         Ok(Admit::Ready(p)) => (stream, Ok(p)),

@@ -116,13 +116,16 @@ pub fn plan(inb: &[u8], table: &Table, peer: &Peer, out: &mut Vec<u8>) -> Parsed
             && !h.policy.upgrade
             && !h.policy.expect
             && h.host().is_some();
-        let (Some(model), Some(body_len), true) = (model.clone(), body_len, takes) else {
-            return Parsed::HandOff(Some(Checked {
-                len: h.len,
-                next: h.next(),
-                model,
-                for_hyper,
-            }));
+        let (model, body_len) = match (model, body_len) {
+            (Some(model), Some(body_len)) if takes => (model, body_len),
+            (model, _) => {
+                return Parsed::HandOff(Some(Checked {
+                    len: h.len,
+                    next: h.next(),
+                    model,
+                    for_hyper,
+                }));
+            }
         };
         out.extend_from_slice(h.method.as_bytes());
         out.push(b' ');

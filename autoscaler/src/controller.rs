@@ -32,7 +32,7 @@ use crate::metrics::Metrics;
 use crate::now;
 use crate::scrape::loops::Scraped;
 
-pub use crate::app::Settings;
+pub use crate::config::Settings;
 
 /// Why the autoscaler stopped.
 #[derive(Debug, thiserror::Error)]

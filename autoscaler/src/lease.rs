@@ -11,7 +11,7 @@ use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::{Notify, watch};
 
-use crate::app::Settings;
+use crate::config::Settings;
 use crate::health::{self, Health, LeaderStatus};
 use crate::metrics::Metrics;
 use crate::now;

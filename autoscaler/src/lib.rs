@@ -15,12 +15,14 @@
 //! - [`lease`]: leader election on the Lease, its renewals made visible, the write gate;
 //! - [`controller`]: the control loop: the one task that owns the index, fed by the watches
 //!   (forwarded here), the scrape loops and applied patches; it ticks and hands intents on;
-//! - [`app`]: [`app::Config`] (flags) and [`app::App`]: builds, spawns and drains all of it;
+//! - [`config`]: [`config::Config`], the flags, checked into [`config::Settings`];
+//! - [`app`]: [`app::App`]: builds, spawns and drains all of it;
 //! - [`server`]: the HTTP endpoints (wake API, `/metrics`, `/healthz`, `/readyz`).
 
 pub mod app;
 pub mod apply;
 pub mod beat;
+pub mod config;
 pub mod controller;
 pub mod health;
 pub mod index;

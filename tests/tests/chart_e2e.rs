@@ -16,7 +16,7 @@ use kube::api::ListParams;
 use kube::{Api, Client};
 use zeroscale_e2e::{Ctx, cluster_ip, eventually, test, wait_deployment_ready};
 use zeroscale_testkit::addon::{ACTIVATOR, ADDON_NAMESPACE, AUTOSCALER, fast_config};
-use zeroscale_testkit::bins::helm_bin_dir;
+use zeroscale_testkit::bins::tool;
 use zeroscale_testkit::http_client;
 
 fn main() -> std::process::ExitCode {
@@ -30,12 +30,7 @@ const RELEASE: &str = "zeroscale";
 
 /// Runs helm against the test cluster, with its own config and cache dirs under `home`.
 fn helm(kubeconfig: &Path, home: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let bin = helm_bin_dir().join("helm");
-    ensure!(
-        bin.is_file(),
-        "no helm at {}: run scripts/build-helm.sh or set ZEROSCALE_HELM_BIN",
-        bin.display()
-    );
+    let bin = tool("helm").map_err(anyhow::Error::msg)?;
     let out = Command::new(&bin)
         .args(args)
         .env("KUBECONFIG", kubeconfig)

@@ -8,7 +8,7 @@
 //! - The node's containerd, shim, ctr and CoreDNS: `$ZEROSCALE_NODE_BIN`, else the cache dir of
 //!   `scripts/build-node.sh`; its images: `$ZEROSCALE_IMAGES`, else `<target>/images`
 //!   (`scripts/build-images.sh`).
-//! - Helm: `$ZEROSCALE_HELM_BIN`, else the cache dir of `scripts/build-helm.sh`.
+//! - Helm and promtool: `$ZEROSCALE_TOOLS_BIN`, else the cache dir of `scripts/build-tools.sh`.
 //! - Workspace binaries (`sample-model`, `activator`, `autoscaler`, ...): next to the running test
 //!   executable, i.e. `target/<profile>/` (the parent of `deps/` or `examples/`). Build them first
 //!   with `cargo build --workspace --bins`.
@@ -25,8 +25,10 @@ pub const CONTAINERD_VERSION: &str = "v2.4.2";
 /// CoreDNS version built by `scripts/build-node.sh`.
 pub const COREDNS_VERSION: &str = "v1.15.0";
 
-/// Helm version built by `scripts/build-helm.sh`.
+/// Helm version built by `scripts/build-tools.sh`.
 pub const HELM_VERSION: &str = "v3.22.0";
+/// Prometheus version whose promtool `scripts/build-tools.sh` builds.
+pub const PROMETHEUS_VERSION: &str = "v0.316.0";
 
 fn env_dir(var: &str) -> Option<PathBuf> {
     std::env::var_os(var)
@@ -62,11 +64,29 @@ pub fn node_bin_dir() -> PathBuf {
     })
 }
 
-/// Directory holding `helm`: `$ZEROSCALE_HELM_BIN`, else where `scripts/build-helm.sh` caches
-/// it (not checked).
-pub fn helm_bin_dir() -> PathBuf {
-    env_dir("ZEROSCALE_HELM_BIN")
-        .unwrap_or_else(|| cache_dir().join(format!("helm-{HELM_VERSION}")).join("bin"))
+/// Directory holding `helm` and `promtool`: `$ZEROSCALE_TOOLS_BIN`, else where
+/// `scripts/build-tools.sh` caches them (not checked).
+pub fn tools_bin_dir() -> PathBuf {
+    env_dir("ZEROSCALE_TOOLS_BIN").unwrap_or_else(|| {
+        cache_dir()
+            .join(format!(
+                "tools-helm-{HELM_VERSION}-prometheus-{PROMETHEUS_VERSION}"
+            ))
+            .join("bin")
+    })
+}
+
+/// A tool of `scripts/build-tools.sh` (`helm`, `promtool`), or an error saying how to get it.
+pub fn tool(name: &str) -> Result<PathBuf, String> {
+    let p = tools_bin_dir().join(name);
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "no {name} at {}: run scripts/build-tools.sh (builds Helm and promtool from the Go module proxy) or set ZEROSCALE_TOOLS_BIN",
+            p.display()
+        ))
+    }
 }
 
 /// Directory of the OCI archives `scripts/build-images.sh` writes: `$ZEROSCALE_IMAGES`, else

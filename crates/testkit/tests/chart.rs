@@ -1,7 +1,7 @@
 //! The Helm chart (`charts/zeroscale`) renders the same objects as `manifests/` for its default
 //! values, so the two install paths cannot drift; `helm lint --strict` passes; values reach the
 //! objects they name; bad values are refused by the chart's schema. Needs `helm`
-//! (`scripts/build-helm.sh`, found through `ZEROSCALE_HELM_BIN` or the cache).
+//! (`scripts/build-tools.sh`, found through `ZEROSCALE_TOOLS_BIN` or the cache).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,7 +9,7 @@ use std::process::Command;
 
 use serde_json::Value;
 use zeroscale_testkit::addon::{kustomization_objects, manifests_dir};
-use zeroscale_testkit::bins::helm_bin_dir;
+use zeroscale_testkit::bins::tool;
 
 const NAMESPACE: &str = "zeroscale-system";
 
@@ -18,12 +18,7 @@ fn chart_dir() -> PathBuf {
 }
 
 fn helm(args: &[&str]) -> std::process::Output {
-    let helm = helm_bin_dir().join("helm");
-    assert!(
-        helm.is_file(),
-        "no helm at {}: run scripts/build-helm.sh (builds it from the Go module proxy) or set ZEROSCALE_HELM_BIN",
-        helm.display()
-    );
+    let helm = tool("helm").unwrap_or_else(|e| panic!("{e}"));
     Command::new(&helm)
         .args(args)
         .output()

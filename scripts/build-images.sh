@@ -42,9 +42,9 @@ image_ref() {
     END { if (new_name != "" && new_tag != "") print new_name ":" new_tag }
   ' "$1"
 }
-ZEROSCALE_IMAGE=$(image_ref manifests/kustomization.yaml zeroscale)
+ZEROSCALE_IMAGE=$(image_ref manifests/base/kustomization.yaml zeroscale)
 SAMPLE_IMAGE=$(image_ref manifests/examples/kustomization.yaml sample-model)
-[[ -n "$ZEROSCALE_IMAGE" ]] || die "manifests/kustomization.yaml has no images: entry for 'zeroscale' with newName and newTag"
+[[ -n "$ZEROSCALE_IMAGE" ]] || die "manifests/base/kustomization.yaml has no images: entry for 'zeroscale' with newName and newTag"
 [[ -n "$SAMPLE_IMAGE" ]] || die "manifests/examples/kustomization.yaml has no images: entry for 'sample-model' with newName and newTag"
 
 start=$(date +%s)

@@ -37,6 +37,14 @@ fn main() -> std::process::ExitCode {
             "every_scale_change_leaves_its_own_event",
             every_scale_change_leaves_its_own_event,
         ),
+        test(
+            "the_namespaced_install_reads_and_scales_only_its_namespaces",
+            the_namespaced_install_reads_and_scales_only_its_namespaces,
+        ),
+        test(
+            "the_scale_guard_refuses_scale_writes_outside_labelled_namespaces",
+            the_scale_guard_refuses_scale_writes_outside_labelled_namespaces,
+        ),
     ])
 }
 
@@ -507,5 +515,215 @@ async fn every_scale_change_leaves_its_own_event(ctx: Ctx) -> anyhow::Result<()>
          and keeps the first note, so each scale change needs a distinct action or reason.)",
         run.events
     );
+    Ok(())
+}
+
+/// Creates namespace `ns` (with `labels`) and the example model's Deployment `sentiment` in it,
+/// at 0, routed as model `model`.
+async fn model_namespace(
+    client: &Client,
+    ns: &str,
+    labels: &[(&str, &str)],
+    model: &str,
+) -> anyhow::Result<()> {
+    let namespace = k8s_openapi::api::core::v1::Namespace {
+        metadata: kube::api::ObjectMeta {
+            name: Some(ns.into()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await?;
+    let (mut d, mut svc) =
+        addon::example_model(&manifests_dir().join("examples/model.yaml"), "sentiment")?;
+    d.metadata.namespace = Some(ns.into());
+    svc.metadata.namespace = Some(ns.into());
+    d.annotations_mut()
+        .insert("zeroscale.dev/model-name".into(), model.into());
+    d.spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+        .context("pod spec")?
+        .containers[0]
+        .args = Some(vec![
+        format!("--model-name={model}"),
+        "--load-delay=0s".into(),
+        "--service-time=10ms".into(),
+    ]);
+    Api::<Deployment>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &d)
+        .await?;
+    Api::<Service>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &svc)
+        .await?;
+    Ok(())
+}
+
+/// (5) `manifests/namespaced/`: the add-on's roles are bound only in `models`, both components
+/// watch only it, and it works there: a request wakes the model in `models`, while the same
+/// model in `other` is neither routed nor scalable. A cluster of its own (the shared one has the
+/// cluster-wide bindings).
+async fn the_namespaced_install_reads_and_scales_only_its_namespaces(
+    _ctx: Ctx,
+) -> anyhow::Result<()> {
+    let cluster = zeroscale_testkit::LocalCluster::start().await?;
+    let client = cluster.client();
+    model_namespace(&client, "models", &[], "sentiment").await?;
+    model_namespace(&client, "other", &[], "only-in-other").await?;
+    let dir = manifests_dir().join("namespaced");
+    addon::apply_kustomization(&client, &dir).await?;
+    let granted = [
+        c(AS, "list", "apps", "deployments", "models"),
+        c(AS, "patch", "apps", "deployments", "models").sub("scale"),
+        c(
+            AS,
+            "list",
+            "autoscaling",
+            "horizontalpodautoscalers",
+            "models",
+        ),
+        c(AC, "list", "apps", "deployments", "models"),
+        c(AC, "watch", "", "services", "models"),
+        c(AC, "list", "discovery.k8s.io", "endpointslices", "models"),
+    ];
+    let denied = [
+        c(AS, "list", "apps", "deployments", ""),
+        c(AS, "list", "apps", "deployments", "other"),
+        c(AS, "patch", "apps", "deployments", "other").sub("scale"),
+        c(AS, "patch", "apps", "deployments", "kube-system").sub("scale"),
+        c(AS, "create", "events.k8s.io", "events", "other"),
+        c(AC, "list", "apps", "deployments", ""),
+        c(AC, "list", "", "services", "other"),
+        c(AC, "watch", "discovery.k8s.io", "endpointslices", "other"),
+    ];
+    for check in &granted {
+        ensure!(
+            check.allowed(&client).await?,
+            "not granted: {}",
+            check.describe()
+        );
+    }
+    for check in &denied {
+        ensure!(
+            !check.allowed(&client).await?,
+            "granted: {}",
+            check.describe()
+        );
+    }
+
+    // The components run under those roles (a cluster-wide list would be refused and keep them
+    // from becoming ready) and serve `models`.
+    let opts = AddonOptions {
+        manifests: dir,
+        config: addon::fast_config(),
+        rust_log: Some("info,kube=warn".into()),
+        ..Default::default()
+    };
+    let running = addon::start_addon(&cluster, &opts).await?;
+    let (status, body) = tokio::time::timeout(
+        Duration::from_secs(90),
+        demo::post_predict(running.activator_addr, "sentiment.models", "sentiment"),
+    )
+    .await
+    .context("no answer within 90 s")?
+    .with_context(|| running.logs(40))?;
+    ensure!(
+        status == 200,
+        "models: {status} {body}\n{}",
+        running.logs(40)
+    );
+    ensure!(
+        replicas(&client, "models", "sentiment").await? >= 1,
+        "not woken"
+    );
+    // A model of `other` is unknown to the activator (its namespace is not watched).
+    let (status, body) =
+        demo::post_predict(running.activator_addr, "only-in-other", "only-in-other").await?;
+    ensure!(status == 404, "other: {status} {body}");
+    ensure!(
+        replicas(&client, "other", "sentiment").await? == 0,
+        "the model in other was scaled"
+    );
+    Ok(())
+}
+
+/// (6) `manifests/scale-guard/`: with the cluster-wide install, the autoscaler's ServiceAccount
+/// may still scale only in namespaces labelled `zeroscale.dev/managed=true`: a real PATCH as
+/// that identity elsewhere is refused with the policy's message; an admin is not affected.
+async fn the_scale_guard_refuses_scale_writes_outside_labelled_namespaces(
+    _ctx: Ctx,
+) -> anyhow::Result<()> {
+    let cluster = zeroscale_testkit::LocalCluster::start().await?;
+    let client = cluster.client();
+    model_namespace(
+        &client,
+        "models",
+        &[("zeroscale.dev/managed", "true")],
+        "sentiment",
+    )
+    .await?;
+    model_namespace(&client, "other", &[], "sentiment").await?;
+    addon::apply_kustomization(&client, &manifests_dir()).await?;
+    addon::scale_addon_to_zero(&client).await?;
+    addon::apply_kustomization(&client, &manifests_dir().join("scale-guard")).await?;
+    let kubeconfig = addon::service_account_kubeconfig(
+        &client,
+        cluster.kubeconfig_path(),
+        ADDON_NAMESPACE,
+        AUTOSCALER,
+        600,
+        &cluster.dir().join("autoscaler.kubeconfig"),
+    )
+    .await?;
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&kubeconfig)?,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await?;
+    let autoscaler = Client::try_from(config)?;
+    let scale = |c: &Client, ns: &str, n: i32| {
+        let api: Api<Deployment> = Api::namespaced(c.clone(), ns);
+        async move {
+            api.patch_scale(
+                "sentiment",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(serde_json::json!({"spec": {"replicas": n}})),
+            )
+            .await
+        }
+    };
+    // The policy takes effect a moment after it is created.
+    let refusal = eventually(
+        "the scale guard to refuse the autoscaler in other",
+        Duration::from_secs(30),
+        || async {
+            Ok(match scale(&autoscaler, "other", 1).await {
+                Err(kube::Error::Api(e)) if e.code == 403 => Some(e.message),
+                _ => {
+                    scale(&client, "other", 0).await?;
+                    None
+                }
+            })
+        },
+    )
+    .await?;
+    ensure!(
+        refusal.contains("zeroscale.dev/managed=true") && refusal.contains("other"),
+        "refusal: {refusal}"
+    );
+    scale(&autoscaler, "models", 1)
+        .await
+        .context("the autoscaler scaling in a labelled namespace")?;
+    scale(&client, "other", 1)
+        .await
+        .context("an admin scaling in an unlabelled namespace")?;
     Ok(())
 }

@@ -66,7 +66,11 @@ fn key(v: &Value) -> (String, String, String) {
 }
 
 fn kustomize() -> BTreeMap<(String, String, String), Value> {
-    kustomization_objects(&manifests_dir())
+    kustomize_dir(&manifests_dir())
+}
+
+fn kustomize_dir(dir: &Path) -> BTreeMap<(String, String, String), Value> {
+    kustomization_objects(dir)
         .unwrap()
         .into_iter()
         .map(|(_, o)| {
@@ -113,21 +117,69 @@ fn default_values_render_the_objects_of_the_manifests() {
     let have = render(&[]).unwrap();
     let ns = ("Namespace".to_owned(), String::new(), NAMESPACE.to_owned());
     // The Namespace is rendered only with namespace.create (Helm's --create-namespace makes it).
-    let want_keys: Vec<_> = want.keys().filter(|k| **k != ns).collect();
-    let have_keys: Vec<_> = have.keys().collect();
-    assert_eq!(
-        have_keys, want_keys,
-        "the chart and manifests/ render different objects"
+    same_objects(
+        &have,
+        &want,
+        std::slice::from_ref(&ns),
+        "chart vs manifests/",
     );
-    for (k, v) in &have {
-        assert_eq!(
-            v, &want[k],
-            "{k:?} differs between the chart and manifests/"
-        );
-    }
     let with_ns = render(&["namespace.create=true"]).unwrap();
     assert_eq!(with_ns.get(&ns), want.get(&ns), "the Namespace differs");
     assert_eq!(with_ns.len(), want.len());
+}
+
+/// `have` (a chart render) has exactly the objects of `want` (a kustomize render), each equal,
+/// leaving out the objects `except` names.
+fn same_objects(
+    have: &BTreeMap<(String, String, String), Value>,
+    want: &BTreeMap<(String, String, String), Value>,
+    except: &[(String, String, String)],
+    what: &str,
+) {
+    let want_keys: Vec<_> = want.keys().filter(|k| !except.contains(k)).collect();
+    let have_keys: Vec<_> = have.keys().collect();
+    assert_eq!(have_keys, want_keys, "{what}: different objects");
+    for (k, v) in have {
+        assert_eq!(v, &want[k], "{what}: {k:?} differs");
+    }
+}
+
+#[test]
+fn the_namespaced_mode_renders_the_namespaced_overlay() {
+    let want = kustomize_dir(&manifests_dir().join("namespaced"));
+    let have = render(&["rbac.namespaced=true", "watchNamespaces={models}"]).unwrap();
+    let ns = ("Namespace".to_owned(), String::new(), NAMESPACE.to_owned());
+    same_objects(
+        &have,
+        &want,
+        &[ns],
+        "chart rbac.namespaced vs manifests/namespaced/",
+    );
+    assert!(have.keys().all(|(k, _, _)| k != "ClusterRoleBinding"));
+    let err = render(&["rbac.namespaced=true"]).unwrap_err();
+    assert!(
+        err.contains("rbac.namespaced needs watchNamespaces"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_scale_guard_renders_the_scale_guard_overlay() {
+    let guard = kustomize_dir(&manifests_dir().join("scale-guard"));
+    assert_eq!(guard.len(), 2);
+    let with = render(&["scaleGuard.enabled=true"]).unwrap();
+    let without = render(&[]).unwrap();
+    for (k, v) in &guard {
+        assert_eq!(
+            with.get(k),
+            Some(v),
+            "{k:?} differs from manifests/scale-guard/"
+        );
+        assert!(
+            !without.contains_key(k),
+            "{k:?} rendered without scaleGuard.enabled"
+        );
+    }
 }
 
 #[test]
@@ -143,7 +195,7 @@ fn values_reach_the_objects_they_name() {
         "autoscaler.podDisruptionBudget.enabled=false",
     ])
     .unwrap();
-    assert!(args(&o, "zeroscale-activator").contains(&"--watch-namespaces=models,team-b".into()));
+    assert!(args(&o, "zeroscale-activator").contains(&"--namespaces=models,team-b".into()));
     assert!(args(&o, "zeroscale-autoscaler").contains(&"--namespaces=models,team-b".into()));
     let act = object(&o, "Deployment", "zeroscale-activator");
     assert_eq!(act["spec"]["replicas"], 3);

@@ -188,6 +188,16 @@ fn render_schema() -> String {
             "commonLabels": strings.clone(),
             "commonAnnotations": strings.clone(),
             "watchNamespaces": {"type": "array", "items": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"}},
+            "rbac": {
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {"namespaced": {"type": "boolean"}},
+            },
+            "scaleGuard": {
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {"enabled": {"type": "boolean"}},
+            },
             "activator": component(json!({"drainTimeout": {"type": "string", "minLength": 1}})),
             "autoscaler": component(json!({})),
             "serviceMonitor": {

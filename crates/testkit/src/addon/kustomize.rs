@@ -13,12 +13,100 @@ use serde::Deserialize as _;
 
 use super::AddonError;
 
+/// The fields of a kustomization this renderer implements; any other field is an error rather
+/// than silently ignored.
 #[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Kustomization {
+    #[serde(default, rename = "apiVersion")]
+    _api_version: Option<String>,
+    #[serde(default, rename = "kind")]
+    _kind: Option<String>,
     #[serde(default)]
     resources: Vec<String>,
     #[serde(default)]
     images: Vec<ImageOverride>,
+    #[serde(default)]
+    patches: Vec<PatchEntry>,
+}
+
+/// One entry of `patches:`: a JSON 6902 patch (inline or in a file) applied to the objects its
+/// target selects. Strategic-merge patches are not implemented here.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchEntry {
+    target: PatchTarget,
+    #[serde(default)]
+    patch: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchTarget {
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+impl PatchTarget {
+    fn selects(&self, o: &DynamicObject) -> bool {
+        let kind = o.types.as_ref().map(|t| t.kind.as_str());
+        self.kind.as_deref().is_none_or(|k| kind == Some(k))
+            && self
+                .name
+                .as_deref()
+                .is_none_or(|n| o.metadata.name.as_deref() == Some(n))
+            && self
+                .namespace
+                .as_deref()
+                .is_none_or(|n| o.metadata.namespace.as_deref() == Some(n))
+    }
+}
+
+/// Applies the kustomization's `patches:` (in `dir`) to `objects`.
+fn apply_patches(
+    dir: &Path,
+    patches: &[PatchEntry],
+    objects: &mut [(PathBuf, DynamicObject)],
+) -> Result<(), AddonError> {
+    let here = dir.join("kustomization.yaml");
+    let bad = |message: String| AddonError::Parse {
+        path: here.clone(),
+        message,
+    };
+    for (i, p) in patches.iter().enumerate() {
+        let text = match (&p.patch, &p.path) {
+            (Some(t), None) => t.clone(),
+            (None, Some(f)) => read(&dir.join(f))?,
+            _ => {
+                return Err(bad(format!(
+                    "patches[{i}]: give exactly one of patch and path"
+                )));
+            }
+        };
+        let ops: json_patch::Patch = serde_yaml_ng::from_str(&text).map_err(|e| {
+            bad(format!(
+                "patches[{i}]: not a JSON 6902 patch (a list of operations; strategic-merge patches are not supported by this renderer): {e}"
+            ))
+        })?;
+        let mut hit = false;
+        for (_, o) in objects.iter_mut().filter(|(_, o)| p.target.selects(o)) {
+            hit = true;
+            let mut v = serde_json::to_value(&*o).map_err(|e| bad(e.to_string()))?;
+            json_patch::patch(&mut v, &ops)
+                .map_err(|e| bad(format!("patches[{i}] on {}: {e}", o.name_any())))?;
+            *o = serde_json::from_value(v).map_err(|e| bad(e.to_string()))?;
+        }
+        if !hit {
+            return Err(bad(format!("patches[{i}]: its target selects no object")));
+        }
+    }
+    Ok(())
 }
 
 /// One entry of a kustomization's `images:` list: containers whose image is `name` (with any
@@ -123,8 +211,8 @@ pub fn kustomization_files(dir: &Path) -> Result<Vec<PathBuf>, AddonError> {
 }
 
 /// Every object of a kustomize base in order, each with the file it came from, after the
-/// `images:` of its own kustomization and of every kustomization above it (as `kubectl apply
-/// -k` renders them).
+/// `patches:` (JSON 6902) and `images:` of its own kustomization and of every kustomization
+/// above it (as `kubectl apply -k` renders them).
 pub fn kustomization_objects(dir: &Path) -> Result<Vec<(PathBuf, DynamicObject)>, AddonError> {
     let k = read_kustomization(dir)?;
     let mut objects = Vec::new();
@@ -138,6 +226,7 @@ pub fn kustomization_objects(dir: &Path) -> Result<Vec<(PathBuf, DynamicObject)>
             }
         }
     }
+    apply_patches(dir, &k.patches, &mut objects)?;
     if !k.images.is_empty() {
         for (_, o) in &mut objects {
             rewrite_images(o, &k.images);

@@ -223,3 +223,55 @@ fn invalid_yaml_is_reported_with_its_file() {
     assert!(e.contains("bad.yaml"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A kustomization dir with `kustomization` and one ConfigMap `cm` in `cm.yaml`.
+fn patched(
+    tag: &str,
+    kustomization: &str,
+) -> Result<Vec<(PathBuf, kube::api::DynamicObject)>, String> {
+    let dir = std::env::temp_dir().join(format!("zs-addon-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("cm.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm, namespace: a}\ndata: {k: v}\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("kustomization.yaml"), kustomization).unwrap();
+    let out = kustomization_objects(&dir).map_err(|e| e.to_string());
+    std::fs::remove_dir_all(&dir).unwrap();
+    out
+}
+
+#[test]
+fn json6902_patches_apply_to_their_target_only() {
+    let objects = patched(
+        "patch",
+        "resources: [cm.yaml]\npatches:\n  - target: {kind: ConfigMap, name: cm}\n    patch: |-\n      - {op: add, path: /data/extra, value: x}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        objects[0].1.data["data"],
+        serde_json::json!({"k": "v", "extra": "x"})
+    );
+    let nothing = patched(
+        "miss",
+        "resources: [cm.yaml]\npatches:\n  - target: {kind: Secret}\n    patch: '[]'\n",
+    )
+    .unwrap_err();
+    assert!(nothing.contains("selects no object"), "{nothing}");
+}
+
+#[test]
+fn unsupported_kustomize_features_are_errors_not_ignored() {
+    let smp = patched(
+        "smp",
+        "resources: [cm.yaml]\npatches:\n  - target: {kind: ConfigMap}\n    patch: |-\n      data: {k: w}\n",
+    )
+    .unwrap_err();
+    assert!(
+        smp.contains("strategic-merge patches are not supported"),
+        "{smp}"
+    );
+    let field = patched("field", "resources: [cm.yaml]\nnamePrefix: x-\n").unwrap_err();
+    assert!(field.contains("namePrefix"), "{field}");
+}

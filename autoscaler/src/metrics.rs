@@ -124,8 +124,26 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Registers every metric under the `zeroscale_autoscaler` prefix.
+    /// Registers every metric under the `zeroscale_autoscaler` prefix. The process-wide counters
+    /// start at 0 for their known label values, so `rate()` and alerts have a baseline from the
+    /// first scrape (a series that appears only with its first error hides that error from a
+    /// rate over it).
     pub fn register(&self, registry: &mut Registry) {
+        for source in ["activator", "pod"] {
+            self.scrape_errors.get_or_create(&TargetLabels {
+                source: source.to_owned(),
+            });
+        }
+        for result in ["success", "failure", "timeout"] {
+            self.patches.get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            });
+        }
+        for result in ["scaled", "already_scaled"] {
+            self.wakes.get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            });
+        }
         let r = registry.sub_registry_with_prefix("zeroscale_autoscaler");
         r.register(
             "desired_replicas",
@@ -271,5 +289,26 @@ impl Metrics {
                 source: source.to_owned(),
             })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_wide_counters_start_at_zero_for_their_known_labels() {
+        let mut registry = Registry::default();
+        Metrics::default().register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for want in [
+            r#"zeroscale_autoscaler_scrape_errors_total{source="activator"} 0"#,
+            r#"zeroscale_autoscaler_scrape_errors_total{source="pod"} 0"#,
+            r#"zeroscale_autoscaler_scale_patches_total{result="failure"} 0"#,
+            r#"zeroscale_autoscaler_wakes_total{result="scaled"} 0"#,
+        ] {
+            assert!(text.contains(want), "no `{want}` in\n{text}");
+        }
     }
 }

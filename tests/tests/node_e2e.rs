@@ -45,6 +45,10 @@ fn main() -> std::process::ExitCode {
             "demo_scenario_answers_every_request",
             demo_scenario_answers_every_request,
         ),
+        test(
+            "the_dashboard_and_alerts_name_only_exported_metrics",
+            the_dashboard_and_alerts_name_only_exported_metrics,
+        ),
     ])
 }
 
@@ -149,7 +153,7 @@ async fn the_addon_runs_from_its_manifests_as_non_root_read_only_pods(
             let image = &c.image;
             ensure!(
                 image.starts_with("ghcr.io/zeroscale/zeroscale:"),
-                "{name}: image {image} is not the add-on image from manifests/kustomization.yaml"
+                "{name}: image {image} is not the add-on image from manifests/base/kustomization.yaml"
             );
             let id = c
                 .container_id
@@ -509,4 +513,157 @@ async fn demo_scenario_answers_every_request(ctx: Ctx) -> anyhow::Result<()> {
         "0 -> N -> 0 -> 1:\n{table}"
     );
     remove_example(&cluster.client()).await
+}
+
+/// Metric names (`zeroscale_*`) in the queries of the Grafana dashboard and the alerting rules
+/// of `manifests/observability/`.
+fn observability_queries() -> anyhow::Result<std::collections::BTreeSet<String>> {
+    fn strings(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::String(s) => out.push(s.clone()),
+            serde_json::Value::Array(a) => a.iter().for_each(|v| strings(v, out)),
+            serde_json::Value::Object(o) => {
+                for (k, v) in o {
+                    // Queries (targets' expr, variables' query and definition), not titles.
+                    if matches!(k.as_str(), "expr" | "query" | "definition") || !v.is_string() {
+                        strings(v, out);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let dir = manifests_dir().join("observability");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        dir.join("grafana-dashboard.json"),
+    )?)?;
+    let rules: serde_json::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(dir.join("alerts.yaml"))?)?;
+    let mut exprs = Vec::new();
+    strings(&dashboard, &mut exprs);
+    for g in rules["groups"]
+        .as_array()
+        .context("alerts.yaml: no groups")?
+    {
+        for r in g["rules"]
+            .as_array()
+            .context("alerts.yaml: a group without rules")?
+        {
+            exprs.push(
+                r["expr"]
+                    .as_str()
+                    .context("a rule without expr")?
+                    .to_owned(),
+            );
+        }
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for e in &exprs {
+        let mut rest = e.as_str();
+        while let Some(i) = rest.find("zeroscale_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            names.insert(tail[..end].to_owned());
+            rest = &tail[end..];
+        }
+    }
+    ensure!(
+        names.len() >= 15,
+        "only {} metric names found in the queries: {names:?}",
+        names.len()
+    );
+    Ok(names)
+}
+
+/// Whether `name` (as a query writes it) is exported by a scrape: a sample of that name, or a
+/// family declared by `# TYPE` whose samples carry the name (counters `_total`, histograms
+/// `_bucket`/`_sum`/`_count`), so families with no series yet count too.
+fn exported(scrape: &str, name: &str) -> bool {
+    let declared = |family: &str, kinds: &[&str]| {
+        scrape.lines().any(|l| {
+            let mut f = l.split_whitespace();
+            f.next() == Some("#")
+                && f.next() == Some("TYPE")
+                && f.next() == Some(family)
+                && f.next().is_some_and(|k| kinds.contains(&k))
+        })
+    };
+    let sample = scrape
+        .lines()
+        .any(|l| !l.starts_with('#') && l.split(['{', ' ']).next() == Some(name));
+    sample
+        || declared(name, &["gauge"])
+        || name
+            .strip_suffix("_total")
+            .is_some_and(|f| declared(f, &["counter"]))
+        || ["_bucket", "_sum", "_count"].iter().any(|s| {
+            name.strip_suffix(s)
+                .is_some_and(|f| declared(f, &["histogram"]))
+        })
+}
+
+async fn the_dashboard_and_alerts_name_only_exported_metrics(ctx: Ctx) -> anyhow::Result<()> {
+    let client = ctx.client().await?;
+    // Traffic first, so the per-model families have series (the per-model failure counters
+    // exist once their first failure happened): answers slower than the model's
+    // response-timeout (504, a response timeout), and a client that leaves early.
+    install(&client).await?;
+    deploy_example(
+        &client,
+        serde_json::json!({"zeroscale.dev/min-scale": "1", "zeroscale.dev/response-timeout": "1s"}),
+        "1500ms",
+    )
+    .await?;
+    wait_deployment_ready(&client, "models", "sentiment", 1, Duration::from_secs(60)).await?;
+    let activator = cluster_ip(&client, ADDON_NAMESPACE, ACTIVATOR, "http").await?;
+    let (status, _) = predict(activator, "sentiment").await?;
+    ensure!(
+        status == 504,
+        "a 1.5 s answer with a 1 s response-timeout: status {status}"
+    );
+    {
+        use tokio::io::AsyncWriteExt as _;
+        let mut s = tokio::net::TcpStream::connect(activator).await?;
+        let body = r#"{"instances":[[1.0]]}"#;
+        s.write_all(
+            format!(
+                "POST /v1/models/sentiment:predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    } // the client leaves before the answer
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut scrape = String::new();
+    for (selector, port) in [
+        ("app.kubernetes.io/name=zeroscale-activator", 9090),
+        ("app.kubernetes.io/name=zeroscale-autoscaler", 9090),
+    ] {
+        let addrs =
+            zeroscale_e2e::ready_pod_addrs(&client, ADDON_NAMESPACE, selector, port).await?;
+        ensure!(!addrs.is_empty(), "no Ready pod for {selector}");
+        for a in addrs {
+            let r = http_client::get(a, "/metrics").await?;
+            ensure!(r.status == 200, "{a}/metrics: {}", r.status);
+            scrape.push_str(&String::from_utf8_lossy(&r.body));
+        }
+    }
+    let missing: Vec<String> = observability_queries()?
+        .into_iter()
+        .filter(|n| !exported(&scrape, n))
+        .collect();
+    ensure!(
+        missing.is_empty(),
+        "manifests/observability/ queries metrics the binaries do not export: {missing:?}"
+    );
+    // And the check can fail: a name nobody exports is reported.
+    ensure!(!exported(
+        &scrape,
+        "zeroscale_activator_no_such_metric_total"
+    ));
+    remove_example(&client).await
 }

@@ -49,6 +49,10 @@ fn main() -> std::process::ExitCode {
             "the_dashboard_and_alerts_name_only_exported_metrics",
             the_dashboard_and_alerts_name_only_exported_metrics,
         ),
+        test(
+            "kubectl_zeroscale_shows_what_a_namespace_user_may_see",
+            kubectl_zeroscale_shows_what_a_namespace_user_may_see,
+        ),
     ])
 }
 
@@ -665,5 +669,156 @@ async fn the_dashboard_and_alerts_name_only_exported_metrics(ctx: Ctx) -> anyhow
         &scrape,
         "zeroscale_activator_no_such_metric_total"
     ));
+    remove_example(&client).await
+}
+
+/// Runs `kubectl-zeroscale` with `kubeconfig` and `args`; its stdout.
+fn kubectl_zeroscale(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let bin = zeroscale_testkit::workspace_bin("kubectl-zeroscale");
+    let out = std::process::Command::new(&bin)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    ensure!(
+        out.status.success(),
+        "kubectl-zeroscale {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// `kubectl zeroscale status` and `explain`, as a user of the model namespace with the
+/// built-in `view` role there and the `zeroscale-status` Role of `manifests/status/`: the
+/// output matches the cluster's state; without the Role the figures are reported unavailable
+/// and the rest still shows.
+async fn kubectl_zeroscale_shows_what_a_namespace_user_may_see(ctx: Ctx) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
+    let cluster = ctx.cluster().await?;
+    let client = cluster.client();
+    let activator = warm_example(&client, "10ms").await?;
+    for _ in 0..3 {
+        let (status, _) = predict(activator, "sentiment").await?;
+        ensure!(status == 200, "status {status}");
+    }
+    // A user of `models`: a ServiceAccount there, `view` in its namespace.
+    let pp = kube::api::PostParams::default();
+    let sa = ServiceAccount {
+        metadata: kube::api::ObjectMeta {
+            name: Some("viewer".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<ServiceAccount>::namespaced(client.clone(), "models")
+        .create(&pp, &sa)
+        .await?;
+    let binding = |ns: &str, kind: &str, role: &str| RoleBinding {
+        metadata: kube::api::ObjectMeta {
+            name: Some(format!("viewer-{role}")),
+            namespace: Some(ns.into()),
+            ..Default::default()
+        },
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: kind.into(),
+            name: role.into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: "viewer".into(),
+            namespace: Some("models".into()),
+            ..Default::default()
+        }]),
+    };
+    Api::<RoleBinding>::namespaced(client.clone(), "models")
+        .create(&pp, &binding("models", "ClusterRole", "view"))
+        .await?;
+    let kubeconfig = addon::service_account_kubeconfig(
+        &client,
+        cluster.kubeconfig_path(),
+        "models",
+        "viewer",
+        600,
+        &cluster.dir().join("viewer.kubeconfig"),
+    )
+    .await?;
+
+    // Without the status Role: replicas and decisions, and a clear note about the figures.
+    let table = kubectl_zeroscale(&kubeconfig, &["status", "-n", "models"])?;
+    ensure!(
+        table.contains("sentiment") && table.contains("1/1"),
+        "{table}"
+    );
+    ensure!(
+        table.contains("live figures unavailable") && table.contains("zeroscale-status Role"),
+        "{table}"
+    );
+
+    addon::apply_kustomization(&client, &manifests_dir().join("status")).await?;
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), ADDON_NAMESPACE);
+    bindings
+        .create(&pp, &binding(ADDON_NAMESPACE, "Role", "zeroscale-status"))
+        .await?;
+    let json = eventually("the figures", Duration::from_secs(30), || async {
+        let out = kubectl_zeroscale(&kubeconfig, &["status", "-n", "models", "-o", "json"])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        Ok(v["figures_unavailable"].is_null().then_some(v))
+    })
+    .await?;
+    let models = json["models"].as_array().context("models")?;
+    ensure!(models.len() == 1, "{json}");
+    let m = &models[0];
+    let d: Deployment = Api::namespaced(client.clone(), "models")
+        .get("sentiment")
+        .await?;
+    ensure!(m["deployment"] == "sentiment", "{m}");
+    ensure!(
+        m["replicas"] == d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(-1),
+        "replicas {m}"
+    );
+    ensure!(
+        m["ready"]
+            == d.status
+                .as_ref()
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(-1),
+        "ready {m}"
+    );
+    ensure!(
+        m["figures"]["answered"].as_f64() >= Some(3.0),
+        "answered {m}"
+    );
+    ensure!(m["figures"]["queued"] == 0.0, "queued {m}");
+    let first = m["decisions"][0]["message"].as_str().unwrap_or("");
+    ensure!(first.starts_with("Scaled 0 -> 1"), "decisions {m}");
+    let explain = kubectl_zeroscale(&kubeconfig, &["explain", "sentiment", "-n", "models"])?;
+    ensure!(
+        explain.contains("decisions (newest first)") && explain.contains("Scaled 0 -> 1"),
+        "{explain}"
+    );
+    ensure!(explain.contains("zeroscale.dev/min-scale: 1"), "{explain}");
+    // Someone else's namespace is not readable.
+    let other = std::process::Command::new(zeroscale_testkit::workspace_bin("kubectl-zeroscale"))
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["status", "-n", "kube-system"])
+        .output()?;
+    ensure!(
+        !other.status.success(),
+        "kube-system readable by a models user"
+    );
+    eprintln!("{table}");
+    eprintln!(
+        "{}",
+        kubectl_zeroscale(&kubeconfig, &["status", "-n", "models"])?
+    );
+    eprintln!("{explain}");
+    bindings
+        .delete("viewer-zeroscale-status", &Default::default())
+        .await?;
     remove_example(&client).await
 }

@@ -11,7 +11,9 @@
 //!   so ReplicaSet pods are admitted. [`LocalCluster::start`] waits for `default/default`, which
 //!   also proves the controller manager is up.
 //! - kube-controller-manager runs the deployment, replicaset, endpointslice, garbage-collector,
-//!   namespace and serviceaccount controllers, without leader election or a serving port.
+//!   namespace, serviceaccount, root-CA publisher, disruption and clusterrole-aggregation
+//!   controllers (and the node lifecycle controller with a real node), without leader election
+//!   or a serving port.
 //! - Everything lives in one temp dir (data, certs, kubeconfig, `logs/<component>.log`, pod
 //!   logs); it is removed on drop unless `ZEROSCALE_KEEP=1`.
 //! - Every process is started in its own process group under `setpriv --pdeathsig KILL` and
@@ -318,11 +320,13 @@ impl LocalCluster {
         // ServiceAccount volume of a real pod needs it. The disruption controller keeps
         // PodDisruptionBudget status, which evictions check. With a real node, the node
         // lifecycle controller lifts the `not-ready` taint the kubelet registers with (and
-        // taints the node again if the kubelet stops).
+        // taints the node again if the kubelet stops). The clusterrole aggregation controller
+        // fills the built-in `view`, `edit` and `admin` roles users are bound to.
         let mut controllers = String::from(
             "deployment-controller,replicaset-controller,endpointslice-controller,\
              garbage-collector-controller,namespace-controller,serviceaccount-controller,\
-             root-ca-certificate-publisher-controller,disruption-controller",
+             root-ca-certificate-publisher-controller,disruption-controller,\
+             clusterrole-aggregation-controller",
         );
         if opts.real_node {
             controllers.push_str(",node-lifecycle-controller");

@@ -130,19 +130,19 @@ impl Metrics {
     /// rate over it).
     pub fn register(&self, registry: &mut Registry) {
         for source in ["activator", "pod"] {
-            self.scrape_errors.get_or_create(&TargetLabels {
+            drop(self.scrape_errors.get_or_create(&TargetLabels {
                 source: source.to_owned(),
-            });
+            }));
         }
         for result in ["success", "failure", "timeout"] {
-            self.patches.get_or_create(&ResultLabels {
+            drop(self.patches.get_or_create(&ResultLabels {
                 result: result.to_owned(),
-            });
+            }));
         }
         for result in ["scaled", "already_scaled"] {
-            self.wakes.get_or_create(&ResultLabels {
+            drop(self.wakes.get_or_create(&ResultLabels {
                 result: result.to_owned(),
-            });
+            }));
         }
         let r = registry.sub_registry_with_prefix("zeroscale_autoscaler");
         r.register(

@@ -67,10 +67,17 @@ pub fn configmap_ref(namespace: &str) -> ObjectReference {
 /// The person-readable message of a scale change, e.g. "Scaled 0 -> 1: 3 requests waiting in
 /// the activator".
 pub fn scale_message(intent: &ScaleIntent) -> String {
-    format!(
-        "Scaled {} -> {}: {}",
-        intent.from, intent.to, intent.decision
-    )
+    if intent.overrides_manual {
+        format!(
+            "Scaled {} -> {}, overriding a change made outside zeroscale (replicas set to {}): {}. To scale this Deployment by hand, set zeroscale.dev/enabled: \"false\" first",
+            intent.from, intent.to, intent.from, intent.decision
+        )
+    } else {
+        format!(
+            "Scaled {} -> {}: {}",
+            intent.from, intent.to, intent.decision
+        )
+    }
 }
 
 impl Applier {
@@ -145,8 +152,8 @@ impl Applier {
             Notice::BadAnnotations { key, errors } => {
                 self.metrics.config_errors.inc_by(errors.len() as u64);
                 let message = join(errors);
-                tracing::warn!(deployment = %key, "invalid annotations, global values used: {message}");
-                let note = format!("Invalid annotation, using the global value: {message}");
+                tracing::warn!(deployment = %key, "invalid annotations: {message}");
+                let note = format!("Invalid annotation: {message}");
                 self.event(
                     &deployment_ref(key),
                     EventType::Warning,
@@ -162,7 +169,7 @@ impl Applier {
                     configmap = zeroscale_config::CONFIGMAP_NAME,
                     "invalid values, last good kept: {message}"
                 );
-                let note = format!("Invalid value, keeping the last good one: {message}");
+                let note = format!("Invalid configuration: {message}");
                 self.event(
                     &configmap_ref(own_namespace),
                     EventType::Warning,

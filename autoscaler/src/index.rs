@@ -89,6 +89,9 @@ pub struct ScaleIntent {
     pub to: u32,
     /// Why.
     pub decision: Decision,
+    /// `spec.replicas` had been set to `from` by someone else (`kubectl scale`, a CI job), and
+    /// this change overrides it.
+    pub overrides_manual: bool,
 }
 
 /// The state of one managed Deployment after a tick, for metrics.
@@ -129,6 +132,9 @@ struct Managed {
     woken_at: Option<Instant>,
     /// A scale change was handed out and its result is not known yet.
     pending: bool,
+    /// `spec.replicas` was changed by someone else (not a wake from zero, not our patch) and
+    /// the engine has not agreed with it yet.
+    manual: bool,
 }
 
 impl Managed {
@@ -266,6 +272,7 @@ impl Index {
         let mut notices = Vec::new();
         let key = view.key.clone();
         let hpa = self.hpa_for(&key);
+        let fresh = !self.deployments.contains_key(&key);
         let entry = self
             .deployments
             .entry(key.clone())
@@ -273,18 +280,33 @@ impl Index {
                 view: view.clone(),
                 managed: None,
             });
-        let annotations_changed =
-            entry.view.annotations != view.annotations || entry.managed.is_none();
+        let annotations_differ = fresh || entry.view.annotations != view.annotations;
+        let annotations_changed = annotations_differ || entry.managed.is_none();
         // Woken from zero by someone else (a wake served by any replica): the last scrape
         // predates the requests that caused it, so until a round taken after this moment
         // arrives, its "idle" is no evidence.
         let woken = entry.view.spec_replicas == 0 && view.spec_replicas > 0;
+        let changed = entry.view.spec_replicas != view.spec_replicas;
         entry.view = view;
         if woken && let Some(m) = &mut entry.managed {
             m.woken_at = Some(now);
         }
+        if changed
+            && !woken
+            && let Some(m) = &mut entry.managed
+        {
+            m.manual = !m.pending;
+        }
         if !opted_in {
             entry.managed = None;
+            // `enabled: "yes"` and the like: not managed, and told why (once per change).
+            if annotations_differ && let Err(e) = zeroscale_config::opt_in(&entry.view.annotations)
+            {
+                notices.push(Notice::BadAnnotations {
+                    key: key.clone(),
+                    errors: vec![e],
+                });
+            }
             return notices;
         }
         if annotations_changed {
@@ -318,6 +340,7 @@ impl Index {
                         last_sample: None,
                         woken_at: None,
                         pending: false,
+                        manual: false,
                     });
                 }
             }
@@ -537,13 +560,16 @@ impl Index {
                 _ => now,
             };
             let decision = m.decider.decide(decide_at, &obs);
-            if decision.desired != entry.view.spec_replicas && !m.pending {
+            if decision.desired == entry.view.spec_replicas {
+                m.manual = false;
+            } else if !m.pending {
                 m.pending = true;
                 out.intents.push(ScaleIntent {
                     key: key.clone(),
                     from: entry.view.spec_replicas,
                     to: decision.desired,
                     decision: decision.clone(),
+                    overrides_manual: std::mem::take(&mut m.manual),
                 });
             }
             out.reports.push(Report {
@@ -828,6 +854,66 @@ mod tests {
         index.apply_deployment(dep(&[("zeroscale.dev/enabled", "false")], 1, 1), t0);
         assert!(run(&mut index, t0, 30, true, None).is_empty());
         assert_eq!(index.managed_count(), 0);
+    }
+
+    #[test]
+    fn a_manual_scale_that_is_overridden_says_so() {
+        let t0 = Instant::now();
+        let mut index = synced(t0);
+        index.apply_deployment(dep(&[ON, ("zeroscale.dev/max-scale", "5")], 5, 5), t0);
+        let load = busy(400.0, 400, 0);
+        assert!(run(&mut index, t0, 2, true, load).is_empty(), "steady at 5");
+        // Someone runs `kubectl scale --replicas=2` under that load.
+        let bounds = [ON, ("zeroscale.dev/max-scale", "5")];
+        index.apply_deployment(dep(&bounds, 2, 2), t0 + Duration::from_secs(2));
+        let back = run(&mut index, t0 + Duration::from_secs(2), 2, true, load);
+        assert_eq!(back.len(), 1, "{back:?}");
+        assert!(back[0].overrides_manual && back[0].from == 2 && back[0].to == 5);
+        let note = crate::apply::scale_message(&back[0]);
+        assert!(
+            note.starts_with("Scaled 2 -> 5, overriding a change made outside zeroscale"),
+            "{note}"
+        );
+        assert!(note.contains("zeroscale.dev/enabled: \"false\""), "{note}");
+        // Our own patch echoed by the watch is not a manual change; neither is a wake from 0.
+        index.apply_deployment(dep(&bounds, 5, 5), t0 + Duration::from_secs(4));
+        index.apply_deployment(dep(&bounds, 4, 4), t0 + Duration::from_secs(4));
+        let again = run(&mut index, t0 + Duration::from_secs(4), 1, true, load);
+        assert!(
+            again[0].overrides_manual,
+            "4 was set by hand too: {again:?}"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_opt_in_is_reported_once_and_not_managed() {
+        let t0 = Instant::now();
+        let mut index = synced(t0);
+        let yes = [("zeroscale.dev/enabled", "yes")];
+        let notices = index.apply_deployment(dep(&yes, 1, 1), t0);
+        match notices.as_slice() {
+            [Notice::BadAnnotations { errors, .. }] => {
+                let e = errors[0].to_string();
+                assert!(
+                    e.contains(
+                        r#"zeroscale.dev/enabled: "yes" is invalid: expected true or false"#
+                    ) && e.contains("not managed"),
+                    "{e}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            index.apply_deployment(dep(&yes, 1, 0), t0).is_empty(),
+            "repeated"
+        );
+        assert_eq!(index.managed_count(), 0);
+        // Not written at all, or false: nothing to say.
+        assert!(
+            index
+                .apply_deployment(dep(&[("zeroscale.dev/enabled", " FALSE ")], 1, 1), t0)
+                .is_empty()
+        );
     }
 
     #[test]

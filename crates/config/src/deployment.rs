@@ -26,9 +26,20 @@ pub const MAX_CONTAINER_CONCURRENCY: u32 = 1000;
 /// whitespace ignored. Any other value, including other truthy spellings such as `yes` or `1`, is
 /// not opted in.
 pub fn is_opted_in(annotations: &BTreeMap<String, String>) -> bool {
-    annotations
-        .get(ENABLED_ANNOTATION)
-        .is_some_and(|v| parse_bool(v.trim()) == Ok(true))
+    opt_in(annotations).unwrap_or(false)
+}
+
+/// [`is_opted_in`], with the reason when `zeroscale.dev/enabled` is written but is neither
+/// `true` nor `false` (a Deployment so annotated is not managed, and should be told why).
+pub fn opt_in(annotations: &BTreeMap<String, String>) -> Result<bool, ConfigError> {
+    match annotations.get(ENABLED_ANNOTATION) {
+        None => Ok(false),
+        Some(v) => parse_bool(v.trim()).map_err(|problem| ConfigError {
+            key: ENABLED_ANNOTATION.to_owned(),
+            value: v.clone(),
+            problem: format!("{problem} (any case); the Deployment is not managed by zeroscale"),
+        }),
+    }
 }
 
 /// Annotations parsed one by one, before they are combined.
@@ -117,7 +128,7 @@ impl DeploymentSettings {
                 errors.push(ConfigError {
                     key: key.clone(),
                     value: raw.clone(),
-                    problem: keys::unknown_key(key, ANNOTATIONS),
+                    problem: format!("{}; ignored", keys::unknown_key(key, ANNOTATIONS)),
                 });
                 continue;
             };
@@ -184,7 +195,7 @@ impl DeploymentSettings {
                 Err(problem) => errors.push(ConfigError {
                     key: key.clone(),
                     value: raw.clone(),
-                    problem,
+                    problem: format!("{problem}; using the ConfigMap's value"),
                 }),
             }
         }

@@ -240,7 +240,7 @@ impl GlobalConfig {
                 errors.push(ConfigError {
                     key: key.clone(),
                     value: raw.clone(),
-                    problem: keys::unknown_key(key, CONFIGMAP_KEYS),
+                    problem: format!("{}; ignored", keys::unknown_key(key, CONFIGMAP_KEYS)),
                 });
                 continue;
             };
@@ -249,7 +249,7 @@ impl GlobalConfig {
                 errors.push(ConfigError {
                     key: key.clone(),
                     value: raw.clone(),
-                    problem,
+                    problem: format!("{problem}; keeping the last good value"),
                 });
             }
         }

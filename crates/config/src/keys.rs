@@ -240,7 +240,7 @@ pub const ANNOTATIONS: &[KeyDoc] = &[
         "zeroscale.dev/enabled",
         "false",
         BOOL,
-        "Opt-in: the Deployment is managed only when this is true.",
+        "Opt-in: the Deployment is managed only when this is true (any case, spaces around ignored); another value gets a Warning Event. Set false to scale it by hand.",
     ),
     k(
         "zeroscale.dev/min-scale",

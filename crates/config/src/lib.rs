@@ -20,7 +20,7 @@
 //! assert_eq!(global.scaling.stable_window, Duration::from_secs(120));
 //! assert_eq!(
 //!     errors[0].to_string(),
-//!     r#"max-scale: "ten" is invalid: expected an integer in 0..=10000"#
+//!     r#"max-scale: "ten" is invalid: expected an integer in 0..=10000; keeping the last good value"#
 //! );
 //!
 //! let annotations = BTreeMap::from([
@@ -44,7 +44,7 @@ mod keys;
 mod parse;
 mod rules;
 
-pub use deployment::{DEFAULT_POD_METRIC_PATH, MAX_CONTAINER_CONCURRENCY, is_opted_in};
+pub use deployment::{DEFAULT_POD_METRIC_PATH, MAX_CONTAINER_CONCURRENCY, is_opted_in, opt_in};
 pub use event::note_digest;
 pub use global::MAX_REPLICAS;
 pub use key::DeploymentKey;
@@ -63,10 +63,23 @@ pub const ANNOTATION_PREFIX: &str = "zeroscale.dev/";
 /// The opt-in annotation; a Deployment is managed only when it is `"true"`.
 pub const ENABLED_ANNOTATION: &str = "zeroscale.dev/enabled";
 
+/// A value as an error message quotes it: in full up to 120 characters, else its first 100 and
+/// its length, so a long value never pushes the explanation out of a size-limited Event note.
+fn shown(value: &str) -> String {
+    if value.chars().count() <= 120 {
+        format!("{value:?}")
+    } else {
+        let head: String = value.chars().take(100).collect();
+        format!("{head:?}... ({} bytes)", value.len())
+    }
+}
+
 /// One rejected configuration value. Its `Display` names the key, the bad value and what is
-/// allowed, e.g. `zeroscale.dev/max-scale: "-3" is invalid: expected an integer in 0..=10000`.
+/// allowed and what is used instead, e.g. `zeroscale.dev/max-scale: "-3" is invalid: expected an
+/// integer in 0..=10000; using the ConfigMap's value`. A long value is shortened, never the
+/// explanation.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{key}: {value:?} is invalid: {problem}")]
+#[error("{key}: {} is invalid: {problem}", shown(.value))]
 pub struct ConfigError {
     /// The ConfigMap key or full annotation name.
     pub key: String,
@@ -157,4 +170,34 @@ pub struct DeploymentSettings {
     pub idle_timeout: Duration,
     /// Concurrency source.
     pub metric_source: MetricSource,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_value_is_shortened_and_the_explanation_kept() {
+        let e = ConfigError {
+            key: "zeroscale.dev/hostnames".into(),
+            value: "a".repeat(5000),
+            problem: "expected host names; using the ConfigMap's value".into(),
+        };
+        let text = e.to_string();
+        assert!(text.len() < 300, "{} bytes", text.len());
+        assert!(text.contains("(5000 bytes)"), "{text}");
+        assert!(
+            text.ends_with("expected host names; using the ConfigMap's value"),
+            "{text}"
+        );
+        let short = ConfigError {
+            value: "-3".into(),
+            ..e
+        };
+        assert!(
+            short
+                .to_string()
+                .starts_with(r#"zeroscale.dev/hostnames: "-3" is invalid"#)
+        );
+    }
 }

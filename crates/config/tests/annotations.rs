@@ -166,8 +166,8 @@ fn timeout_annotations_override_the_configmap_and_fall_back_to_it() {
     assert_eq!(
         texts,
         [
-            r#"zeroscale.dev/idle-timeout: "0s" is invalid: expected a duration in 1s..=24h"#,
-            r#"zeroscale.dev/response-timeout: "25h" is invalid: expected a duration in 1s..=24h"#,
+            r#"zeroscale.dev/idle-timeout: "0s" is invalid: expected a duration in 1s..=24h; using the ConfigMap's value"#,
+            r#"zeroscale.dev/response-timeout: "25h" is invalid: expected a duration in 1s..=24h; using the ConfigMap's value"#,
         ]
     );
     assert_eq!(s.response_timeout, Duration::from_secs(1200));

@@ -176,8 +176,8 @@ fn a_bad_activator_timeout_keeps_its_last_good_value() {
     assert_eq!(
         texts,
         [
-            r#"activator-idle-timeout: "300" is invalid: "300" is not a duration: a number without a unit; write e.g. 30s, 1m30s or 500ms; expected a duration in 1s..=24h"#,
-            r#"activator-response-timeout: "25h" is invalid: expected a duration in 1s..=24h"#,
+            r#"activator-idle-timeout: "300" is invalid: "300" is not a duration: a number without a unit; write e.g. 30s, 1m30s or 500ms; expected a duration in 1s..=24h; keeping the last good value"#,
+            r#"activator-response-timeout: "25h" is invalid: expected a duration in 1s..=24h; keeping the last good value"#,
         ]
     );
     assert_eq!(cfg.activator.response_timeout, Duration::from_secs(1800));

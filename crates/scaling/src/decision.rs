@@ -253,13 +253,18 @@ impl fmt::Display for Decision {
                 if over {
                     write!(
                         f,
-                        "panic mode: {m} {:.1} over {} needs {} {} for {} ready (threshold {:.0}%), not scaling down",
+                        "panic mode: {m} {:.1} over {} needs {} {} for {} ready (threshold {:.0}%){}",
                         i.panic_average,
                         secs(i.panic_window),
                         i.panic_wanted,
                         plural(u64::from(i.panic_wanted), "pod", "pods"),
                         i.ready_pods,
-                        i.panic_threshold_percentage
+                        i.panic_threshold_percentage,
+                        if self.desired > i.ready_pods {
+                            ""
+                        } else {
+                            ", not scaling down"
+                        }
                     )
                 } else {
                     // Calm again (or an autoscaler restart): panic lasts a stable window more.

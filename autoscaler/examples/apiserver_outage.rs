@@ -99,8 +99,15 @@ async fn start(
     };
     let task = tokio::spawn(async move {
         let never = std::future::pending::<()>();
-        if let Err(e) =
-            controller::run(client, settings, api, metrics, Default::default(), never).await
+        if let Err(e) = zeroscale_autoscaler::app::run(
+            client,
+            settings,
+            api,
+            metrics,
+            Default::default(),
+            never,
+        )
+        .await
         {
             eprintln!("{name}: {e}");
         }

@@ -36,7 +36,7 @@ use crate::index::Index;
 use crate::lease;
 use crate::metrics::Metrics;
 use crate::now;
-use crate::scrape::loops;
+use crate::scrapers as loops;
 use crate::server::{self, AdminState, DeploymentCache, WakeState};
 
 /// Why the autoscaler could not start.
@@ -372,4 +372,22 @@ impl Running {
         // release the Lease so a standby takes over at once; give it a moment.
         let _ = tokio::time::timeout(Duration::from_secs(3), lease_task).await;
     }
+}
+
+/// Runs the autoscaler until `shutdown` resolves: the real [`App`], built from a client and
+/// listeners the caller made.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    api_listener: TcpListener,
+    metrics_listener: TcpListener,
+    registry: Registry,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), crate::controller::RunError> {
+    App::new(client, settings, api_listener, metrics_listener, registry)
+        .spawn()
+        .await
+        .run_until(shutdown)
+        .await;
+    Ok(())
 }

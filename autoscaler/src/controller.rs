@@ -1,13 +1,13 @@
 //! The control loop: watch events (forwarded here, with their health kept on the board), the
-//! scrape loops' samples ([`crate::scrape::loops`]) and applied patches feed the index; a tick
+//! scrape loops' samples ([`crate::scrapers`]) and applied patches feed the index; a tick
 //! asks it for intents, and the applier carries them out while this replica holds the Lease
-//! ([`crate::lease`]). [`crate::app`] wires it all together.
+//! ([`crate::lease`]). The `app` module wires it all together (it imports this one, not the
+//! other way round).
 //!
 //! One task owns the [`Index`]; everything else talks to it through a channel, so the index
 //! stays a plain value with no locks.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -17,8 +17,6 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
 use kube::runtime::watcher::{self, Event};
-use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 use zeroscale_config::GlobalConfig;
@@ -30,7 +28,7 @@ use crate::health::{Health, WatchHealth};
 use crate::index::{DeploymentView, Index, Notice, PodTarget, Source};
 use crate::metrics::Metrics;
 use crate::now;
-use crate::scrape::loops::Scraped;
+use crate::scrapers::Scraped;
 
 pub use crate::config::Settings;
 
@@ -146,24 +144,6 @@ pub(crate) async fn forward<K, S>(
         wrap,
     )
     .await;
-}
-
-/// Runs the autoscaler until `shutdown` resolves: the real [`App`](crate::app::App), built
-/// from a client and listeners the caller made.
-pub async fn run(
-    client: Client,
-    settings: Settings,
-    api_listener: TcpListener,
-    metrics_listener: TcpListener,
-    registry: Registry,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), RunError> {
-    crate::app::App::new(client, settings, api_listener, metrics_listener, registry)
-        .spawn()
-        .await
-        .run_until(shutdown)
-        .await;
-    Ok(())
 }
 
 pub(crate) struct ControlLoop {

@@ -4,8 +4,8 @@
 //! Working out what should be is separate from applying it (the linkerd2 policy-controller
 //! shape):
 //! - [`index`]: the pure domain core, fed by events, returning scale intents on each tick;
-//! - [`scrape`]: activator (and pod) metrics, parsed and turned into samples; its
-//!   [`scrape::loops`] scrape the endpoints the EndpointSlices list, every interval;
+//! - [`scrape`]: activator (and pod) metrics, parsed and turned into samples; [`scrapers`]:
+//!   the two loops that scrape the endpoints the EndpointSlices list, every interval;
 //! - [`apply`]: the small controller that patches scales (leader only) and records Events;
 //! - [`wake`]: `POST /v1/wake`, the fast 0 -> N path any replica serves;
 //! - [`beat`]: a client wrapper that turns a watch's responses and bookmarks into signs of
@@ -29,6 +29,7 @@ pub mod index;
 pub mod lease;
 pub mod metrics;
 pub mod scrape;
+pub mod scrapers;
 pub mod server;
 pub mod wake;
 

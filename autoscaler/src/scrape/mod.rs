@@ -3,8 +3,6 @@
 //! Parsing and derivation are pure (time is an argument) so counter deltas, resets, new
 //! replicas and failures are unit-tested without sockets; [`fetch`] is the only I/O here.
 
-pub mod loops;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 

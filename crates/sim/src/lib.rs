@@ -8,7 +8,7 @@
 //! `zeroscale-config` resolves from the same ConfigMap keys and annotations the add-on reads
 //! ([`setup`]), fed the way the autoscaler feeds it ([`policy`]). Models are independent in
 //! the add-on (one decider and one queue each), so each model is its own simulation
-//! ([`sim`]) and a fleet is the sum ([`stats::total`]).
+//! ([`sim`]) and a fleet is the sum ([`sim::total`]).
 //!
 //! Modules:
 //! - [`event`]: the event queue and simulated time.
@@ -26,6 +26,7 @@ pub mod dist;
 pub mod event;
 pub mod policy;
 pub mod report;
+pub mod service;
 pub mod setup;
 pub mod sim;
 pub mod stats;
@@ -84,7 +85,7 @@ pub fn run(
     RunOutcome {
         label: label.to_owned(),
         policy: policy.name(),
-        total: stats::total(&models),
+        total: sim::total(&models),
         models,
     }
 }

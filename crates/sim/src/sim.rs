@@ -34,40 +34,7 @@ use crate::setup::ModelSettings;
 use crate::stats::{Timeline, WaitStats};
 use crate::trace::Request;
 
-/// How long a request keeps a pod busy.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Service {
-    /// Every request takes this long.
-    Fixed(Nanos),
-    /// `base + context_tokens x per_context + generated_tokens x per_generated` (prefill and
-    /// decode), from the trace's token counts.
-    Tokens {
-        /// Fixed part of every request.
-        base: Nanos,
-        /// Nanoseconds per prompt token (prefill).
-        per_context: f64,
-        /// Nanoseconds per generated token (decode).
-        per_generated: f64,
-    },
-}
-
-impl Service {
-    /// The service time of `r`; a missing token count counts as 0.
-    pub fn of(&self, r: &Request) -> Nanos {
-        match *self {
-            Service::Fixed(d) => d,
-            Service::Tokens {
-                base,
-                per_context,
-                per_generated,
-            } => {
-                let c = f64::from(r.context_tokens.unwrap_or(0));
-                let g = f64::from(r.generated_tokens.unwrap_or(0));
-                base + (c * per_context + g * per_generated).round() as Nanos
-            }
-        }
-    }
-}
+pub use crate::service::Service;
 
 /// The phases of a pod start, each its own distribution; a pod is ready after their sum.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -671,4 +638,40 @@ pub fn simulate_with(
         },
     };
     m.run()
+}
+
+/// Sums per-model outcomes into one row named `total` (waits are pooled, so its percentiles
+/// are over every served request; peaks are summed, an upper bound of the fleet's peak).
+pub fn total(models: &[ModelOutcome]) -> ModelOutcome {
+    let mut t = ModelOutcome {
+        model: "total".into(),
+        ..Default::default()
+    };
+    for m in models {
+        t.requests += m.requests;
+        t.served += m.served;
+        t.cold_starts += m.cold_starts;
+        t.wakes += m.wakes;
+        t.rejected_503 += m.rejected_503;
+        t.expired_504 += m.expired_504;
+        t.unfinished += m.unfinished;
+        t.replica_seconds += m.replica_seconds;
+        t.idle_replica_seconds += m.idle_replica_seconds;
+        t.ready_replica_seconds += m.ready_replica_seconds;
+        t.scale_events += m.scale_events;
+        t.scale_ups += m.scale_ups;
+        t.scale_downs += m.scale_downs;
+        t.panic_ticks += m.panic_ticks;
+        t.waits.extend_from_slice(&m.waits);
+        t.timeline.merge(&m.timeline);
+    }
+    // The fleet's peaks, from the summed timeline where there is one.
+    t.peak_replicas = t.timeline.spec_max.iter().copied().max().unwrap_or(0);
+    t.peak_ready = models.iter().map(|m| m.peak_ready).sum();
+    if models.len() == 1 {
+        t.peak_replicas = models[0].peak_replicas;
+        t.peak_ready = models[0].peak_ready;
+    }
+    t.wait = WaitStats::of(&mut t.waits);
+    t
 }

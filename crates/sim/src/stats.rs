@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::event::{Nanos, SEC};
-use crate::sim::{ModelOutcome, Service};
+use crate::service::Service;
 use crate::trace::Request;
 
 /// Wait percentiles in seconds (nearest rank), over served requests.
@@ -112,42 +112,6 @@ impl Timeline {
             self.spec_max[i] += o.spec_max[i];
         }
     }
-}
-
-/// Sums per-model outcomes into one row named `total` (waits are pooled, so its percentiles
-/// are over every served request; peaks are summed, an upper bound of the fleet's peak).
-pub fn total(models: &[ModelOutcome]) -> ModelOutcome {
-    let mut t = ModelOutcome {
-        model: "total".into(),
-        ..Default::default()
-    };
-    for m in models {
-        t.requests += m.requests;
-        t.served += m.served;
-        t.cold_starts += m.cold_starts;
-        t.wakes += m.wakes;
-        t.rejected_503 += m.rejected_503;
-        t.expired_504 += m.expired_504;
-        t.unfinished += m.unfinished;
-        t.replica_seconds += m.replica_seconds;
-        t.idle_replica_seconds += m.idle_replica_seconds;
-        t.ready_replica_seconds += m.ready_replica_seconds;
-        t.scale_events += m.scale_events;
-        t.scale_ups += m.scale_ups;
-        t.scale_downs += m.scale_downs;
-        t.panic_ticks += m.panic_ticks;
-        t.waits.extend_from_slice(&m.waits);
-        t.timeline.merge(&m.timeline);
-    }
-    // The fleet's peaks, from the summed timeline where there is one.
-    t.peak_replicas = t.timeline.spec_max.iter().copied().max().unwrap_or(0);
-    t.peak_ready = models.iter().map(|m| m.peak_ready).sum();
-    if models.len() == 1 {
-        t.peak_replicas = models[0].peak_replicas;
-        t.peak_ready = models[0].peak_ready;
-    }
-    t.wait = WaitStats::of(&mut t.waits);
-    t
 }
 
 /// The demand a model's requests put on it, independent of any policy.

@@ -27,7 +27,7 @@ use crate::policy::PolicyKind;
 use crate::setup::{ConfigSource, ModelSettings, SetupError};
 use crate::sim::{ModelOutcome, Options, simulate};
 use crate::trace::Trace;
-use crate::{RunOutcome, per_model, stats};
+use crate::{RunOutcome, per_model, sim};
 
 /// One policy of a sweep.
 #[derive(Clone, Debug)]
@@ -127,7 +127,7 @@ pub fn run_all(
             RunOutcome {
                 label: var.label.clone(),
                 policy: var.policy.name(),
-                total: stats::total(&models),
+                total: sim::total(&models),
                 models,
             }
         })
@@ -374,7 +374,7 @@ mod tests {
         RunOutcome {
             label: label.into(),
             policy: "engine",
-            total: stats::total(&models),
+            total: sim::total(&models),
             models,
         }
     }

@@ -15,6 +15,7 @@ pub mod addon;
 pub mod bins;
 pub mod certs;
 pub mod cluster;
+pub mod error;
 pub mod http_client;
 pub mod kubelet;
 pub mod netns;

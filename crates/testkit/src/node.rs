@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 
-use crate::cluster::ClusterError;
+use crate::error::ClusterError;
 use crate::process::{self, OwnedChild};
 
 /// Name of the node (the same as the process kubelet's, so tests need not care which runs).

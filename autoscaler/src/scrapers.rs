@@ -16,11 +16,11 @@ use tokio::sync::mpsc;
 use zeroscale_config::GlobalConfig;
 use zeroscale_kube::endpoints::{self, Select};
 
-use super::{Deriver, EndpointScrape, Round};
 use crate::DeploymentKey;
 use crate::index::PodTarget;
 use crate::metrics::Metrics;
 use crate::scrape;
+use crate::scrape::{Deriver, EndpointScrape, Round};
 
 /// What a scrape loop reports to the control loop.
 #[derive(Debug)]

@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
+use http::Request;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -348,34 +346,19 @@ pub struct Admin {
     pub ready: Arc<AtomicBool>,
 }
 
-impl Admin {
-    /// Answers one request on the admin port (route and method checked by the server).
-    fn answer(&self, req: &Request<Bytes>) -> Response<Full<Bytes>> {
-        match req.uri().path() {
-            "/metrics" => admin::metrics(&self.registry),
-            "/healthz" => admin::respond(StatusCode::OK, "text/plain", "ok\n"),
-            "/readyz" if self.ready.load(Ordering::Relaxed) => {
-                admin::respond(StatusCode::OK, "text/plain", "ready\n")
-            }
-            "/readyz" => {
-                admin::respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n")
-            }
-            // Only declared routes reach the handler.
-            _ => admin::respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
-        }
-    }
-}
-
 /// Serves the admin endpoints until `shutdown` completes, on the shared admin server
 /// (`zeroscale_kube::admin`: methods checked, header-read timeout, body limit).
 pub async fn serve_admin(listener: TcpListener, admin: Admin, shutdown: impl Future<Output = ()>) {
-    admin::serve(
+    let ready = admin.ready;
+    admin::serve_admin(
         listener,
-        admin::ADMIN_ROUTES,
-        admin::Options::default(),
-        move |req| {
-            let r = admin.answer(&req);
-            async move { r }
+        admin.registry,
+        move || {
+            if ready.load(Ordering::Relaxed) {
+                Vec::new()
+            } else {
+                vec!["not ready".to_owned()]
+            }
         },
         shutdown,
     )

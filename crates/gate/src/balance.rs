@@ -16,18 +16,30 @@ pub trait Slot {
 /// by scanning from `cursor` (which the caller rotates), so equal pods share load round-robin
 /// instead of the first one taking every idle-time request.
 pub fn pick<S: Slot>(pods: &[S], limit: u32, cursor: usize) -> Option<usize> {
-    let n = pods.len();
+    pick_by(pods.len(), limit, cursor, |i| {
+        let p = &pods[i];
+        p.eligible().then(|| p.in_flight())
+    })
+}
+
+/// [`pick`] over `n` pods described by `in_flight(i)`: `None` for a pod that may not take
+/// requests, else its requests in flight. For callers that keep their pods in another shape
+/// (the simulator), so the rule stays in one place.
+pub fn pick_by(
+    n: usize,
+    limit: u32,
+    cursor: usize,
+    in_flight: impl Fn(usize) -> Option<u32>,
+) -> Option<usize> {
     if n == 0 {
         return None;
     }
     let mut best: Option<(usize, u32)> = None;
     for k in 0..n {
         let i = (cursor + k) % n;
-        let p = &pods[i];
-        if !p.eligible() {
+        let Some(f) = in_flight(i) else {
             continue;
-        }
-        let f = p.in_flight();
+        };
         if limit != 0 && f >= limit {
             continue;
         }

@@ -229,24 +229,15 @@ impl Model<'_> {
         self.now = to;
     }
 
+    /// The activator's balancing rule (`zeroscale_gate::balance`): least in flight among the
+    /// ready pods with room, ties round-robin from the cursor.
     fn pick(&self) -> Option<usize> {
-        let n = self.ready.len();
-        let limit = self.settings.container_concurrency;
-        let mut best: Option<(usize, u32)> = None;
-        for k in 0..n {
-            let i = (self.cursor + k) % n;
-            let f = self.pods[self.ready[i] as usize].in_flight;
-            if limit != 0 && f >= limit {
-                continue;
-            }
-            if best.is_none_or(|(_, bf)| f < bf) {
-                best = Some((i, f));
-                if f == 0 {
-                    break;
-                }
-            }
-        }
-        best.map(|(i, _)| i)
+        zeroscale_gate::balance::pick_by(
+            self.ready.len(),
+            self.settings.container_concurrency,
+            self.cursor,
+            |i| Some(self.pods[self.ready[i] as usize].in_flight),
+        )
     }
 
     fn dispatch(&mut self, req: u32, arrived: Nanos, slot: usize) {

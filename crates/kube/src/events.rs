@@ -40,6 +40,12 @@ pub fn event(type_: EventType, reason: &str, note: String) -> Event {
     }
 }
 
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
 /// Publishes Events as one controller instance.
 #[derive(Clone)]
 pub struct Publisher {
@@ -83,11 +89,29 @@ impl Publisher {
         reason: &str,
         note: String,
     ) {
-        let ev = event(type_, reason, note);
-        match tokio::time::timeout(self.timeout, self.recorder.publish(&ev, regarding)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, reason, "could not record event"),
-            Err(_) => tracing::warn!(reason, "recording an event timed out"),
+        let mut ev = event(type_, reason, note);
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut fresh = false;
+        loop {
+            match tokio::time::timeout_at(deadline, self.recorder.publish(&ev, regarding)).await {
+                Ok(Ok(())) => return,
+                // The recorder counts a repeat by patching the Event it made before (its cache
+                // is keyed by the object's name, not by which incarnation of it). When that
+                // Event is gone (the object, or its namespace, was deleted and made again), the
+                // repeat is lost: record it as a new occurrence instead, once.
+                Ok(Err(kube::Error::Api(e))) if e.code == 404 && !fresh => {
+                    fresh = true;
+                    ev.action = format!("{}-{:x}", ev.action, now_nanos());
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, reason, "could not record event");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(reason, "recording an event timed out");
+                    return;
+                }
+            }
         }
     }
 
@@ -212,6 +236,70 @@ mod tests {
         assert_eq!(sent["action"], format!("Bad-{digest:08x}"));
         assert_eq!(sent["reason"], "Bad");
         assert_eq!(sent["reportingController"], "test");
+    }
+
+    /// A stand-in API server that creates every Event (201, the body echoed) and answers 404 to
+    /// every PATCH: an Event deleted with its namespace.
+    #[derive(Clone, Default)]
+    struct Gone {
+        calls: std::sync::Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>,
+    }
+
+    impl tower_service::Service<http::Request<kube::client::Body>> for Gone {
+        type Response = http::Response<http_body_util::Full<bytes::Bytes>>;
+        type Error = std::convert::Infallible;
+        type Future = std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+        >;
+
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: http::Request<kube::client::Body>) -> Self::Future {
+            let this = self.clone();
+            Box::pin(async move {
+                use http_body_util::BodyExt;
+                let method = req.method().to_string();
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                this.calls.lock().unwrap().push((method.clone(), v));
+                let (code, answer) = if method == "POST" {
+                    (201, body.to_vec())
+                } else {
+                    (404, br#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"gone","reason":"NotFound","code":404}"#.to_vec())
+                };
+                Ok(http::Response::builder()
+                    .status(code)
+                    .header("content-type", "application/json")
+                    .body(http_body_util::Full::new(bytes::Bytes::from(answer)))
+                    .unwrap())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_repeat_whose_first_event_is_gone_is_recorded_anew() {
+        let gone = Gone::default();
+        let client = Client::new(gone.clone(), "default");
+        let p = Publisher::new(client, "test", None, Duration::from_secs(5));
+        for _ in 0..2 {
+            p.publish(
+                &regarding(),
+                EventType::Normal,
+                "Scaled",
+                "Scaled 0 -> 1".into(),
+            )
+            .await;
+        }
+        let calls = gone.calls.lock().unwrap().clone();
+        let methods: Vec<&str> = calls.iter().map(|(m, _)| m.as_str()).collect();
+        assert_eq!(methods, ["POST", "PATCH", "POST"], "{calls:?}");
+        assert_eq!(calls[2].1["note"], "Scaled 0 -> 1");
+        assert_ne!(calls[2].1["action"], calls[0].1["action"]);
     }
 
     #[tokio::test(start_paused = true)]

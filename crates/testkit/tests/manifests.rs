@@ -231,3 +231,105 @@ fn chart_schema_knows_every_value_and_config_key() {
         path.display()
     );
 }
+
+/// The permissions the manifests grant `sa`, one line per rule, as the component READMEs list
+/// them: the ClusterRoles bound cluster-wide and the Roles bound in the add-on's namespace.
+fn granted(sa: &str) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../manifests");
+    let mut objects = Vec::new();
+    for f in ["base/rbac.yaml", "cluster-bindings.yaml"] {
+        for o in zeroscale_testkit::addon::parse_objects(&root.join(f)).unwrap() {
+            objects.push(serde_json::to_value(&o).unwrap());
+        }
+    }
+    let role = |kind: &str, name: &str| {
+        objects
+            .iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+            .clone()
+    };
+    let mut out = String::new();
+    for b in objects
+        .iter()
+        .filter(|o| o["kind"] == "ClusterRoleBinding" || o["kind"] == "RoleBinding")
+    {
+        let subjects = b["subjects"].as_array().cloned().unwrap_or_default();
+        if !subjects
+            .iter()
+            .any(|s| s["kind"] == "ServiceAccount" && s["name"] == sa)
+        {
+            continue;
+        }
+        let r = role(
+            b["roleRef"]["kind"].as_str().unwrap(),
+            b["roleRef"]["name"].as_str().unwrap(),
+        );
+        let scope = match b["metadata"]["namespace"].as_str() {
+            Some(ns) => format!("in `{ns}`"),
+            None => "in every namespace".to_owned(),
+        };
+        for rule in r["rules"].as_array().unwrap() {
+            let list = |k: &str| {
+                rule[k]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|v| v.as_str().unwrap().to_owned())
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default()
+            };
+            let groups: Vec<String> = list("apiGroups")
+                .into_iter()
+                .map(|g| if g.is_empty() { "core".into() } else { g })
+                .collect();
+            let names = list("resourceNames");
+            let named = if names.is_empty() {
+                String::new()
+            } else {
+                format!(" named {}", names.join(", "))
+            };
+            out.push_str(&format!(
+                "- {} on `{}` ({}){named}, {scope}\n",
+                list("verbs").join(", "),
+                list("resources").join("`, `"),
+                groups.join(", "),
+            ));
+        }
+    }
+    out
+}
+
+const RBAC_BEGIN: &str = "<!-- BEGIN granted by manifests/base/rbac.yaml (generated: ZEROSCALE_UPDATE_MANIFESTS=1 cargo test -p zeroscale-testkit --test manifests) -->\n";
+const RBAC_END: &str = "<!-- END granted -->";
+
+#[test]
+fn the_component_readmes_list_exactly_the_permissions_the_manifests_grant() {
+    for (readme, sa) in [
+        ("../../activator/README.md", "zeroscale-activator"),
+        ("../../autoscaler/README.md", "zeroscale-autoscaler"),
+    ] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(readme);
+        let have = std::fs::read_to_string(&path).unwrap();
+        let begin = have
+            .find(RBAC_BEGIN)
+            .unwrap_or_else(|| panic!("{}: no `{}` line", path.display(), RBAC_BEGIN.trim()));
+        let body = begin + RBAC_BEGIN.len();
+        let end = have[body..]
+            .find(RBAC_END)
+            .map(|e| body + e)
+            .unwrap_or_else(|| panic!("{}: no `{RBAC_END}` line", path.display()));
+        let want = format!("{}{}{}", &have[..body], granted(sa), &have[end..]);
+        if std::env::var_os("ZEROSCALE_UPDATE_MANIFESTS").is_some() {
+            std::fs::write(&path, &want).unwrap();
+            continue;
+        }
+        assert_eq!(
+            have,
+            want,
+            "{}: its permission list differs from the manifests; run ZEROSCALE_UPDATE_MANIFESTS=1 cargo test -p zeroscale-testkit --test manifests",
+            path.display()
+        );
+    }
+}

@@ -116,6 +116,7 @@ impl DeploymentSettings {
             response_timeout: global.activator.response_timeout,
             idle_timeout: global.activator.idle_timeout,
             metric_source: MetricSource::Activator,
+            pool: None,
         };
         let mut o = Overrides::default();
         let mut errors = Vec::new();
@@ -185,6 +186,9 @@ impl DeploymentSettings {
                 "pod-metric-port" => parse_port_number(v).map(|n| o.pod_metric_port = Some(n)),
                 "pod-metric-path" => name_rule(is_http_path(v), keys::HTTP_PATH)
                     .map(|()| o.pod_metric_path = Some(v.to_owned())),
+                "pool" => {
+                    crate::pool::check_pool_name(v, &global.pools).map(|name| s.pool = Some(name))
+                }
                 // Only keys of ANNOTATIONS reach here; a unit test applies every one of them.
                 other => Err(format!(
                     "annotation {other:?} is documented but not parsed (a bug)"
@@ -304,8 +308,16 @@ mod tests {
             ("zeroscale.dev/pod-metric-name", "x"),
             ("zeroscale.dev/pod-metric-port", "9090"),
             ("zeroscale.dev/pod-metric-path", "/metrics"),
+            ("zeroscale.dev/pool", "a100"),
         ];
-        let global = GlobalConfig::default();
+        let mut global = GlobalConfig::default();
+        global.pools.insert(
+            "a100".into(),
+            crate::PoolCapacity {
+                capacity_milli: 8000,
+                resource: Some("nvidia.com/gpu".into()),
+            },
+        );
         for doc in ANNOTATIONS {
             let value = samples
                 .iter()

@@ -45,6 +45,8 @@ impl Default for GlobalConfig {
             scrape_timeout: millis(800),
             activator: ActivatorConfig::default(),
         }
+            pools: BTreeMap::new(),
+            pool_min_residency: secs(60),
     }
 }
 
@@ -214,6 +216,16 @@ fn apply(cfg: &mut GlobalConfig, good: &GlobalConfig, key: &str, v: &str) -> Res
         ),
         // Only keys of CONFIGMAP_KEYS reach here; a unit test applies every one of them.
         other => Err(format!(
+        "pools" => set(
+            &mut cfg.pools,
+            good.pools.clone(),
+            crate::pool::parse_pools(v),
+        ),
+        "pool-min-residency" => set(
+            &mut cfg.pool_min_residency,
+            good.pool_min_residency,
+            duration_in(v, Duration::ZERO, HOUR),
+        ),
             "key {other:?} is documented but not parsed (a bug)"
         )),
     }

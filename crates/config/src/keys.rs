@@ -239,6 +239,18 @@ pub const ANNOTATIONS: &[KeyDoc] = &[
     k(
         "zeroscale.dev/enabled",
         "false",
+    k(
+        "pools",
+        "none",
+        crate::pool::POOLS,
+        "Capacity pools: the autoscaler never asks a pool for more replicas (or more of the resource, counted by each pod template's requests) than this, and scales idle models of the pool to zero, least recently used first, to make room.",
+    ),
+    k(
+        "pool-min-residency",
+        "1m",
+        HOUR_OR_LESS,
+        "How long a model in a pool stays after it woke before it may be scaled to zero to make room for another (so two models cannot evict each other back and forth).",
+    ),
         BOOL,
         "Opt-in: the Deployment is managed only when this is true (any case, spaces around ignored); another value gets a Warning Event. Set false to scale it by hand.",
     ),
@@ -393,6 +405,12 @@ pub fn markdown_table(keys: &[KeyDoc]) -> String {
     let mut out =
         String::from("| Key | Default | Allowed | Meaning |\n| --- | --- | --- | --- |\n");
     for key in keys {
+    k(
+        "zeroscale.dev/pool",
+        "none",
+        crate::pool::POOL_NAME,
+        "Capacity pool the Deployment shares with others (see the ConfigMap's pools); a name not configured gets a Warning Event and no pool.",
+    ),
         out.push_str(&format!(
             "| `{}` | {} | {} | {} |\n",
             key.key,

@@ -44,6 +44,7 @@ mod keys;
 mod parse;
 mod rules;
 
+mod pool;
 pub use deployment::{DEFAULT_POD_METRIC_PATH, MAX_CONTAINER_CONCURRENCY, is_opted_in, opt_in};
 pub use event::note_digest;
 pub use global::MAX_REPLICAS;
@@ -55,6 +56,7 @@ pub use parse::{
 };
 pub use rules::MIN_PANIC_WINDOW;
 pub use zeroscale_scaling::{Aggregation, Metric, Params};
+pub use pool::{MILLI, PoolCapacity, format_milli, parse_quantity, replica_units};
 
 /// Name of the ConfigMap the add-on reads in its own namespace.
 pub const CONFIGMAP_NAME: &str = "zeroscale-config";
@@ -131,6 +133,11 @@ pub struct GlobalConfig {
     pub activator: ActivatorConfig,
 }
 
+    /// Capacity pools by name (`pools`).
+    pub pools: std::collections::BTreeMap<String, PoolCapacity>,
+    /// How long a model in a pool stays before it may be evicted for another
+    /// (`pool-min-residency`).
+    pub pool_min_residency: Duration,
 /// Where a Deployment's concurrency comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MetricSource {
@@ -172,6 +179,8 @@ pub struct DeploymentSettings {
     pub metric_source: MetricSource,
 }
 
+    /// The capacity pool it belongs to (`zeroscale.dev/pool`, a pool of the ConfigMap).
+    pub pool: Option<String>,
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,7 @@
 # The one test command (also what CI runs, via .ci/run). On a fresh machine with Rust and Go it
 # installs what is missing (iproute2/util-linux, runc, CNI plugins, iptables, buildah, musl-tools via
 # apt-get; rustfmt/clippy and the musl target via rustup), builds etcd, the Kubernetes binaries,
-# containerd, CoreDNS, Helm and promtool from source if they are not cached, builds the images, then runs:
+# containerd, CoreDNS, Helm, promtool and KServe's manager from source if they are not cached, builds the images, then runs:
 # cargo fmt --check, clippy -D warnings, the build, and every test (unit, component, end-to-end;
 # the e2e binaries re-exec themselves into a private network namespace).
 #
@@ -47,6 +47,11 @@ section "tools (Helm for the chart, promtool for the alerting rules)"
 ZEROSCALE_TOOLS_BIN=$(./scripts/build-tools.sh </dev/null | tail -n 1)
 export ZEROSCALE_TOOLS_BIN
 echo "using $ZEROSCALE_TOOLS_BIN"
+
+section "KServe (the controller manager and its CRDs, for the KServe e2e test)"
+ZEROSCALE_KSERVE_BIN=$(./scripts/build-kserve.sh </dev/null | tail -n 1)
+export ZEROSCALE_KSERVE_BIN
+echo "using $ZEROSCALE_KSERVE_BIN"
 
 section "images (zeroscale, sample-model, pause: the Dockerfile's stages, built by buildah)"
 ZEROSCALE_IMAGES=$(./scripts/build-images.sh </dev/null | tail -n 1)

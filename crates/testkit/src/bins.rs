@@ -9,6 +9,8 @@
 //!   `scripts/build-node.sh`; its images: `$ZEROSCALE_IMAGES`, else `<target>/images`
 //!   (`scripts/build-images.sh`).
 //! - Helm and promtool: `$ZEROSCALE_TOOLS_BIN`, else the cache dir of `scripts/build-tools.sh`.
+//! - KServe's controller manager: `$ZEROSCALE_KSERVE_BIN`, else the cache dir of
+//!   `scripts/build-kserve.sh`; its CRDs and ConfigMap sit beside that dir (`../crd`, `../config`).
 //! - Workspace binaries (`sample-model`, `activator`, `autoscaler`, ...): next to the running test
 //!   executable, i.e. `target/<profile>/` (the parent of `deps/` or `examples/`). Build them first
 //!   with `cargo build --workspace --bins`.
@@ -29,6 +31,9 @@ pub const COREDNS_VERSION: &str = "v1.15.0";
 pub const HELM_VERSION: &str = "v3.22.0";
 /// Prometheus version whose promtool `scripts/build-tools.sh` builds.
 pub const PROMETHEUS_VERSION: &str = "v0.316.0";
+
+/// KServe version whose manager `scripts/build-kserve.sh` builds.
+pub const KSERVE_VERSION: &str = "v0.20.0";
 
 fn env_dir(var: &str) -> Option<PathBuf> {
     std::env::var_os(var)
@@ -74,6 +79,29 @@ pub fn tools_bin_dir() -> PathBuf {
             ))
             .join("bin")
     })
+}
+
+/// Directory holding KServe's `manager`: `$ZEROSCALE_KSERVE_BIN`, else where
+/// `scripts/build-kserve.sh` caches it (not checked). Its parent holds `crd/` and `config/`.
+pub fn kserve_bin_dir() -> PathBuf {
+    env_dir("ZEROSCALE_KSERVE_BIN").unwrap_or_else(|| {
+        cache_dir()
+            .join(format!("kserve-{KSERVE_VERSION}"))
+            .join("bin")
+    })
+}
+
+/// KServe's manager binary, or an error saying how to get it.
+pub fn kserve_manager() -> Result<PathBuf, String> {
+    let p = kserve_bin_dir().join("manager");
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "no KServe manager at {}: run scripts/build-kserve.sh (builds it from the Go module proxy) or set ZEROSCALE_KSERVE_BIN",
+            p.display()
+        ))
+    }
 }
 
 /// A tool of `scripts/build-tools.sh` (`helm`, `promtool`), or an error saying how to get it.

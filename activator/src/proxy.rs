@@ -185,7 +185,9 @@ impl Proxy {
                     .get(header::HOST)
                     .and_then(|h| h.to_str().ok())
                     .or_else(|| req.uri().authority().map(|a| a.as_str()));
-                self.table.addressed(host, req.uri().path())
+                let isvc =
+                    route::isvc_headers(|name| req.headers().get(name).map(|v| v.as_bytes()));
+                self.table.addressed_with_isvc(isvc, host, req.uri().path())
             }
         };
         match addressed {

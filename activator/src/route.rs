@@ -3,8 +3,10 @@
 //! Order: Host header (see `table` for the forms), then KServe paths
 //! (`/v1/models/{m}`, `/v1/models/{m}:predict`, `/v1/models/{m}:explain`, `/v2/models/{m}`,
 //! `/v2/models/{m}/...`), then the `model` field of OpenAI-style JSON bodies on
-//! `/v1/chat/completions`, `/v1/completions` and `/v1/embeddings`. A Host that names no model
-//! falls through to the path, so clients may address the activator by its own name.
+//! `/v1/chat/completions`, `/v1/completions` and `/v1/embeddings`, also under KServe's
+//! `/openai` prefix. A Host that names no model falls through to the path, so clients may
+//! address the activator by its own name. KServe's `KServe-Isvc-Name` / `KServe-Isvc-Namespace`
+//! headers ([`isvc_headers`]) come before all of them.
 
 use bytes::Bytes;
 use serde::Deserialize;
@@ -41,10 +43,28 @@ pub fn classify_path(path: &str) -> PathRoute<'_> {
         }
         return PathRoute::None;
     }
-    match path {
+    // KServe's runtimes serve the OpenAI routes under `/openai` (`KSERVE_OPENAI_ROUTE_PREFIX`'s
+    // default), and so do clients that call them through KServe.
+    match path.strip_prefix(KSERVE_OPENAI_PREFIX).unwrap_or(path) {
         "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings" => PathRoute::Body,
         _ => PathRoute::None,
     }
+}
+
+/// The prefix of KServe's OpenAI routes (`/openai/v1/chat/completions`).
+pub const KSERVE_OPENAI_PREFIX: &str = "/openai";
+
+/// The InferenceService (name, namespace) named by KServe's `KServe-Isvc-Name` and
+/// `KServe-Isvc-Namespace` headers, both present and valid names; `header` looks one up by its
+/// lower-case name.
+pub fn isvc_headers<'a>(header: impl Fn(&str) -> Option<&'a [u8]>) -> Option<(&'a str, &'a str)> {
+    use zeroscale_config::kserve::{ISVC_NAME_HEADER, ISVC_NAMESPACE_HEADER};
+    let text = |name| {
+        header(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .filter(|v| valid_name(v))
+    };
+    Some((text(ISVC_NAME_HEADER)?, text(ISVC_NAMESPACE_HEADER)?))
 }
 
 /// Model names as Kubernetes allows them in annotations and names: no separators, no spaces.
@@ -126,6 +146,43 @@ mod tests {
         assert_eq!(classify_path("/v1/embeddings"), PathRoute::Body);
         assert_eq!(classify_path("/v1/models"), PathRoute::None);
         assert_eq!(classify_path("/"), PathRoute::None);
+        assert_eq!(
+            classify_path("/openai/v1/chat/completions"),
+            PathRoute::Body
+        );
+        assert_eq!(classify_path("/openai/v1/completions"), PathRoute::Body);
+        assert_eq!(classify_path("/openai/v1/embeddings"), PathRoute::Body);
+        assert_eq!(classify_path("/openai/v1/models"), PathRoute::None);
+        assert_eq!(classify_path("/openai"), PathRoute::None);
+        assert_eq!(classify_path("/openaiv1/completions"), PathRoute::None);
+    }
+
+    #[test]
+    fn isvc_headers_need_both_valid() {
+        let with = |pairs: &'static [(&'static str, &'static str)]| {
+            isvc_headers(move |n| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                    .map(|(_, v)| v.as_bytes())
+            })
+        };
+        assert_eq!(
+            with(&[
+                ("KServe-Isvc-Name", "iris"),
+                ("KServe-Isvc-Namespace", "models")
+            ]),
+            Some(("iris", "models"))
+        );
+        assert_eq!(with(&[("KServe-Isvc-Name", "iris")]), None);
+        assert_eq!(
+            with(&[
+                ("KServe-Isvc-Name", "a/b"),
+                ("KServe-Isvc-Namespace", "models")
+            ]),
+            None
+        );
+        assert_eq!(with(&[]), None);
     }
 
     #[test]

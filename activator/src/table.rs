@@ -37,7 +37,8 @@ pub struct ModelSpec {
     pub key: ModelKey,
     /// The routed model name (annotation `zeroscale.dev/model-name`, else the Deployment name).
     pub model_name: String,
-    /// Extra Host names routed to this model.
+    /// Extra Host names routed to this model; a name ending in `.*` matches any host whose
+    /// first label is the part before it (KServe's host names).
     pub hostnames: Vec<String>,
     /// The Deployment's creationTimestamp in Unix seconds; decides name conflicts.
     pub created: Option<i64>,
@@ -387,9 +388,42 @@ impl Table {
         }
         // `{model}.{namespace}.<any suffix>`: the first two labels.
         let mut dots = h.match_indices('.').map(|(i, _)| i);
-        let (_, second) = (dots.next()?, dots.next()?);
-        let v = self.hosts.get(&h[..second])?;
-        v.first().map(|c| c.model.clone())
+        let first = dots.next()?;
+        if let Some(second) = dots.next()
+            && let Some(v) = self.hosts.get(&h[..second])
+        {
+            return v.first().map(|c| c.model.clone());
+        }
+        self.by_first_label(&h[..first])
+    }
+
+    /// A host key `{label}.*` (KServe's `<isvc>-<namespace>.<domain>` for any domain, see
+    /// `zeroscale_config::kserve::host_keys`), looked up without allocating.
+    fn by_first_label(&self, label: &str) -> Option<Arc<Model>> {
+        let mut key = [0u8; 65];
+        let end = label.len() + 2;
+        // A DNS label is at most 63 bytes: a longer one names no model.
+        key.get_mut(..end)?[..label.len()].copy_from_slice(label.as_bytes());
+        key[label.len()..end].copy_from_slice(b".*");
+        let key = std::str::from_utf8(&key[..end]).ok()?;
+        self.hosts.get(key)?.first().map(|c| c.model.clone())
+    }
+
+    /// [`Table::addressed`] for a request that may carry KServe's `KServe-Isvc-Name` and
+    /// `KServe-Isvc-Namespace` headers (`isvc`: name, namespace; KServe's HTTPRoutes set them):
+    /// the InferenceService they name comes first, else Host and path as usual.
+    pub fn addressed_with_isvc(
+        &self,
+        isvc: Option<(&str, &str)>,
+        host: Option<&str>,
+        path: &str,
+    ) -> Addressed {
+        if let Some((name, namespace)) = isvc
+            && let Some(m) = self.by_host(&format!("{name}.{namespace}"))
+        {
+            return Addressed::Model(m);
+        }
+        self.addressed(host, path)
     }
 
     /// The model a request addresses: by Host first (a Host naming no model falls through),
@@ -470,6 +504,50 @@ mod tests {
         }
         assert_eq!(t.by_name("llama").unwrap().key().deployment, "llama-dep");
         assert!(t.by_name("llama-dep").is_none());
+    }
+
+    #[test]
+    fn kserve_host_names_and_headers() {
+        let t = table();
+        let mut s = spec("models", "iris-predictor", "iris", Some(1));
+        s.hostnames = zeroscale_config::kserve::host_keys("iris", "models");
+        assert!(t.upsert_model(s).is_empty());
+        t.upsert_model(spec("models", "other", "other", Some(2)));
+        for h in [
+            "iris-models.example.com",
+            "iris-predictor-models.example.com:80",
+            "IRIS-MODELS.kserve.internal.",
+            "iris-predictor.models.svc.cluster.local",
+            "iris.models",
+        ] {
+            assert_eq!(t.by_host(h).map(|m| m.name()), Some("iris".into()), "{h}");
+        }
+        for h in [
+            "iris-models",
+            "x.iris-models.example.com",
+            "iris-other.example.com",
+            "other-models.example.com",
+            &format!("{}.example.com", "a".repeat(70)),
+        ] {
+            assert!(t.by_host(h).is_none(), "{h}");
+        }
+        let name = |a: Addressed| match a {
+            Addressed::Model(m) => m.name(),
+            other => format!("{other:?}"),
+        };
+        // The headers come before Host and path; headers naming nothing fall through.
+        assert_eq!(
+            name(t.addressed_with_isvc(Some(("iris", "models")), Some("other.models"), "/")),
+            "iris"
+        );
+        assert_eq!(
+            name(t.addressed_with_isvc(Some(("iris", "elsewhere")), Some("other.models"), "/")),
+            "other"
+        );
+        assert_eq!(
+            name(t.addressed_with_isvc(None, None, "/v1/models/iris:predict")),
+            "iris"
+        );
     }
 
     #[test]

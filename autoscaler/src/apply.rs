@@ -178,6 +178,16 @@ impl Applier {
                 )
                 .await;
             }
+            Notice::KServeAutoscaler { key, note } => {
+                tracing::warn!(deployment = %key, "{note}");
+                self.event(
+                    &deployment_ref(key),
+                    EventType::Warning,
+                    "KServeAutoscalerClass",
+                    note.clone(),
+                )
+                .await;
+            }
             Notice::HpaConflict { key, hpa } => {
                 tracing::warn!(deployment = %key, hpa, "HPA targets this Deployment; zeroscale skips it");
                 let note = format!(

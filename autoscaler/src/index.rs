@@ -60,6 +60,14 @@ pub enum Notice {
         /// The HPA's name.
         hpa: String,
     },
+    /// This opted-in Deployment's `serving.kserve.io/autoscalerClass` lets KServe (or KEDA, or
+    /// KServe's HPA) scale it as well.
+    KServeAutoscaler {
+        /// The Deployment.
+        key: DeploymentKey,
+        /// What fights and what to do ([`zeroscale_config::kserve::autoscaler_class_conflict`]).
+        note: String,
+    },
 }
 
 /// Where to scrape a pod-sourced Deployment: the ready endpoints of `service`'s
@@ -316,6 +324,14 @@ impl Index {
                 notices.push(Notice::BadAnnotations {
                     key: key.clone(),
                     errors,
+                });
+            }
+            if let Some(note) =
+                zeroscale_config::kserve::autoscaler_class_conflict(&entry.view.annotations)
+            {
+                notices.push(Notice::KServeAutoscaler {
+                    key: key.clone(),
+                    note,
                 });
             }
             match &mut entry.managed {
@@ -982,6 +998,36 @@ mod tests {
             busy(140.0, 140, 0),
         );
         assert_eq!(up.last().map(|i| i.to), Some(20), "{up:?}");
+    }
+
+    #[test]
+    fn a_kserve_autoscaler_class_that_fights_is_reported_once_per_change() {
+        let t0 = Instant::now();
+        let mut index = synced(t0);
+        let class = |c| ("serving.kserve.io/autoscalerClass", c);
+        let notices = index.apply_deployment(dep(&[ON, class("none")], 1, 1), t0);
+        assert!(
+            matches!(notices.as_slice(), [Notice::KServeAutoscaler { key: k, note }]
+                if *k == key() && note.contains("\"none\"")),
+            "{notices:?}"
+        );
+        // A replica change is no annotation change: not told again.
+        assert!(
+            index
+                .apply_deployment(dep(&[ON, class("none")], 2, 1), t0)
+                .is_empty()
+        );
+        // External hands the replicas over; not opted in is none of zeroscale's business.
+        assert!(
+            index
+                .apply_deployment(dep(&[ON, class("external")], 2, 1), t0)
+                .is_empty()
+        );
+        assert!(
+            index
+                .apply_deployment(dep(&[class("keda")], 2, 1), t0)
+                .is_empty()
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
-use zeroscale_config::{ConfigError, DeploymentSettings, GlobalConfig, is_opted_in};
+use zeroscale_config::{ConfigError, DeploymentSettings, GlobalConfig, is_opted_in, kserve};
 use zeroscale_kube::endpoints::{self, Select};
 
 use super::store::{Objects, ns_name};
@@ -93,12 +93,22 @@ impl ServicesAndSlices<'_> {
             }
             None => (Vec::new(), None),
         };
+        let labels = d.metadata.labels.as_ref();
+        let mut hostnames = settings.hostnames.clone();
+        if let Some(isvc) = kserve::inference_service(labels) {
+            for h in kserve::host_keys(isvc, &key.namespace) {
+                if !hostnames.contains(&h) {
+                    hostnames.push(h);
+                }
+            }
+        }
         let spec = ModelSpec {
-            model_name: settings
-                .model_name
-                .clone()
-                .unwrap_or_else(|| key.deployment.clone()),
-            hostnames: settings.hostnames.clone(),
+            model_name: kserve::routed_model_name(
+                settings.model_name.as_deref(),
+                &key.deployment,
+                labels,
+            ),
+            hostnames,
             created: d
                 .metadata
                 .creation_timestamp

@@ -176,6 +176,66 @@ fn opted_in_deployments_get_their_selecting_services_endpoints() {
 }
 
 #[test]
+fn a_kserve_predictor_is_routed_by_its_inference_service() {
+    // As KServe v0.20 makes them in Standard mode: Deployment and Service `<isvc>-predictor`,
+    // the Service on port 80 named like it, selecting `app: isvc.<isvc>-predictor`.
+    let kserve_labels = [
+        ("serving.kserve.io/inferenceservice", "iris"),
+        ("component", "predictor"),
+        ("app", "isvc.iris-predictor"),
+    ];
+    let mut d = deployment(
+        "models",
+        "iris-predictor",
+        &[("zeroscale.dev/enabled", "true")],
+        &kserve_labels,
+    );
+    Arc::make_mut(&mut d).metadata.labels = Some(map(&kserve_labels));
+    let mut transformer = deployment(
+        "models",
+        "iris-transformer",
+        &[("zeroscale.dev/enabled", "true")],
+        &[("app", "isvc.iris-transformer")],
+    );
+    Arc::make_mut(&mut transformer).metadata.labels = Some(map(&[
+        ("serving.kserve.io/inferenceservice", "iris"),
+        ("component", "transformer"),
+    ]));
+    let svcs = vec![service(
+        "models",
+        "iris-predictor",
+        &[("app", "isvc.iris-predictor")],
+        &[("iris-predictor", 80)],
+    )];
+    let slices = vec![slice(
+        "models",
+        "iris-predictor",
+        &[("iris-predictor", 8080)],
+        &[("10.0.0.1", Some(true), None)],
+    )];
+    let d = desired(&[d, transformer], &svcs, &slices, &GlobalConfig::default());
+    assert!(d.errors.is_empty(), "{:?}", d.errors);
+    let m = d
+        .models
+        .iter()
+        .find(|m| m.spec.key.deployment == "iris-predictor")
+        .unwrap();
+    assert_eq!(m.spec.model_name, "iris");
+    assert_eq!(
+        m.spec.hostnames,
+        zeroscale_config::kserve::host_keys("iris", "models")
+    );
+    assert_eq!(m.endpoints[0].addr.to_string(), "10.0.0.1:8080");
+    let t = d
+        .models
+        .iter()
+        .find(|m| m.spec.key.deployment == "iris-transformer")
+        .unwrap();
+    assert_eq!(t.spec.model_name, "iris-transformer");
+    assert!(t.spec.hostnames.is_empty());
+}
+
+#[test]
 fn annotations_pick_name_service_and_port() {
     let deps = vec![deployment(
         "ns",

@@ -7,6 +7,7 @@ use crate::error::ProxyError;
 use crate::forward::{RequestBody, Version, Wire};
 use crate::head;
 use crate::peer::Peer;
+use crate::route;
 use crate::table::{Addressed, Model, Table};
 
 use super::BODY_BYTES;
@@ -95,7 +96,13 @@ pub fn plan(inb: &[u8], table: &Table, peer: &Peer, out: &mut Vec<u8>) -> Parsed
     }
     // The relay bounds a head as it reads it (431 once `max_header_bytes` are read).
     let planned = head::parse(inb, usize::MAX, |h| {
-        let model = match table.addressed(h.host(), h.path()) {
+        let isvc = route::isvc_headers(|name| {
+            h.headers
+                .iter()
+                .find(|x| x.name.eq_ignore_ascii_case(name))
+                .map(|x| x.value)
+        });
+        let model = match table.addressed_with_isvc(isvc, h.host(), h.path()) {
             Addressed::Model(m) => Some(m),
             // Unknown models and routing by body: hyper's path answers them.
             Addressed::Unknown(_) | Addressed::Body | Addressed::Nothing => None,

@@ -41,6 +41,7 @@ mod event;
 mod global;
 mod key;
 mod keys;
+pub mod kserve;
 mod parse;
 mod rules;
 

@@ -6,7 +6,8 @@
 //! - KServe v1: `POST /v1/models/{m}:predict`, `POST /v1/models/{m}:explain`, `GET /v1/models/{m}`
 //! - KServe v2: `POST /v2/models/{m}/infer` (also `/v2/models/{m}/versions/{v}/infer`),
 //!   `GET /v2/health/ready`, `GET /v2/health/live`
-//! - OpenAI style: `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`; with
+//! - OpenAI style: `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings` (also under
+//!   KServe's `/openai` prefix: `/openai/v1/chat/completions`, ...); with
 //!   `"stream": true` the answer is `text/event-stream`: `stream_chunks` `data: {...}` events, one
 //!   per `chunk_interval`, then `data: [DONE]`.
 //! - `GET /healthz`: 503 until `load_delay` has passed since start, then 200.
@@ -222,11 +223,18 @@ async fn route(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
             let m = (*m).to_owned();
             infer(state, req, Api::V2Infer, Some(m)).await
         }
-        (&Method::POST, ["v1", "chat", "completions"]) => {
+        // Also under `/openai`, where KServe's runtimes serve them.
+        (&Method::POST, ["v1", "chat", "completions"])
+        | (&Method::POST, ["openai", "v1", "chat", "completions"]) => {
             infer(state, req, Api::ChatCompletions, None).await
         }
-        (&Method::POST, ["v1", "completions"]) => infer(state, req, Api::Completions, None).await,
-        (&Method::POST, ["v1", "embeddings"]) => infer(state, req, Api::Embeddings, None).await,
+        (&Method::POST, ["v1", "completions"])
+        | (&Method::POST, ["openai", "v1", "completions"]) => {
+            infer(state, req, Api::Completions, None).await
+        }
+        (&Method::POST, ["v1", "embeddings"]) | (&Method::POST, ["openai", "v1", "embeddings"]) => {
+            infer(state, req, Api::Embeddings, None).await
+        }
         _ => not_found(&path),
     }
 }

@@ -158,6 +158,25 @@ async fn openai_routes_answer_and_check_the_model_field() {
         "another model's request is refused"
     );
     assert_eq!(r.json()["model"], "other");
+    // KServe's prefix.
+    for (path, object) in [
+        ("/openai/v1/chat/completions", "chat.completion"),
+        ("/openai/v1/completions", "text_completion"),
+    ] {
+        let r = post_json(s.addr, path, &json!({"model": "m1", "prompt": "x"}))
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+        assert_eq!(r.json()["object"], object, "{path}");
+    }
+    let r = post_json(
+        s.addr,
+        "/openai/v1/embeddings",
+        &json!({"model": "m1", "input": "x"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.json()["data"][0]["object"], "embedding");
 }
 
 #[tokio::test]

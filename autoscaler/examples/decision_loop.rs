@@ -95,6 +95,7 @@ fn main() {
                         annotations,
                         spec_replicas: 1,
                         ready_replicas: 1,
+                        resources: Default::default(),
                     },
                     t0,
                 );
@@ -174,6 +175,7 @@ fn main() {
                         annotations,
                         spec_replicas: intent.to,
                         ready_replicas: intent.to,
+                        resources: Default::default(),
                     },
                     now,
                 );

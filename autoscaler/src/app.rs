@@ -268,6 +268,13 @@ impl App {
             metrics: metrics.clone(),
             applier: applier.clone(),
             timeout: settings.api_timeout,
+            pooled_wake: {
+                let tx = tx.clone();
+                // A full channel drops the hint: the next scrape shows the queue anyway.
+                Arc::new(move |key, queued| {
+                    let _ = tx.try_send(Input::Wake(key, queued));
+                })
+            },
         };
         let mut servers = vec![tokio::spawn(server::serve_api(
             api_listener,

@@ -67,6 +67,21 @@ pub fn configmap_ref(namespace: &str) -> ObjectReference {
 /// The person-readable message of a scale change, e.g. "Scaled 0 -> 1: 3 requests waiting in
 /// the activator".
 pub fn scale_message(intent: &ScaleIntent) -> String {
+    use crate::pools::{PoolNote, evicted_message};
+    match &intent.pool {
+        Some(PoolNote::Evicted {
+            pool,
+            for_model,
+            idle_for,
+        }) => return evicted_message(intent.from, pool, for_model, *idle_for),
+        Some(PoolNote::Limited { pool, wanted }) => {
+            return format!(
+                "Scaled {} -> {} of {wanted} wanted, all pool {pool} has room for: {}",
+                intent.from, intent.to, intent.decision
+            );
+        }
+        None => {}
+    }
     if intent.overrides_manual {
         format!(
             "Scaled {} -> {}, overriding a change made outside zeroscale (replicas set to {}): {}. To scale this Deployment by hand, set zeroscale.dev/enabled: \"false\" first",
@@ -119,18 +134,46 @@ impl Applier {
         match result {
             Ok(Ok(_)) => {
                 self.metrics.patch_result("success");
-                self.metrics
-                    .decision(&intent.key, intent.decision.reason.as_str());
+                let evicted = match &intent.pool {
+                    Some(crate::pools::PoolNote::Evicted {
+                        pool,
+                        for_model,
+                        idle_for,
+                    }) => Some((pool, for_model, *idle_for)),
+                    _ => None,
+                };
+                let reason = match evicted {
+                    Some(_) => "pool_eviction",
+                    None => intent.decision.reason.as_str(),
+                };
+                self.metrics.decision(&intent.key, reason);
                 let message = scale_message(intent);
                 tracing::info!(deployment = %intent.key, from = intent.from, to = intent.to,
-                    reason = intent.decision.reason.as_str(), "{message}");
+                    reason, "{message}");
+                let event_reason = if evicted.is_some() {
+                    "PoolEviction"
+                } else {
+                    "Scaled"
+                };
                 self.event(
                     &deployment_ref(&intent.key),
                     EventType::Normal,
-                    "Scaled",
+                    event_reason,
                     message,
                 )
                 .await;
+                if let Some((pool, for_model, idle_for)) = evicted {
+                    // Both Deployments tell the story: the one evicted and the one it made room for.
+                    self.metrics.pools.evicted(pool);
+                    let note = crate::pools::room_made_message(&intent.key, pool, idle_for);
+                    self.event(
+                        &deployment_ref(for_model),
+                        EventType::Normal,
+                        "PoolEviction",
+                        note,
+                    )
+                    .await;
+                }
                 Ok(())
             }
             Ok(Err(e)) => {

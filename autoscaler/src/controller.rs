@@ -16,6 +16,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
+use kube::runtime::events::EventType;
 use kube::runtime::watcher::{self, Event};
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -46,6 +47,8 @@ pub(crate) enum Input {
     Hpa(Option<String>, Box<Event<HorizontalPodAutoscaler>>),
     Scraped(Scraped),
     Applied(DeploymentKey, u32, bool),
+    /// A wake signal for a pooled Deployment (the wake API leaves those to the tick).
+    Wake(DeploymentKey, u64),
 }
 
 impl From<Scraped> for Input {
@@ -114,6 +117,11 @@ fn view(d: &Deployment) -> Option<DeploymentView> {
             .and_then(|s| s.ready_replicas)
             .unwrap_or(0)
             .max(0) as u32,
+        resources: d
+            .spec
+            .as_ref()
+            .map(|s| crate::pools::PodResources::from_template(&s.template))
+            .unwrap_or_default(),
     })
 }
 
@@ -266,6 +274,30 @@ impl ControlLoop {
                 self.index.record_pod_metric(&key, at, value)
             }
             Input::Applied(key, to, ok) => self.index.scale_done(&key, to, ok),
+            Input::Wake(key, queued) => {
+                self.index.wake_requested(&key, queued);
+                // The leader admits it at once rather than at the next tick.
+                if self.health.may_write_at(crate::now()) {
+                    self.tick();
+                }
+            }
+        }
+    }
+
+    /// A wake that has to wait for room in its pool is told once, on its Deployment.
+    fn pool_waits(&self, reports: &[crate::pools::PoolReport]) {
+        for report in reports {
+            for key in &report.newly_waiting {
+                let note = crate::pools::waiting_message(report);
+                tracing::info!(deployment = %key, pool = report.pool, "{note}");
+                let applier = self.applier.clone();
+                let regarding = crate::apply::deployment_ref(key);
+                tokio::spawn(async move {
+                    applier
+                        .event(&regarding, EventType::Normal, "PoolWait", note)
+                        .await
+                });
+            }
         }
     }
 
@@ -302,7 +334,11 @@ impl ControlLoop {
         for report in &out.reports {
             self.metrics.observe_report(report);
         }
+        self.metrics.pools.observe(&out.pools);
         let leading = self.health.may_write_at(now());
+        if leading {
+            self.pool_waits(&out.pools);
+        }
         for intent in out.intents {
             if !leading {
                 // A standby decides (to keep its state warm) but never writes.

@@ -25,6 +25,8 @@ pub struct DeploymentView {
     pub spec_replicas: u32,
     /// `status.readyReplicas`.
     pub ready_replicas: u32,
+    /// The pod template's requests and limits (what a replica counts in a resource pool).
+    pub resources: crate::pools::PodResources,
 }
 
 /// A watch the index depends on, for re-list bookkeeping. `None` scopes are all namespaces.
@@ -100,6 +102,8 @@ pub struct ScaleIntent {
     /// `spec.replicas` had been set to `from` by someone else (`kubectl scale`, a CI job), and
     /// this change overrides it.
     pub overrides_manual: bool,
+    /// Set when a capacity pool changed the decision (an eviction, a smaller grant).
+    pub pool: Option<crate::pools::PoolNote>,
 }
 
 /// The state of one managed Deployment after a tick, for metrics.
@@ -124,6 +128,8 @@ pub struct TickOutput {
     pub reports: Vec<Report>,
     /// True when no decision was made because a watched source is being re-listed.
     pub skipped_unsynced: bool,
+    /// One report per configured capacity pool.
+    pub pools: Vec<crate::pools::PoolReport>,
 }
 
 struct Managed {
@@ -186,6 +192,8 @@ pub struct Index {
     unsynced: Vec<Source>,
     /// Deployments listed during a re-list (per watch scope), to drop the ones that vanished.
     relisted: HashMap<Option<String>, std::collections::HashSet<DeploymentKey>>,
+    /// What capacity pools remember across ticks.
+    pools: crate::pools::Book,
 }
 
 impl Default for Index {
@@ -210,6 +218,7 @@ impl Index {
             hpas: HashMap::new(),
             unsynced,
             relisted: HashMap::new(),
+            pools: crate::pools::Book::default(),
         }
     }
 
@@ -548,6 +557,7 @@ impl Index {
         let stale_after = (self.global.scrape_interval * 3).max(Duration::from_secs(3));
         let hpa_targets: std::collections::HashSet<&DeploymentKey> = self.hpas.values().collect();
         let mut out = TickOutput::default();
+        let mut pooled = Vec::new();
         for (key, entry) in &mut self.deployments {
             let Some(m) = &mut entry.managed else {
                 continue;
@@ -576,7 +586,31 @@ impl Index {
                 _ => now,
             };
             let decision = m.decider.decide(decide_at, &obs);
-            if decision.desired == entry.view.spec_replicas {
+            let pool = m.settings.pool.as_ref();
+            if let Some((pool, capacity)) = pool.and_then(|p| Some((p, self.global.pools.get(p)?)))
+            {
+                // Admitted with the rest of its pool below. An unreadable request counts as
+                // more than the whole pool, so it is never admitted on a guess.
+                pooled.push(crate::pools::Candidate {
+                    key: key.clone(),
+                    pool: pool.clone(),
+                    spec: entry.view.spec_replicas,
+                    busy: data != DataState::Fresh
+                        || m.in_flight + m.queued > 0
+                        || decision.inputs.panic_average > 0.0,
+                    pinned: m.settings.scaling.min_scale > 0,
+                    pending: m.pending,
+                    per_replica: entry
+                        .view
+                        .resources
+                        .units(capacity)
+                        .unwrap_or(capacity.capacity_milli.saturating_add(1)),
+                    decision: decision.clone(),
+                });
+                if decision.desired == entry.view.spec_replicas {
+                    m.manual = false;
+                }
+            } else if decision.desired == entry.view.spec_replicas {
                 m.manual = false;
             } else if !m.pending {
                 m.pending = true;
@@ -586,6 +620,7 @@ impl Index {
                     to: decision.desired,
                     decision: decision.clone(),
                     overrides_manual: std::mem::take(&mut m.manual),
+                    pool: None,
                 });
             }
             out.reports.push(Report {
@@ -595,7 +630,60 @@ impl Index {
                 decision,
             });
         }
+        self.admit_pooled(pooled, now, &mut out);
         out
+    }
+
+    /// Capacity pools: this tick's decisions of pooled Deployments become the intents that
+    /// fit ([`crate::pools`]); the leader is their only writer.
+    fn admit_pooled(
+        &mut self,
+        pooled: Vec<crate::pools::Candidate>,
+        now: Instant,
+        out: &mut TickOutput,
+    ) {
+        if pooled.is_empty() && self.global.pools.is_empty() {
+            return;
+        }
+        let keys: std::collections::HashSet<DeploymentKey> =
+            pooled.iter().map(|c| c.key.clone()).collect();
+        self.pools.retain(|k| keys.contains(k));
+        let decisions: HashMap<DeploymentKey, Decision> = pooled
+            .iter()
+            .map(|c| (c.key.clone(), c.decision.clone()))
+            .collect();
+        let (intents, reports) = self.pools.admit(pooled, &self.global, now);
+        out.pools = reports;
+        for i in intents {
+            let Some(m) = self
+                .deployments
+                .get_mut(&i.key)
+                .and_then(|e| e.managed.as_mut())
+            else {
+                continue;
+            };
+            m.pending = true;
+            out.intents.push(ScaleIntent {
+                decision: decisions[&i.key].clone(),
+                overrides_manual: std::mem::take(&mut m.manual),
+                key: i.key,
+                from: i.from,
+                to: i.to,
+                pool: i.note,
+            });
+        }
+    }
+
+    /// A wake signal for a pooled Deployment reached this replica: the requests it reports
+    /// waiting count as queued until the next scrape says more (the wake API does not patch
+    /// pooled Deployments; the tick admits them).
+    pub fn wake_requested(&mut self, key: &DeploymentKey, queued: u64) {
+        if let Some(e) = self.deployments.get_mut(key)
+            && e.view.spec_replicas == 0
+            && let Some(m) = &mut e.managed
+        {
+            m.queued = m.queued.max(queued.max(1));
+        }
     }
 }
 
@@ -621,6 +709,7 @@ mod tests {
                 .collect(),
             spec_replicas: spec,
             ready_replicas: ready,
+            resources: Default::default(),
         }
     }
 

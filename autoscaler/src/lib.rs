@@ -6,6 +6,8 @@
 //! - [`index`]: the pure domain core, fed by events, returning scale intents on each tick;
 //! - [`scrape`]: activator (and pod) metrics, parsed and turned into samples; [`scrapers`]:
 //!   the two loops that scrape the endpoints the EndpointSlices list, every interval;
+//! - [`pools`]: capacity pools: pooled Deployments' decisions admitted by
+//!   [`zeroscale_pool`] (the leader is their only writer);
 //! - [`apply`]: the small controller that patches scales (leader only) and records Events;
 //! - [`wake`]: `POST /v1/wake`, the fast 0 -> N path any replica serves;
 //! - [`beat`]: a client wrapper that turns a watch's responses and bookmarks into signs of
@@ -28,6 +30,7 @@ pub mod health;
 pub mod index;
 pub mod lease;
 pub mod metrics;
+pub mod pools;
 pub mod scrape;
 pub mod scrapers;
 pub mod server;

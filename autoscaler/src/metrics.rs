@@ -98,6 +98,8 @@ pub struct Metrics {
     pub ticks_skipped_unsynced: Counter,
     /// Managed (opted-in) Deployments.
     pub managed_deployments: Gauge,
+    /// Capacity pools: capacity, used, waiting wakes, evictions.
+    pub pools: crate::pools::PoolMetrics,
 }
 
 impl Default for Metrics {
@@ -119,6 +121,7 @@ impl Default for Metrics {
             leader_lost: Default::default(),
             ticks_skipped_unsynced: Default::default(),
             managed_deployments: Default::default(),
+            pools: Default::default(),
         }
     }
 }
@@ -139,7 +142,7 @@ impl Metrics {
                 result: result.to_owned(),
             }));
         }
-        for result in ["scaled", "already_scaled"] {
+        for result in ["scaled", "already_scaled", "pooled"] {
             drop(self.wakes.get_or_create(&ResultLabels {
                 result: result.to_owned(),
             }));
@@ -221,6 +224,7 @@ impl Metrics {
             "Opted-in Deployments",
             self.managed_deployments.clone(),
         );
+        self.pools.register(r);
     }
 
     /// Records one tick's per-Deployment state.

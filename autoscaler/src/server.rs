@@ -125,6 +125,8 @@ pub struct WakeState {
     pub applier: Applier,
     /// Timeout of the whole wake against the API server.
     pub timeout: Duration,
+    /// Hands a pooled Deployment's wake (namespace/name, requests waiting) to the control loop.
+    pub pooled_wake: Arc<dyn Fn(crate::DeploymentKey, u64) + Send + Sync>,
 }
 
 /// Handles one wake (route, method and body size already checked).
@@ -137,11 +139,18 @@ pub async fn api(state: &WakeState, req: Request<Bytes>) -> Response<Full<Bytes>
         Ok(answer) => {
             state.metrics.wake_result(if answer.scaled {
                 "scaled"
+            } else if answer.pool.is_some() {
+                "pooled"
             } else {
                 "already_scaled"
             });
+            let status = if answer.pool.is_some() {
+                StatusCode::ACCEPTED
+            } else {
+                StatusCode::OK
+            };
             respond(
-                StatusCode::OK,
+                status,
                 "application/json",
                 serde_json::to_string(&answer).unwrap_or_default(),
             )
@@ -176,6 +185,9 @@ async fn wake_one(
     })
     .instrument(span)
     .await?;
+    if answer.pool.is_some() {
+        (state.pooled_wake)(plan.key.clone(), req.queued);
+    }
     if answer.scaled {
         let message = format!(
             "Scaled 0 -> {}: woken by the activator ({} request{} waiting)",

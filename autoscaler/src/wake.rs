@@ -4,6 +4,11 @@
 //! one PATCH of the scale subresource carries the `resourceVersion` seen in the store as a
 //! precondition. On a conflict the scale is re-read: if someone else already scaled it up the
 //! answer is `scaled: false`; a wake never scales down.
+//!
+//! A Deployment in a capacity pool is never patched here: admission to a pool is a rule over
+//! several Deployments that only one writer can keep (see [`crate::pools`]). Its wake is
+//! answered `202` with the pool's name and handed to the control loop, which admits it on the
+//! leader.
 
 use std::time::{Duration, Instant};
 
@@ -28,12 +33,16 @@ pub struct WakeRequest {
 }
 
 /// The successful answer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WakeAnswer {
     /// Replicas after the wake.
     pub replicas: u32,
     /// Whether this wake changed the count.
     pub scaled: bool,
+    /// The capacity pool that admits it (the leader's control loop), for a pooled Deployment
+    /// at zero; answered `202`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 /// Why a wake was refused; each maps to one HTTP status in [`WakeError::status`].
@@ -102,6 +111,8 @@ pub struct WakePlan {
     pub to: u32,
     /// The cached resourceVersion, the precondition of the patch.
     pub resource_version: Option<String>,
+    /// Its capacity pool (configured), whose admission is the leader's.
+    pub pool: Option<String>,
 }
 
 /// Plans a wake from the cached Deployment (None: not in the cache).
@@ -118,7 +129,7 @@ pub fn plan(
     }
     // A bad annotation was already reported by the index; here its global fallback is fine.
     let (settings, _) = DeploymentSettings::resolve(global, &annotations);
-    let p = settings.scaling;
+    let p = &settings.scaling;
     let mut to = p.activation_scale.max(1).max(p.min_scale);
     if p.max_scale > 0 {
         to = to.min(p.max_scale).max(1);
@@ -134,6 +145,7 @@ pub fn plan(
         current,
         to,
         resource_version: dep.metadata.resource_version.clone(),
+        pool: settings.pool,
     })
 }
 
@@ -154,10 +166,11 @@ pub async fn execute(
     timeout: Duration,
     on_patch: impl FnOnce(),
 ) -> Result<WakeAnswer, WakeError> {
-    if plan.current > 0 {
+    if plan.current > 0 || plan.pool.is_some() {
         return Ok(WakeAnswer {
             replicas: plan.current,
             scaled: false,
+            pool: plan.pool.clone().filter(|_| plan.current == 0),
         });
     }
     let work = async {
@@ -187,6 +200,7 @@ pub async fn execute(
                     return Ok(WakeAnswer {
                         replicas: replicas.max(0) as u32,
                         scaled: true,
+                        pool: None,
                     });
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 => {
@@ -199,6 +213,7 @@ pub async fn execute(
                         return Ok(WakeAnswer {
                             replicas,
                             scaled: false,
+                            pool: None,
                         });
                     }
                     resource_version = scale.metadata.resource_version;
@@ -320,7 +335,8 @@ mod tests {
                 key: DeploymentKey::new("models", "llama"),
                 current: 0,
                 to: 1,
-                resource_version: Some("42".into())
+                resource_version: Some("42".into()),
+                pool: None,
             }
         );
         let d = deployment(
@@ -365,9 +381,45 @@ mod tests {
             answer,
             WakeAnswer {
                 replicas: 2,
-                scaled: false
+                scaled: false,
+                pool: None,
             }
         );
+    }
+
+    #[tokio::test]
+    async fn a_pooled_deployment_is_never_patched_here() {
+        let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let api: Api<Deployment> = Api::namespaced(client, "models");
+        let data = BTreeMap::from([("pools".to_owned(), "a100=2".to_owned())]);
+        let (global, errors) = GlobalConfig::from_configmap(&data, &GlobalConfig::default());
+        assert!(errors.is_empty());
+        let d = deployment(
+            &[
+                ("zeroscale.dev/enabled", "true"),
+                ("zeroscale.dev/pool", "a100"),
+            ],
+            0,
+        );
+        let p = plan(&req(), Some(&d), &global).unwrap();
+        assert_eq!(p.pool.as_deref(), Some("a100"));
+        let answer = execute(&api, &p, Duration::from_secs(1), || {
+            panic!("must not patch a pooled Deployment")
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            answer,
+            WakeAnswer {
+                replicas: 0,
+                scaled: false,
+                pool: Some("a100".into()),
+            }
+        );
+        // Without the pool configured it is an ordinary wake.
+        let p = plan(&req(), Some(&d), &GlobalConfig::default()).unwrap();
+        assert_eq!(p.pool, None);
     }
 
     #[tokio::test]

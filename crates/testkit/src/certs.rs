@@ -78,3 +78,23 @@ pub fn write_all(dir: &Path) -> Result<(), CertError> {
     write("sa.pub", sa_key.public_key_pem())?;
     Ok(())
 }
+
+/// Writes a self-signed serving certificate for `names` into `dir` as `tls.crt` and `tls.key`,
+/// the layout controller-runtime's webhook server reads (KServe's manager needs one to start;
+/// nothing calls it, as no webhook configuration is installed).
+pub fn write_self_signed(dir: &Path, names: &[&str]) -> Result<(), CertError> {
+    let key = KeyPair::generate()?;
+    let mut params =
+        CertificateParams::new(names.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())?;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params.self_signed(&key)?;
+    std::fs::create_dir_all(dir).map_err(|source| CertError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    for (name, contents) in [("tls.crt", cert.pem()), ("tls.key", key.serialize_pem())] {
+        let path = dir.join(name);
+        std::fs::write(&path, contents).map_err(|source| CertError::Write { path, source })?;
+    }
+    Ok(())
+}

@@ -78,6 +78,18 @@ pub async fn request(
     body: Option<&Value>,
     timeout: Duration,
 ) -> Result<HttpResponse, HttpError> {
+    request_with_headers(addr, method, path, &[], body, timeout).await
+}
+
+/// [`request`] with extra header lines; a `Host` among them replaces the default (`addr`).
+pub async fn request_with_headers(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&Value>,
+    timeout: Duration,
+) -> Result<HttpResponse, HttpError> {
     let fut = async {
         let stream = TcpStream::connect(addr)
             .await
@@ -86,10 +98,13 @@ pub async fn request(
             .await
             .map_err(|source| HttpError::Http { addr, source })?;
         let conn = tokio::spawn(conn);
-        let mut builder = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(http::header::HOST, addr.to_string());
+        let mut builder = Request::builder().method(method).uri(path);
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            builder = builder.header(http::header::HOST, addr.to_string());
+        }
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
         let bytes = match body {
             Some(v) => {
                 builder = builder.header(http::header::CONTENT_TYPE, "application/json");

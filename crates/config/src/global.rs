@@ -6,6 +6,8 @@ use std::time::Duration;
 use crate::keys::{self, CONFIGMAP_KEYS};
 use crate::parse::{self, bytes_in, duration_in, int, number, number_above, one_of, parse_bool};
 use crate::rules::{Scope, check_params};
+use zeroscale_scaling::Sizing;
+
 use crate::{ActivatorConfig, Aggregation, ConfigError, GlobalConfig, Metric, Params};
 
 /// Largest replica count accepted for any scale setting.
@@ -19,6 +21,7 @@ const AGGREGATIONS: &[(&str, Aggregation)] = &[
     ("linear", Aggregation::Linear),
     ("weighted-exponential", Aggregation::WeightedExponential),
 ];
+const SIZINGS: &[(&str, Sizing)] = &[("demand", Sizing::Demand), ("knative", Sizing::Knative)];
 pub(crate) const fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
@@ -44,9 +47,9 @@ impl Default for GlobalConfig {
             scrape_interval: secs(1),
             scrape_timeout: millis(800),
             activator: ActivatorConfig::default(),
-        }
             pools: BTreeMap::new(),
             pool_min_residency: secs(60),
+        }
     }
 }
 
@@ -163,6 +166,7 @@ fn apply(cfg: &mut GlobalConfig, good: &GlobalConfig, key: &str, v: &str) -> Res
             int(v, 1, MAX_REPLICAS),
         ),
         "aggregation" => set(&mut s.aggregation, g.aggregation, one_of(v, AGGREGATIONS)),
+        "sizing" => set(&mut s.sizing, g.sizing, one_of(v, SIZINGS)),
         "tick-interval" => set(
             &mut cfg.tick_interval,
             good.tick_interval,
@@ -214,8 +218,6 @@ fn apply(cfg: &mut GlobalConfig, good: &GlobalConfig, key: &str, v: &str) -> Res
             ga.wake_resend_interval,
             duration_in(v, millis(100), secs(600)),
         ),
-        // Only keys of CONFIGMAP_KEYS reach here; a unit test applies every one of them.
-        other => Err(format!(
         "pools" => set(
             &mut cfg.pools,
             good.pools.clone(),
@@ -226,6 +228,8 @@ fn apply(cfg: &mut GlobalConfig, good: &GlobalConfig, key: &str, v: &str) -> Res
             good.pool_min_residency,
             duration_in(v, Duration::ZERO, HOUR),
         ),
+        // Only keys of CONFIGMAP_KEYS reach here; a unit test applies every one of them.
+        other => Err(format!(
             "key {other:?} is documented but not parsed (a bug)"
         )),
     }

@@ -44,6 +44,7 @@ pub(crate) const QUEUE_DEADLINE: &str = "1s..=1h";
 pub(crate) const ACTIVATOR_TIMEOUT: &str = "1s..=24h";
 pub(crate) const METRIC: &str = "concurrency or rps";
 pub(crate) const AGGREGATION: &str = "linear or weighted-exponential";
+pub(crate) const SIZING: &str = "demand or knative";
 pub(crate) const METRIC_SOURCE: &str = "activator or pod";
 pub(crate) const HOSTNAMES: &str =
     "comma-separated DNS-1123 subdomains (lowercase host names without port)";
@@ -173,6 +174,12 @@ pub const CONFIGMAP_KEYS: &[KeyDoc] = &[
         "How samples in a window are averaged: equally, or recent seconds weighing more.",
     ),
     k(
+        "sizing",
+        "demand",
+        SIZING,
+        "How the concurrency to carry is estimated (metric concurrency): demand sizes for arrival rate x measured service time plus what drains the queue within the panic window, so requests queued during a cold start are not read as sustained load; knative sizes for the average of requests held (queued + in flight), as Knative's KPA.",
+    ),
+    k(
         "tick-interval",
         "2s",
         "100ms..=1m",
@@ -232,13 +239,6 @@ pub const CONFIGMAP_KEYS: &[KeyDoc] = &[
         "100ms..=10m",
         "An activator re-sends a wake signal if the model still has no ready pod after this long.",
     ),
-];
-
-/// Every `zeroscale.dev/*` annotation read on a Deployment.
-pub const ANNOTATIONS: &[KeyDoc] = &[
-    k(
-        "zeroscale.dev/enabled",
-        "false",
     k(
         "pools",
         "none",
@@ -251,6 +251,13 @@ pub const ANNOTATIONS: &[KeyDoc] = &[
         HOUR_OR_LESS,
         "How long a model in a pool stays after it woke before it may be scaled to zero to make room for another (so two models cannot evict each other back and forth).",
     ),
+];
+
+/// Every `zeroscale.dev/*` annotation read on a Deployment.
+pub const ANNOTATIONS: &[KeyDoc] = &[
+    k(
+        "zeroscale.dev/enabled",
+        "false",
         BOOL,
         "Opt-in: the Deployment is managed only when this is true (any case, spaces around ignored); another value gets a Warning Event. Set false to scale it by hand.",
     ),
@@ -398,6 +405,12 @@ pub const ANNOTATIONS: &[KeyDoc] = &[
         HTTP_PATH,
         "HTTP path to scrape when metric-source is pod.",
     ),
+    k(
+        "zeroscale.dev/pool",
+        "none",
+        crate::pool::POOL_NAME,
+        "Capacity pool the Deployment shares with others (see the ConfigMap's pools); a name not configured gets a Warning Event and no pool.",
+    ),
 ];
 
 /// Renders keys as the Markdown table `docs/configuration.md` holds.
@@ -405,12 +418,6 @@ pub fn markdown_table(keys: &[KeyDoc]) -> String {
     let mut out =
         String::from("| Key | Default | Allowed | Meaning |\n| --- | --- | --- | --- |\n");
     for key in keys {
-    k(
-        "zeroscale.dev/pool",
-        "none",
-        crate::pool::POOL_NAME,
-        "Capacity pool the Deployment shares with others (see the ConfigMap's pools); a name not configured gets a Warning Event and no pool.",
-    ),
         out.push_str(&format!(
             "| `{}` | {} | {} | {} |\n",
             key.key,

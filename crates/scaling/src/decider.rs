@@ -2,9 +2,11 @@
 
 use std::time::{Duration, Instant};
 
-use crate::decision::{DataState, Decision, DecisionInputs, Observation, Reason, Sample};
+use crate::decision::{
+    DataState, Decision, DecisionInputs, Demand, DemandInputs, Observation, Reason, Sample,
+};
 use crate::delay::MaxWindow;
-use crate::params::Params;
+use crate::params::{Metric, Params, Sizing};
 use crate::window::{MAX_WINDOW_SECS, Pair, Windows, to_micros};
 
 /// Smallest `target x utilization` used, so a zero or negative target (which config validation
@@ -32,6 +34,14 @@ pub struct Decider {
     initial_over: bool,
     /// The last moment the model was seen busy (or could not be seen at all).
     last_busy: Instant,
+    /// The newest seconds with a sample that carried the demand figures, and with one that
+    /// did not: a source that stops sending them sends the decider back to Knative sizing.
+    /// Seconds, not call order, so the order samples arrive in does not matter.
+    demand_at: Option<i64>,
+    plain_at: Option<i64>,
+    /// The last service time measured (seconds), kept across idle periods: a wake from zero
+    /// sizes its backlog with the service time of the model's previous traffic.
+    service_time: Option<f64>,
 }
 
 /// Whole seconds, rounded up.
@@ -82,6 +92,9 @@ impl Decider {
             first_sample_at: None,
             initial_over: false,
             last_busy: now,
+            demand_at: None,
+            plain_at: None,
+            service_time: None,
         }
     }
 
@@ -142,14 +155,32 @@ impl Decider {
     /// Any sample with traffic (concurrency or rps above zero) also restarts the idle clock at
     /// `at`, even if it is dropped as late.
     pub fn record(&mut self, at: Instant, sample: Sample) {
+        self.record_with(at, sample, None);
+    }
+
+    /// [`Decider::record`] with the demand figures of the same second, which
+    /// [`Sizing::Demand`] sizes from. A sample without them (`None`) sends the decider back
+    /// to Knative sizing until the next one that has them.
+    pub fn record_with(&mut self, at: Instant, sample: Sample, demand: Option<Demand>) {
+        let d = demand.unwrap_or_default();
         let pair = Pair {
             concurrency: to_micros(sample.concurrency),
             rps: to_micros(sample.rps),
+            arrivals: to_micros(d.arrivals),
+            in_service: to_micros(d.in_service),
+            served: to_micros(d.served),
+            service: to_micros(d.service_seconds),
         };
         if pair != Pair::default() {
             self.last_busy = self.last_busy.max(at);
         }
         let sec = self.second(at);
+        let newest = if demand.is_some() {
+            &mut self.demand_at
+        } else {
+            &mut self.plain_at
+        };
+        *newest = (*newest).max(Some(sec));
         if self.windows.record(sec, pair) == crate::window::Recorded::Placed
             && self.first_sample_at.is_none()
         {
@@ -173,6 +204,58 @@ impl Decider {
         }
     }
 
+    /// The demand model's estimate for the windows ending at `end`, or `None` when it does
+    /// not apply (Knative sizing, the rps metric, no demand figures, no service time yet).
+    fn demand(&mut self, end: i64, queued: u64, held: (f64, f64)) -> Option<DemandInputs> {
+        let p = &self.params;
+        // A second with both kinds counts as reported (order-independent).
+        let reported = self.demand_at.is_some() && self.demand_at >= self.plain_at;
+        if p.sizing != Sizing::Demand || p.metric != Metric::Concurrency || !reported {
+            return None;
+        }
+        let (stable, panic) = self.windows.demand_averages(end);
+        // The mean duration of the requests that finished: exact even while load ramps up,
+        // when requests in service / requests finished would count requests not yet done.
+        if stable.served > 0.0 {
+            self.service_time = Some(stable.service / stable.served);
+        }
+        // Little's law holds over a horizon longer than a request: the panic window's
+        // arrivals are taken over the panic window plus one service time (within the stable
+        // window), the horizon Knative's requests held average over too. Over the bare panic
+        // window, a model whose requests take longer than it would see every few extra
+        // arrivals of a Poisson stream as a burst.
+        let panic_arrivals = match self.service_time {
+            Some(s) => {
+                let horizon = self.windows.panic_len().saturating_add(s.ceil() as u64);
+                self.windows.arrivals_over(end, horizon)
+            }
+            None => panic.arrivals,
+        };
+        // Before a first request was served nothing says what the backlog costs: the requests
+        // being served are all that counts, so a first wake starts activation-scale pods and
+        // sizing follows once they answer (Knative's reading of the backlog as load is what
+        // this model replaces, so it is no fallback here).
+        let service_time = self.service_time;
+        let drain_time = Duration::from_secs(self.windows.panic_len());
+        let drain = drain_time.as_secs_f64();
+        // Each queued request needs `service_time` of one slot: draining N of them within
+        // `drain` takes N x s / drain slots, and never more than N (one slot each).
+        let backlog_concurrency =
+            service_time.map_or(0.0, |s| queued as f64 * (s / drain).min(1.0));
+        Some(DemandInputs {
+            service_time,
+            stable_arrivals: stable.arrivals,
+            panic_arrivals,
+            stable_in_service: stable.in_service,
+            panic_in_service: panic.in_service,
+            backlog: queued,
+            drain_time,
+            backlog_concurrency,
+            held_stable: held.0,
+            held_panic: held.1,
+        })
+    }
+
     /// Decides the replica count at `now`. Pure given (state, `now`, `obs`); updates the panic,
     /// delay and idle state. See the crate docs for the rules and their order.
     pub fn decide(&mut self, now: Instant, obs: &Observation) -> Decision {
@@ -182,7 +265,21 @@ impl Decider {
 
         // 1. Window averages, ending at the newest second seen.
         let end = self.windows.advance(self.second(now));
-        let (stable_average, panic_average) = self.windows.averages(end, p.metric, p.aggregation);
+        let held = self.windows.averages(end, p.metric, p.aggregation);
+        let demand = self.demand(end, obs.queued, held);
+        // Little's law: arrivals x service time is the concurrency pods will carry; the
+        // requests they serve now are a floor (a long request outlives the arrivals window).
+        let (stable_average, panic_average) = match &demand {
+            Some(d) => {
+                let s = d.service_time.unwrap_or(0.0);
+                (
+                    (d.stable_arrivals * s).max(d.stable_in_service) + d.backlog_concurrency,
+                    (d.panic_arrivals * s).max(d.panic_in_service) + d.backlog_concurrency,
+                )
+            }
+            None => held,
+        };
+        let p = &self.params;
 
         // 2. Knative's core: pods wanted by each window, kept within the rates.
         let tpp = p.target * p.target_utilization;
@@ -346,6 +443,8 @@ impl Decider {
                 metric: p.metric,
                 stable_average,
                 panic_average,
+                demand,
+                panic_percentage: dppc / ready * 100.0,
                 target_per_pod: tpp,
                 stable_window: Duration::from_secs(self.windows.stable_len()),
                 panic_window: Duration::from_secs(self.windows.panic_len()),

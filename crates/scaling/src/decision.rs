@@ -18,6 +18,51 @@ pub struct Sample {
     pub rps: f64,
 }
 
+/// The demand figures of one second, summed over all activator replicas, for
+/// [`Sizing::Demand`](crate::Sizing::Demand). Rates per second; negative and NaN values count
+/// as 0.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Demand {
+    /// Requests that arrived during that second (forwarded, queued or refused).
+    pub arrivals: f64,
+    /// Average number of requests being served by pods (in flight at a pod, not queued).
+    pub in_service: f64,
+    /// Requests pods finished during that second.
+    pub served: f64,
+    /// The service times of those requests, summed (seconds at a pod, queueing excluded).
+    pub service_seconds: f64,
+}
+
+/// How the demand model sized a decision (see [`Sizing::Demand`](crate::Sizing::Demand)).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DemandInputs {
+    /// Mean service time in seconds of the requests pods finished in the stable window (or
+    /// the last one measured, when the window finished none). `None` before any request was
+    /// served: then only the requests being served count.
+    pub service_time: Option<f64>,
+    /// Arrivals per second, stable window.
+    pub stable_arrivals: f64,
+    /// Arrivals per second over the panic window plus one service time (at most the stable
+    /// window): Little's law needs a horizon longer than a request.
+    pub panic_arrivals: f64,
+    /// Requests being served by pods, stable-window average (a floor of the demand).
+    pub stable_in_service: f64,
+    /// Requests being served by pods, panic-window average.
+    pub panic_in_service: f64,
+    /// Requests queued now.
+    pub backlog: u64,
+    /// The time the backlog should drain in (the panic window).
+    pub drain_time: Duration,
+    /// Concurrency that drains the backlog within `drain_time`:
+    /// `backlog x min(1, service_time / drain_time)` (never more than one slot per request;
+    /// 0 while the service time is unknown).
+    pub backlog_concurrency: f64,
+    /// Knative's figures for comparison: requests held (queued + in flight), stable window.
+    pub held_stable: f64,
+    /// Knative's figures for comparison: requests held, panic window.
+    pub held_panic: f64,
+}
+
 /// Whether the metrics behind this tick can be trusted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -123,10 +168,17 @@ impl fmt::Display for Reason {
 pub struct DecisionInputs {
     /// The metric targeted.
     pub metric: Metric,
-    /// Average of the metric over the stable window.
+    /// What the stable window sizes for: the metric's average, or with the demand model the
+    /// demand estimate (`demand` has its parts).
     pub stable_average: f64,
-    /// Average of the metric over the panic window.
+    /// What the panic window sizes for (as `stable_average`).
     pub panic_average: f64,
+    /// The demand model's parts, when it sized this decision; `None` for Knative sizing, the
+    /// rps metric, or before the demand figures and a first served request are known.
+    pub demand: Option<DemandInputs>,
+    /// What panic mode compared with `panic_threshold_percentage`: `panic_wanted` (rounded
+    /// up to whole pods) as a percentage of `max(1, ready_pods)`.
+    pub panic_percentage: f64,
     /// `target x utilization`: the metric one pod should carry.
     pub target_per_pod: f64,
     /// Stable window used (whole seconds).
@@ -191,6 +243,46 @@ pub struct Decision {
     pub inputs: DecisionInputs,
 }
 
+impl Decision {
+    /// "concurrency 12.0 over 60s", or with the demand model its parts: "demand 12.0 over
+    /// 60s (10.0 arrivals/s x 0.50s served, + 40 queued drained in 6s)".
+    fn sized(
+        &self,
+        f: &mut fmt::Formatter<'_>,
+        value: f64,
+        window: Duration,
+        panic: bool,
+    ) -> fmt::Result {
+        let i = &self.inputs;
+        let Some(d) = &i.demand else {
+            return write!(f, "{} {value:.1} over {}", i.metric.as_str(), secs(window));
+        };
+        let (arrivals, in_service) = if panic {
+            (d.panic_arrivals, d.panic_in_service)
+        } else {
+            (d.stable_arrivals, d.stable_in_service)
+        };
+        write!(f, "demand {value:.1} over {} (", secs(window))?;
+        match d.service_time {
+            None => write!(
+                f,
+                "{in_service:.1} being served; no service time measured yet"
+            )?,
+            Some(s) if in_service > arrivals * s => write!(f, "{in_service:.1} being served")?,
+            Some(s) => write!(f, "{arrivals:.1} arrivals/s x {s:.3}s served")?,
+        }
+        if d.backlog > 0 && d.service_time.is_some() {
+            write!(
+                f,
+                ", + {} queued drained in {}",
+                d.backlog,
+                secs(d.drain_time)
+            )?;
+        }
+        write!(f, ")")
+    }
+}
+
 fn plural(n: u64, one: &'static str, many: &'static str) -> &'static str {
     if n == 1 { one } else { many }
 }
@@ -240,25 +332,27 @@ impl fmt::Display for Decision {
                 i.initial_scale,
                 secs(i.stable_window)
             ),
-            Reason::Stable => write!(
-                f,
-                "stable {m} {:.1} over {}, target {:.1} per pod",
-                i.stable_average,
-                secs(i.stable_window),
-                i.target_per_pod
-            ),
+            Reason::Stable => {
+                write!(f, "stable ")?;
+                self.sized(f, i.stable_average, i.stable_window, false)?;
+                write!(f, ", target {:.1} per pod", i.target_per_pod)
+            }
             Reason::Panic => {
-                let over = f64::from(i.panic_wanted) / f64::from(i.ready_pods.max(1))
-                    >= i.panic_threshold_percentage / 100.0;
+                let over = i.panic_percentage >= i.panic_threshold_percentage;
                 if over {
+                    // Say exactly what was compared: the pods the panic window wants, rounded
+                    // up, against the ready pods. The rounding is why a load of 107% of one
+                    // pod's target is already "200%".
+                    write!(f, "panic mode: ")?;
+                    self.sized(f, i.panic_average, i.panic_window, true)?;
                     write!(
                         f,
-                        "panic mode: {m} {:.1} over {} needs {} {} for {} ready (threshold {:.0}%){}",
-                        i.panic_average,
-                        secs(i.panic_window),
+                        " = {:.2} pods at {:.1} per pod, rounded up to {} for {} ready: {:.0}% >= threshold {:.0}%{}",
+                        i.panic_average / i.target_per_pod,
+                        i.target_per_pod,
                         i.panic_wanted,
-                        plural(u64::from(i.panic_wanted), "pod", "pods"),
                         i.ready_pods,
+                        i.panic_percentage,
                         i.panic_threshold_percentage,
                         if self.desired > i.ready_pods {
                             ""
@@ -270,12 +364,19 @@ impl fmt::Display for Decision {
                     // Calm again (or an autoscaler restart): panic lasts a stable window more.
                     write!(
                         f,
-                        "panic mode: holding {} until the panic window has stayed under {:.0}% of ready capacity for {} ({m} {:.1} over {})",
+                        "panic mode: holding {} until the panic window has stayed under {:.0}% of ready capacity for {} (now ",
                         self.desired,
                         i.panic_threshold_percentage,
                         secs(i.stable_window),
-                        i.panic_average,
-                        secs(i.panic_window)
+                    )?;
+                    self.sized(f, i.panic_average, i.panic_window, true)?;
+                    write!(
+                        f,
+                        " wants {} {} = {:.0}% of {} ready)",
+                        i.panic_wanted,
+                        plural(u64::from(i.panic_wanted), "pod", "pods"),
+                        i.panic_percentage,
+                        i.ready_pods,
                     )
                 }
             }

@@ -16,6 +16,20 @@
 //! (Knative does the same), so a fresh decider reacts to its first sample. Duplicate, late and
 //! out-of-order samples: see [`Decider::record`].
 //!
+//! # What a window sizes for
+//! With [`Sizing::Demand`] (the default, metric concurrency, fed by [`Decider::record_with`]):
+//! the concurrency pods will carry, `arrivals/s x service time` (Little's law; the service
+//! time is the mean duration of the requests pods finished in the stable window, remembered
+//! across idle periods; the panic window's arrivals are counted over the panic window plus one
+//! service time), at least the requests being served, **plus** the concurrency that drains the
+//! queued backlog within the panic window: `queued x min(1, service time / panic window)`.
+//! A backlog is work done once, not load sustained for a window: Knative's reading of the
+//! requests queued during a cold start as concurrency ran a model needing 4 pods up to 85.
+//! Before a first request was served, only the requests being served count (the wake's
+//! activation-scale pods start, and sizing follows what they measure). With
+//! [`Sizing::Knative`], the metric `Sample::concurrency` (requests held: queued + in flight),
+//! as Knative's KPA. Samples without the demand figures ([`Decider::record`]) size as Knative.
+//!
 //! # Desired pods
 //! `ceil(average / (target x utilization))` for each window (concurrency 100 at 70% by
 //! default, or requests per second with [`Metric::Rps`]), kept within the **rates** relative
@@ -24,7 +38,9 @@
 //! activation-scale.
 //!
 //! # Panic
-//! Entered when the panic window wants `>= panic-threshold (200%) x ready` pods; left only
+//! Entered when the panic window wants `>= panic-threshold (200%) x ready` pods (whole pods,
+//! rounded up, so a load of 107% of one pod's target already wants 2 = 200% of 1 ready; the
+//! Event and [`DecisionInputs::panic_percentage`] give the compared figures); left only
 //! once it has been below that for a full stable window (and the data is fresh). In panic the
 //! decider sizes for the larger of both windows and never goes below its own high-water mark
 //! or the current scale. A decider created for an already-managed Deployment
@@ -101,5 +117,7 @@ mod params;
 mod window;
 
 pub use decider::Decider;
-pub use decision::{DataState, Decision, DecisionInputs, Observation, Reason, Sample};
-pub use params::{Aggregation, Metric, Params};
+pub use decision::{
+    DataState, Decision, DecisionInputs, Demand, DemandInputs, Observation, Reason, Sample,
+};
+pub use params::{Aggregation, Metric, Params, Sizing};

@@ -36,6 +36,31 @@ pub enum Aggregation {
     WeightedExponential,
 }
 
+/// How the concurrency a Deployment must carry is estimated from the windows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sizing {
+    /// The demand pods will see: arrival rate x measured service time (Little's law), at
+    /// least the requests pods are serving, plus the concurrency that drains the queued
+    /// backlog within the panic window. A backlog is work to be done once, not sustained load.
+    /// Needs the demand figures ([`crate::Demand`]); without them (or before a first
+    /// request was served) it sizes as [`Sizing::Knative`].
+    Demand,
+    /// Knative's KPA: the average of requests held (queued + in flight), so requests queued
+    /// during a cold start count as concurrency for the whole window.
+    Knative,
+}
+
+impl Sizing {
+    /// Stable lowercase label: `demand` or `knative`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Sizing::Demand => "demand",
+            Sizing::Knative => "knative",
+        }
+    }
+}
+
 /// The scaling policy of one Deployment. Field meanings and defaults follow Knative's
 /// `config-autoscaler` where the concept is the same.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -75,6 +100,8 @@ pub struct Params {
     pub scale_to_zero_pod_retention_period: Duration,
     /// Window averaging.
     pub aggregation: Aggregation,
+    /// How the concurrency to carry is estimated (concurrency metric only).
+    pub sizing: Sizing,
 }
 
 impl Default for Params {
@@ -97,6 +124,7 @@ impl Default for Params {
             scale_to_zero_grace_period: Duration::from_secs(30),
             scale_to_zero_pod_retention_period: Duration::ZERO,
             aggregation: Aggregation::Linear,
+            sizing: Sizing::Demand,
         }
     }
 }

@@ -37,11 +37,17 @@ fn smoothing(buckets: u64) -> f64 {
     (1.0 - (1.0 - WEIGHT_PRECISION).powf(1.0 / buckets as f64)).max(MIN_EXPONENT)
 }
 
-/// The two metrics of one second, in micro-units.
+/// The figures of one second, in micro-units: the two metrics, and the demand figures
+/// (arrivals, requests at pods, completions and their service seconds per second; 0 when the
+/// source reports none).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Pair {
     pub(crate) concurrency: u64,
     pub(crate) rps: u64,
+    pub(crate) arrivals: u64,
+    pub(crate) in_service: u64,
+    pub(crate) served: u64,
+    pub(crate) service: u64,
 }
 
 impl Pair {
@@ -54,11 +60,19 @@ impl Pair {
     fn add(&mut self, o: Pair) {
         self.concurrency += o.concurrency;
         self.rps += o.rps;
+        self.arrivals += o.arrivals;
+        self.in_service += o.in_service;
+        self.served += o.served;
+        self.service += o.service;
     }
     fn sub(&mut self, o: Pair) {
         // Never underflows: a sum always contains every bucket value subtracted from it.
         self.concurrency -= o.concurrency;
         self.rps -= o.rps;
+        self.arrivals -= o.arrivals;
+        self.in_service -= o.in_service;
+        self.served -= o.served;
+        self.service -= o.service;
     }
 }
 
@@ -77,9 +91,14 @@ impl Bucket {
             return self.sum;
         }
         let n = u64::from(self.count);
+        let mean = |v: u64| (v + n / 2) / n;
         Pair {
-            concurrency: (self.sum.concurrency + n / 2) / n,
-            rps: (self.sum.rps + n / 2) / n,
+            concurrency: mean(self.sum.concurrency),
+            rps: mean(self.sum.rps),
+            arrivals: mean(self.sum.arrivals),
+            in_service: mean(self.sum.in_service),
+            served: mean(self.sum.served),
+            service: mean(self.sum.service),
         }
     }
 }
@@ -271,6 +290,34 @@ impl Windows {
         acc / total / MICROS
     }
 
+    /// Linear (stable, panic) averages of the demand figures, per second, for the windows
+    /// ending at `end` (the value returned by `advance`): the demand model's inputs are rates
+    /// and a ratio of sums, which recency weighting would bias, so they are always linear.
+    pub(crate) fn demand_averages(&self, end: i64) -> (DemandAverage, DemandAverage) {
+        let of = |sum: Pair, valid: u64| DemandAverage {
+            arrivals: linear(sum.arrivals, valid),
+            in_service: linear(sum.in_service, valid),
+            served: linear(sum.served, valid),
+            service: linear(sum.service, valid),
+        };
+        (
+            of(self.stable, self.valid(end, self.stable_len())),
+            of(self.panic, self.valid(end, self.panic_len)),
+        )
+    }
+
+    /// Average arrivals per second over the `len` newest seconds ending at `end` (at most the
+    /// stable window). O(len).
+    pub(crate) fn arrivals_over(&self, end: i64, len: u64) -> f64 {
+        let len = len.clamp(1, self.stable_len());
+        let valid = self.valid(end, len);
+        let mut sum = 0u64;
+        for s in (end - valid as i64 + 1)..=end {
+            sum += self.buckets[self.idx(s)].value().arrivals;
+        }
+        linear(sum, valid)
+    }
+
     /// Changes the window lengths, keeping the newest seconds that still fit. O(window).
     pub(crate) fn resize(&mut self, stable_len: u64, panic_len: u64) {
         let mut next = Windows::new(stable_len, panic_len);
@@ -298,6 +345,15 @@ impl Windows {
     }
 }
 
+/// The demand figures averaged over one window, per second.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct DemandAverage {
+    pub(crate) arrivals: f64,
+    pub(crate) in_service: f64,
+    pub(crate) served: f64,
+    pub(crate) service: f64,
+}
+
 fn linear(sum: u64, valid: u64) -> f64 {
     if valid == 0 {
         0.0
@@ -313,7 +369,7 @@ mod tests {
     fn c(v: f64) -> Pair {
         Pair {
             concurrency: to_micros(v),
-            rps: 0,
+            ..Pair::default()
         }
     }
 

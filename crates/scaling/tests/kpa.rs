@@ -101,10 +101,12 @@ fn panic_is_entered_at_twice_the_ready_pods_and_held_for_a_stable_window() {
     let d = sim.decide(71, steady(5));
     assert_eq!((d.desired, d.reason), (10, Reason::Panic));
     assert!(sim.d.in_panic());
-    assert!(
-        d.to_string()
-            .starts_with("panic mode: concurrency 700.0 over 6s needs 10 pods for 5 ready")
+    assert_eq!(
+        d.to_string(),
+        "panic mode: concurrency 700.0 over 6s = 10.00 pods at 70.0 per pod, rounded up to 10 \
+         for 5 ready: 200% >= threshold 200%"
     );
+    assert_eq!(d.inputs.panic_percentage, 200.0);
 
     // The load vanishes; panic holds 10 for a full stable window after the last second over
     // the threshold (71), then the rates allow halving.
@@ -547,7 +549,7 @@ fn a_restarted_autoscaler_holds_the_ready_pods_for_a_stable_window() {
     assert_eq!(
         d.to_string(),
         "panic mode: holding 4 until the panic window has stayed under 200% of ready capacity \
-         for 60s (concurrency 0.0 over 6s)"
+         for 60s (now concurrency 0.0 over 6s wants 0 pods = 0% of 4 ready)"
     );
     sim.load(1, 62, 0.0);
     assert_eq!(sim.decide(60, steady(4)).desired, 4);

@@ -4,8 +4,11 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use zeroscale_scaling::{
-    Aggregation, DataState, Decider, Decision, Metric, Observation, Params, Sample,
+    Aggregation, DataState, Decider, Decision, Demand, Metric, Observation, Params, Sample, Sizing,
 };
+
+/// One recorded second: the metrics and, from a source that reports them, the demand figures.
+type Rec = (Sample, Option<Demand>);
 
 /// A valid policy, in the ranges `zeroscale-config` accepts (smaller windows, to keep cases fast).
 fn params() -> impl Strategy<Value = Params> {
@@ -33,12 +36,13 @@ fn params() -> impl Strategy<Value = Params> {
                 Just(Aggregation::Linear),
                 Just(Aggregation::WeightedExponential)
             ],
+            prop_oneof![Just(Sizing::Demand), Just(Sizing::Knative)],
         ),
     )
         .prop_map(
             |(
                 (metric, target, util, window, panic_pct, threshold, up, down),
-                (min, max, initial, act, delay, zero, grace, retention, aggregation),
+                (min, max, initial, act, delay, zero, grace, retention, aggregation, sizing),
             )| Params {
                 metric,
                 target,
@@ -58,6 +62,7 @@ fn params() -> impl Strategy<Value = Params> {
                 scale_to_zero_grace_period: Duration::from_secs(grace),
                 scale_to_zero_pod_retention_period: Duration::from_secs(retention),
                 aggregation,
+                sizing,
             },
         )
 }
@@ -67,17 +72,43 @@ fn params() -> impl Strategy<Value = Params> {
 #[derive(Clone, Debug)]
 struct Step {
     advance_ms: u64,
-    samples: Vec<(u64, Sample)>,
+    samples: Vec<(u64, Rec)>,
     obs: Observation,
 }
 
-fn sample() -> impl Strategy<Value = Sample> {
-    prop_oneof![
+fn value() -> impl Strategy<Value = f64> {
+    // Values the decider resolves (it keeps millionths), so "traffic" means the same here.
+    prop_oneof![Just(0.0), 0.001..3000.0f64]
+}
+
+fn sample() -> impl Strategy<Value = Rec> {
+    let metrics = prop_oneof![
         2 => Just(Sample::default()),
-        // Values the decider resolves (it keeps millionths), so "traffic" means the same here.
-        3 => (prop_oneof![Just(0.0), 0.001..3000.0f64], prop_oneof![Just(0.0), 0.001..3000.0f64])
-            .prop_map(|(concurrency, rps)| Sample { concurrency, rps }),
+        3 => (value(), value()).prop_map(|(concurrency, rps)| Sample { concurrency, rps }),
+    ];
+    let demand = prop_oneof![
+        1 => Just(None),
+        1 => Just(Some(Demand::default())),
+        2 => (value(), value(), value(), value()).prop_map(|(arrivals, in_service, served, service_seconds)| {
+            Some(Demand { arrivals, in_service, served, service_seconds })
+        }),
+    ];
+    (metrics, demand)
+}
+
+/// Whether a recorded second shows traffic (any figure above zero).
+fn busy((s, d): Rec) -> bool {
+    let d = d.unwrap_or_default();
+    [
+        s.concurrency,
+        s.rps,
+        d.arrivals,
+        d.in_service,
+        d.served,
+        d.service_seconds,
     ]
+    .iter()
+    .any(|&v| v > 0.0)
 }
 
 fn data() -> impl Strategy<Value = DataState> {
@@ -145,10 +176,10 @@ fn run(
     let mut out = Vec::new();
     for st in steps {
         now += Duration::from_millis(st.advance_ms);
-        for &(late_ms, s) in &st.samples {
+        for &(late_ms, rec) in &st.samples {
             let at = now - Duration::from_millis(late_ms);
-            d.record(at, s);
-            if s.concurrency > 0.0 || s.rps > 0.0 {
+            d.record_with(at, rec.0, rec.1);
+            if busy(rec) {
                 last_busy = last_busy.max(at);
             }
         }
@@ -308,9 +339,9 @@ proptest! {
         let mut now = t0;
         for st in &steps {
             now += Duration::from_millis(st.advance_ms);
-            for &(late, s) in &st.samples {
-                a.record(now - Duration::from_millis(late), s);
-                b.record(now - Duration::from_millis(late), s);
+            for &(late, (s, dm)) in &st.samples {
+                a.record_with(now - Duration::from_millis(late), s, dm);
+                b.record_with(now - Duration::from_millis(late), s, dm);
             }
             b.set_params(params.clone());
             prop_assert_eq!(a.decide(now, &st.obs), b.decide(now, &st.obs));
@@ -337,12 +368,12 @@ proptest! {
         sorted.sort_by_key(|&(s, _)| s);
         let mut a = Decider::new(params.clone(), t0, true);
         let mut b = Decider::new(params.clone(), t0, true);
-        for &(s, x) in &sorted {
-            a.record(t0 + Duration::from_secs(s), x);
+        for &(s, (x, dm)) in &sorted {
+            a.record_with(t0 + Duration::from_secs(s), x, dm);
         }
         for &i in &order {
-            let (s, x) = samples[i];
-            b.record(t0 + Duration::from_secs(s), x);
+            let (s, (x, dm)) = samples[i];
+            b.record_with(t0 + Duration::from_secs(s), x, dm);
         }
         prop_assert_eq!(a.dropped_samples(), 0);
         prop_assert_eq!(b.dropped_samples(), 0);

@@ -16,7 +16,7 @@
 
 use std::time::{Duration, Instant};
 
-use zeroscale_scaling::{DataState, Decider, Observation, Sample};
+use zeroscale_scaling::{DataState, Decider, Demand, Observation, Sample};
 
 use crate::event::{Nanos, SEC};
 use crate::setup::ModelSettings;
@@ -34,6 +34,15 @@ pub struct Scrape {
     pub in_flight: u64,
     /// Requests queued at `at`.
     pub queued: u64,
+    /// Requests that arrived per second since the previous round (forwarded, queued or
+    /// refused).
+    pub arrivals: f64,
+    /// Average requests at pods (in flight, not queued) since the previous round.
+    pub in_service: f64,
+    /// Requests pods finished per second since the previous round.
+    pub served: f64,
+    /// Service times of those requests, summed, per second.
+    pub service_seconds: f64,
 }
 
 /// The Deployment at a tick.
@@ -142,6 +151,12 @@ impl Policy for EnginePolicy {
             concurrency: s.concurrency,
             rps: s.rps,
         };
+        let demand = Some(Demand {
+            arrivals: s.arrivals,
+            in_service: s.in_service,
+            served: s.served,
+            service_seconds: s.service_seconds,
+        });
         // index.rs `Managed::record`: the sample also covers every whole second since the
         // previous one.
         if let Some(prev) = self.last_sample
@@ -150,12 +165,12 @@ impl Policy for EnginePolicy {
             let mut fill = prev + SEC;
             let mut n = 0;
             while fill < s.at && n < self.stable_window_secs {
-                self.decider.record(self.instant(fill), sample);
+                self.decider.record_with(self.instant(fill), sample, demand);
                 fill += SEC;
                 n += 1;
             }
         }
-        self.decider.record(self.instant(s.at), sample);
+        self.decider.record_with(self.instant(s.at), sample, demand);
         self.last_sample = Some(self.last_sample.map_or(s.at, |p| p.max(s.at)));
     }
 

@@ -151,7 +151,7 @@ struct Pod {
 #[derive(Clone, Copy, Debug)]
 enum Ev {
     Arrival,
-    Complete { pod: u32 },
+    Complete { pod: u32, service: Nanos },
     Deadline { req: u32 },
     PodReady { pod: u32 },
     PodExit { pod: u32 },
@@ -198,7 +198,16 @@ struct Model<'a> {
     idle_ns: u128,
     ready_ns: u128,
     answered: u64,
-    last_scrape: (Nanos, u128, u64),
+    /// Requests arrived, and finished by pods.
+    arrived: u64,
+    completed: u64,
+    /// Request-nanoseconds at pods (in flight, not queued).
+    busy_ns: u128,
+    /// Service times of the requests pods finished, summed.
+    service_ns: u128,
+    /// At the previous scrape: (time, held_ns, answered, arrived, completed, busy_ns,
+    /// service_ns).
+    last_scrape: (Nanos, u128, u64, u64, u64, u128, u128),
     out: ModelOutcome,
 }
 
@@ -223,6 +232,7 @@ impl Model<'_> {
         }
         let dt = u128::from(to - self.now);
         self.held_ns += u128::from(held) * dt;
+        self.busy_ns += u128::from(self.in_flight) * dt;
         self.alive_ns += u128::from(self.alive) * dt;
         self.idle_ns += u128::from(self.idle_ready) * dt;
         self.ready_ns += u128::from(ready) * dt;
@@ -252,8 +262,11 @@ impl Model<'_> {
         self.out.served += 1;
         self.out.waits.push(self.now - arrived);
         let service = self.opts.service.of(&self.requests[req as usize]);
-        self.q
-            .push(self.now + service, Class::Complete, Ev::Complete { pod });
+        self.q.push(
+            self.now + service,
+            Class::Complete,
+            Ev::Complete { pod, service },
+        );
     }
 
     /// Serves waiters in order while a pod has room.
@@ -275,6 +288,7 @@ impl Model<'_> {
             self.q.push(next.at, Class::Arrival, Ev::Arrival);
         }
         self.out.requests += 1;
+        self.arrived += 1;
         self.out.timeline.arrival(self.now);
         if self.queue.is_empty()
             && let Some(slot) = self.pick()
@@ -336,9 +350,11 @@ impl Model<'_> {
         }
     }
 
-    fn complete(&mut self, pod: u32) {
+    fn complete(&mut self, pod: u32, service: Nanos) {
         self.in_flight -= 1;
         self.answered += 1;
+        self.completed += 1;
+        self.service_ns += u128::from(service);
         let p = &mut self.pods[pod as usize];
         p.in_flight -= 1;
         match p.state {
@@ -476,16 +492,30 @@ impl Model<'_> {
     }
 
     fn scrape(&mut self) {
-        let (prev_at, prev_held, prev_answered) = self.last_scrape;
+        let (prev_at, prev_held, prev_answered, prev_arrived, prev_completed, prev_busy, prev_svc) =
+            self.last_scrape;
         let dt = (self.now - prev_at) as f64;
+        let per_sec = |n: u64| n as f64 * SEC as f64 / dt;
         let s = Scrape {
             at: self.now,
             concurrency: (self.held_ns - prev_held) as f64 / dt,
-            rps: (self.answered - prev_answered) as f64 * SEC as f64 / dt,
+            rps: per_sec(self.answered - prev_answered),
             in_flight: self.in_flight,
             queued: self.queue.len() as u64,
+            arrivals: per_sec(self.arrived - prev_arrived),
+            in_service: (self.busy_ns - prev_busy) as f64 / dt,
+            served: per_sec(self.completed - prev_completed),
+            service_seconds: (self.service_ns - prev_svc) as f64 / dt,
         };
-        self.last_scrape = (self.now, self.held_ns, self.answered);
+        self.last_scrape = (
+            self.now,
+            self.held_ns,
+            self.answered,
+            self.arrived,
+            self.completed,
+            self.busy_ns,
+            self.service_ns,
+        );
         self.policy.scraped(&s);
     }
 
@@ -531,7 +561,7 @@ impl Model<'_> {
             self.advance(at);
             match ev {
                 Ev::Arrival => self.arrival(),
-                Ev::Complete { pod } => self.complete(pod),
+                Ev::Complete { pod, service } => self.complete(pod, service),
                 Ev::Deadline { req } => self.deadline(req),
                 Ev::PodReady { pod } => self.pod_ready(pod),
                 Ev::PodExit { pod } => self.pod_exit(pod),
@@ -621,7 +651,11 @@ pub fn simulate_with(
         idle_ns: 0,
         ready_ns: 0,
         answered: 0,
-        last_scrape: (0, 0, 0),
+        arrived: 0,
+        completed: 0,
+        busy_ns: 0,
+        service_ns: 0,
+        last_scrape: (0, 0, 0, 0, 0, 0, 0),
         out: ModelOutcome {
             model: model.to_owned(),
             timeline: Timeline::new(bin, bins),

@@ -233,10 +233,13 @@ fn sustained_load_scales_up_to_the_target() {
     // 20 requests/s of 1 s each from t = 0 with 2 pods ready: concurrency 20, target 5 per pod
     // (target 5 at 100%): the engine wants ceil(20 / 5) = 4 pods, never more while steady. The
     // first second only ramps up (1 to 20 in flight, 10.5 on average): 3 pods at the first tick.
+    // Knative sizing, whose reading of the scrapes this pins (tests/sizing.rs has the demand
+    // model's).
     let s = settings(&[
         ("zeroscale.dev/target", "5"),
         ("container-concurrency-target-percentage", "100"),
         ("tick-interval", "1s"),
+        ("sizing", "knative"),
     ]);
     let ats: Vec<Nanos> = (0..20 * 120).map(|i| i * 50 * MS).collect();
     let mut o = opts(SEC, SEC, 150 * SEC);
@@ -263,6 +266,7 @@ fn a_slower_scrape_still_reads_the_whole_load() {
         ("tick-interval", "1s"),
         ("scrape-interval", "2s"),
         ("scrape-timeout", "1s"),
+        ("sizing", "knative"),
     ]);
     let ats: Vec<Nanos> = (0..20 * 120).map(|i| i * 50 * MS).collect();
     let mut o = opts(SEC, SEC, 150 * SEC);

@@ -76,6 +76,11 @@ pub struct Metrics {
     pub stable_concurrency: Family<DeploymentLabels, FloatGauge>,
     /// Panic-window average concurrency.
     pub panic_concurrency: Family<DeploymentLabels, FloatGauge>,
+    /// What panic mode compares with panic-threshold-percentage: the pods the panic window
+    /// wants (rounded up) as a percentage of the ready pods.
+    pub panic_percentage: Family<DeploymentLabels, FloatGauge>,
+    /// The panic threshold in force, in percent, beside the figure compared with it.
+    pub panic_threshold_percentage: Family<DeploymentLabels, FloatGauge>,
     /// Decisions that changed the count, by reason.
     pub decisions: Family<DecisionLabels, Counter>,
     /// Failed scrapes.
@@ -110,6 +115,8 @@ impl Default for Metrics {
             panic_mode: Default::default(),
             stable_concurrency: Default::default(),
             panic_concurrency: Default::default(),
+            panic_percentage: Default::default(),
+            panic_threshold_percentage: Default::default(),
             decisions: Default::default(),
             scrape_errors: Default::default(),
             patches: Default::default(),
@@ -172,6 +179,16 @@ impl Metrics {
             "panic_concurrency",
             "Panic-window average concurrency",
             self.panic_concurrency.clone(),
+        );
+        r.register(
+            "panic_percentage",
+            "Pods the panic window wants (rounded up) as a percentage of ready pods: the figure compared with the panic threshold",
+            self.panic_percentage.clone(),
+        );
+        r.register(
+            "panic_threshold_percentage",
+            "The panic threshold in force, in percent of ready pods",
+            self.panic_threshold_percentage.clone(),
         );
         r.register(
             "decisions",
@@ -245,6 +262,12 @@ impl Metrics {
         self.panic_concurrency
             .get_or_create(&labels)
             .set(report.decision.inputs.panic_average);
+        self.panic_percentage
+            .get_or_create(&labels)
+            .set(report.decision.inputs.panic_percentage);
+        self.panic_threshold_percentage
+            .get_or_create(&labels)
+            .set(report.decision.inputs.panic_threshold_percentage);
     }
 
     /// Drops the series of a Deployment that is gone or no longer managed.
@@ -255,6 +278,8 @@ impl Metrics {
         self.panic_mode.remove(&labels);
         self.stable_concurrency.remove(&labels);
         self.panic_concurrency.remove(&labels);
+        self.panic_percentage.remove(&labels);
+        self.panic_threshold_percentage.remove(&labels);
     }
 
     /// Counts a patch outcome.
@@ -311,6 +336,52 @@ mod tests {
             r#"zeroscale_autoscaler_scrape_errors_total{source="pod"} 0"#,
             r#"zeroscale_autoscaler_scale_patches_total{result="failure"} 0"#,
             r#"zeroscale_autoscaler_wakes_total{result="scaled"} 0"#,
+        ] {
+            assert!(text.contains(want), "no `{want}` in\n{text}");
+        }
+    }
+
+    #[test]
+    fn panic_exports_the_compared_figures() {
+        use std::time::{Duration, Instant};
+        use zeroscale_scaling::{DataState, Decider, Observation, Params, Sample};
+        // 6.0 concurrent at 5.6 per pod is 107% of one pod, rounded up to 2 pods: 200% of 1
+        // ready, which is what meets the 200% threshold.
+        let params = Params {
+            target: 8.0,
+            ..Params::default()
+        };
+        let t0 = Instant::now();
+        let mut d = Decider::new(params, t0, false);
+        for s in 0..6 {
+            let sample = Sample {
+                concurrency: 6.0,
+                rps: 0.0,
+            };
+            d.record(t0 + Duration::from_secs(s), sample);
+        }
+        let obs = Observation {
+            ready_pods: 1,
+            current_scale: 1,
+            in_flight: 6,
+            queued: 0,
+            data: DataState::Fresh,
+        };
+        let decision = d.decide(t0 + Duration::from_secs(5), &obs);
+        let metrics = Metrics::default();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        metrics.observe_report(&Report {
+            key: DeploymentKey::new("ns", "m"),
+            actual: 1,
+            decision,
+            in_panic: true,
+        });
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for want in [
+            r#"zeroscale_autoscaler_panic_percentage{namespace="ns",deployment="m"} 200.0"#,
+            r#"zeroscale_autoscaler_panic_threshold_percentage{namespace="ns",deployment="m"} 200.0"#,
         ] {
             assert!(text.contains(want), "no `{want}` in\n{text}");
         }

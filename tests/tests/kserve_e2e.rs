@@ -34,6 +34,10 @@ fn main() -> std::process::ExitCode {
             "an_inference_service_whose_autoscaler_class_fights_gets_a_warning_event",
             an_inference_service_whose_autoscaler_class_fights_gets_a_warning_event,
         ),
+        test(
+            "without_a_readiness_probe_a_woken_pod_answers_503_and_the_activator_passes_it_on",
+            without_a_readiness_probe_a_woken_pod_answers_503_and_the_activator_passes_it_on,
+        ),
     ])
 }
 
@@ -404,6 +408,44 @@ async fn an_inference_service_sleeps_at_zero_and_wakes_by_path_host_headers_and_
     Ok(())
 }
 
+/// Server-side applies InferenceService `name` in `ns`: sample-model with `args`, no readiness
+/// probe, these annotations besides Standard mode and the opt-in.
+async fn apply_isvc(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    annotations: Value,
+    args: &[&str],
+) -> anyhow::Result<()> {
+    let mut a = json!({
+        "serving.kserve.io/deploymentMode": "Standard",
+        "zeroscale.dev/enabled": "true",
+    });
+    if let (Some(a), Some(extra)) = (a.as_object_mut(), annotations.as_object()) {
+        a.extend(extra.clone());
+    }
+    let isvc: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {"name": name, "annotations": a},
+        "spec": {"predictor": {"containers": [{
+            "name": "kserve-container",
+            "image": "ghcr.io/zeroscale/sample-model:0.1.0",
+            "command": ["sample-model"],
+            "args": args,
+            "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}},
+        }]}},
+    }))?;
+    isvc_api(client, ns)
+        .patch(
+            name,
+            &PatchParams::apply("zeroscale-e2e"),
+            &Patch::Apply(&isvc),
+        )
+        .await?;
+    Ok(())
+}
+
 async fn an_inference_service_whose_autoscaler_class_fights_gets_a_warning_event(
     ctx: Ctx,
 ) -> anyhow::Result<()> {
@@ -411,29 +453,14 @@ async fn an_inference_service_whose_autoscaler_class_fights_gets_a_warning_event
     zeroscale_e2e::install_addon(&client, &addon::fast_config()).await?;
     let manager = start_kserve(&ctx).await?;
     let ns = ctx.namespace().await?;
-    let isvc: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "serving.kserve.io/v1beta1",
-        "kind": "InferenceService",
-        "metadata": {"name": "fights", "annotations": {
-            "serving.kserve.io/deploymentMode": "Standard",
-            "serving.kserve.io/autoscalerClass": "none",
-            "zeroscale.dev/enabled": "true",
-        }},
-        "spec": {"predictor": {"containers": [{
-            "name": "kserve-container",
-            "image": "ghcr.io/zeroscale/sample-model:0.1.0",
-            "command": ["sample-model"],
-            "args": ["--model-name=fights"],
-            "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}},
-        }]}},
-    }))?;
-    isvc_api(&client, &ns)
-        .patch(
-            "fights",
-            &PatchParams::apply("zeroscale-e2e"),
-            &Patch::Apply(&isvc),
-        )
-        .await?;
+    apply_isvc(
+        &client,
+        &ns,
+        "fights",
+        json!({"serving.kserve.io/autoscalerClass": "none"}),
+        &["--model-name=fights"],
+    )
+    .await?;
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
     let note = eventually(
         "a KServeAutoscalerClass Warning Event on fights-predictor",
@@ -456,6 +483,68 @@ async fn an_inference_service_whose_autoscaler_class_fights_gets_a_warning_event
     ensure!(
         note.contains("\"none\"") && note.contains("external"),
         "{note}"
+    );
+    drop(manager);
+    Ok(())
+}
+
+/// The activator does not hold or retry a pod's 503 (a pod that answered has read the request;
+/// sending it again could run it twice, and a 503 is also how a loaded pod sheds work): a
+/// just-woken pod that is Ready before its model is loaded is answered as it answers. KServe
+/// gives a container without a readiness probe a TCP one, Ready as soon as the port opens, so
+/// the README and the example set an HTTP probe (tested above: the cold request is 200).
+async fn without_a_readiness_probe_a_woken_pod_answers_503_and_the_activator_passes_it_on(
+    ctx: Ctx,
+) -> anyhow::Result<()> {
+    let client = ctx.client().await?;
+    zeroscale_e2e::install_addon(&client, &addon::fast_config()).await?;
+    let manager = start_kserve(&ctx).await?;
+    let ns = ctx.namespace().await?;
+    // Loading for 10 minutes: only a pod Ready before its model can answer within the test.
+    apply_isvc(
+        &client,
+        &ns,
+        "slow",
+        json!({
+            "serving.kserve.io/autoscalerClass": "external",
+            "zeroscale.dev/initial-scale": "0",
+        }),
+        &["--model-name=slow", "--load-delay=600s"],
+    )
+    .await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let d = eventually(
+        "KServe to create slow-predictor",
+        Duration::from_secs(60),
+        || async { Ok(deployments.get_opt("slow-predictor").await?) },
+    )
+    .await
+    .with_context(|| format!("KServe's manager log:\n{}", manager.log_tail(40)))?;
+    let probe = d
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|p| p.containers.into_iter().next())
+        .and_then(|c| c.readiness_probe);
+    eprintln!("the readiness probe KServe gave the container: {probe:?}");
+    ensure!(
+        probe.as_ref().is_some_and(|p| p.tcp_socket.is_some()),
+        "KServe did not add a TCP readiness probe: {probe:?}"
+    );
+    let activator = cluster_ip(&client, ADDON_NAMESPACE, ACTIVATOR, "http").await?;
+    let r = send(
+        activator,
+        Method::POST,
+        "/v1/models/slow:predict",
+        &[],
+        Some(json!({"instances": [[1.0]]})),
+    )
+    .await?;
+    ensure!(r.status == 503, "want the pod's 503, got {}", r.status);
+    ensure!(
+        r.header("x-pod-name").is_some() && r.text().contains("is loading"),
+        "the 503 is not the pod's: {:?} {}",
+        r.header("x-pod-name"),
+        r.text()
     );
     drop(manager);
     Ok(())

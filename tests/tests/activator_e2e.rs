@@ -33,6 +33,10 @@ fn main() -> std::process::ExitCode {
             "name_conflict_warns_and_oldest_wins",
             name_conflict_warns_and_oldest_wins,
         ),
+        test(
+            "three_models_share_a_pool_of_two",
+            three_models_share_a_pool_of_two,
+        ),
     ])
 }
 
@@ -88,6 +92,96 @@ async fn wait_ready(p: &Proc, admin: SocketAddr, what: &str) -> anyhow::Result<(
     .with_context(|| p.tail())
 }
 
+/// Applies `zeroscale-config` in `ns` (the add-on's namespace in these tests).
+async fn apply_config(
+    client: &Client,
+    ns: &str,
+    config: &BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "zeroscale-config"},
+        "data": config,
+    }))?;
+    Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .patch(
+            "zeroscale-config",
+            &PatchParams::apply("e2e").force(),
+            &Patch::Apply(&cm),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The activator and the autoscaler as processes for namespace `ns`, both ready.
+struct Addon {
+    activator: Proc,
+    autoscaler: Proc,
+    /// The activator's proxy port.
+    listen: SocketAddr,
+    /// The activator's admin port.
+    admin: SocketAddr,
+    /// The autoscaler's metrics port.
+    as_metrics: SocketAddr,
+}
+
+impl Addon {
+    async fn start(cluster: &LocalCluster, client: &Client, ns: &str) -> anyhow::Result<Self> {
+        let (listen, admin) = (free_addr()?, free_addr()?);
+        let (as_api, as_metrics) = (free_addr()?, free_addr()?);
+        zeroscale_e2e::publish_activator_metrics(client, ns, admin).await?;
+        let kubeconfig = cluster.kubeconfig_path().display().to_string();
+        let activator = Proc::spawn(
+            cluster,
+            &format!("activator-{ns}"),
+            "activator",
+            vec![
+                format!("--kubeconfig={kubeconfig}"),
+                format!("--namespace={ns}"),
+                format!("--watch-namespaces={ns}"),
+                format!("--listen={listen}"),
+                format!("--admin-listen={admin}"),
+                format!("--autoscaler-url=http://{as_api}"),
+                "--drain-timeout=5s".into(),
+                "--shutdown-delay=0s".into(),
+            ],
+        )?;
+        let autoscaler = Proc::spawn(
+            cluster,
+            &format!("autoscaler-{ns}"),
+            "autoscaler",
+            vec![
+                format!("--kubeconfig={kubeconfig}"),
+                format!("--namespace={ns}"),
+                format!("--namespaces={ns}"),
+                format!("--api-listen={as_api}"),
+                format!("--metrics-listen={as_metrics}"),
+                format!("--activator-service={ns}/zeroscale-activator"),
+                "--lease-name=zeroscale-autoscaler".into(),
+                "--lease-duration=4".into(),
+                "--identity=a".into(),
+            ],
+        )?;
+        wait_ready(&activator, admin, "activator").await?;
+        wait_ready(&autoscaler, as_metrics, "autoscaler").await?;
+        Ok(Self {
+            activator,
+            autoscaler,
+            listen,
+            admin,
+            as_metrics,
+        })
+    }
+
+    fn logs(&self) -> String {
+        format!(
+            "activator:\n{}\nautoscaler:\n{}",
+            self.activator.tail(),
+            self.autoscaler.tail()
+        )
+    }
+}
+
 async fn spec_replicas(client: &Client, ns: &str, name: &str) -> anyhow::Result<i32> {
     let d = Api::<Deployment>::namespaced(client.clone(), ns)
         .get(name)
@@ -113,18 +207,7 @@ async fn request_at_zero_wakes_the_model_and_it_returns_to_zero(ctx: Ctx) -> any
     let client = ctx.client().await?;
     let ns = ctx.namespace().await?;
     let config = zeroscale_testkit::addon::fast_config();
-    let cm: ConfigMap = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "zeroscale-config"},
-        "data": config,
-    }))?;
-    Api::<ConfigMap>::namespaced(client.clone(), &ns)
-        .patch(
-            "zeroscale-config",
-            &PatchParams::apply("e2e").force(),
-            &Patch::Apply(&cm),
-        )
-        .await?;
+    apply_config(&client, &ns, &config).await?;
     let mut d = sample_model_deployment("llama", 0, &["--model-name=llama"]);
     d.metadata.annotations = Some(
         [
@@ -142,50 +225,9 @@ async fn request_at_zero_wakes_the_model_and_it_returns_to_zero(ctx: Ctx) -> any
         .create(&PostParams::default(), &service_for("llama"))
         .await?;
 
-    let (listen, admin) = (free_addr()?, free_addr()?);
-    let (as_api, as_metrics) = (free_addr()?, free_addr()?);
-    zeroscale_e2e::publish_activator_metrics(&client, &ns, admin).await?;
-    let kubeconfig = cluster.kubeconfig_path().display().to_string();
-    let activator = Proc::spawn(
-        &cluster,
-        &format!("activator-{ns}"),
-        "activator",
-        vec![
-            format!("--kubeconfig={kubeconfig}"),
-            format!("--namespace={ns}"),
-            format!("--watch-namespaces={ns}"),
-            format!("--listen={listen}"),
-            format!("--admin-listen={admin}"),
-            format!("--autoscaler-url=http://{as_api}"),
-            "--drain-timeout=5s".into(),
-            "--shutdown-delay=0s".into(),
-        ],
-    )?;
-    let autoscaler = Proc::spawn(
-        &cluster,
-        &format!("autoscaler-{ns}"),
-        "autoscaler",
-        vec![
-            format!("--kubeconfig={kubeconfig}"),
-            format!("--namespace={ns}"),
-            format!("--namespaces={ns}"),
-            format!("--api-listen={as_api}"),
-            format!("--metrics-listen={as_metrics}"),
-            format!("--activator-service={ns}/zeroscale-activator"),
-            "--lease-name=zeroscale-autoscaler".into(),
-            "--lease-duration=4".into(),
-            "--identity=a".into(),
-        ],
-    )?;
-    wait_ready(&activator, admin, "activator").await?;
-    wait_ready(&autoscaler, as_metrics, "autoscaler").await?;
-    let logs = || {
-        format!(
-            "activator:\n{}\nautoscaler:\n{}",
-            activator.tail(),
-            autoscaler.tail()
-        )
-    };
+    let addon = Addon::start(&cluster, &client, &ns).await?;
+    let (listen, admin) = (addon.listen, addon.admin);
+    let logs = || addon.logs();
     ensure!(
         spec_replicas(&client, &ns, "llama").await? == 0,
         "starts at zero"
@@ -359,5 +401,187 @@ async fn name_conflict_warns_and_oldest_wins(ctx: Ctx) -> anyhow::Result<()> {
     )
     .await
     .with_context(|| activator.tail())?;
+    Ok(())
+}
+
+/// Capacity pools (issue 16): three models in a pool of capacity 2, requests to each in turn
+/// (a, b, c, a). Every request is answered 200; the pool's replicas, followed on a watch of
+/// every change, are never above 2; the Events say who was evicted for whom.
+async fn three_models_share_a_pool_of_two(ctx: Ctx) -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    use kube::runtime::watcher;
+
+    let cluster = ctx.cluster().await?;
+    let client = ctx.client().await?;
+    let ns = ctx.namespace().await?;
+    let mut config = zeroscale_testkit::addon::fast_config();
+    // Idle models stay up (a long grace period): only evictions take them down.
+    config.insert("scale-to-zero-grace-period".into(), "10m".into());
+    config.insert("pools".into(), "small=2".into());
+    config.insert("pool-min-residency".into(), "2s".into());
+    apply_config(&client, &ns, &config).await?;
+    let models = ["model-a", "model-b", "model-c"];
+    let deps = Api::<Deployment>::namespaced(client.clone(), &ns);
+    for name in models {
+        let mut d = sample_model_deployment(name, 0, &[&format!("--model-name={name}")]);
+        d.metadata.annotations = Some(
+            [
+                ("zeroscale.dev/enabled", "true"),
+                ("zeroscale.dev/pool", "small"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        );
+        deps.create(&PostParams::default(), &d).await?;
+        Api::<Service>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &service_for(name))
+            .await?;
+    }
+
+    // Every change of the pool's replicas, in the order the API server made them: the largest
+    // sum seen, with the counts that made it.
+    let peak = std::sync::Arc::new(std::sync::Mutex::new((0i32, String::new())));
+    let (c, n, seen) = (client.clone(), ns.clone(), peak.clone());
+    let watch = tokio::spawn(async move {
+        let mut spec: BTreeMap<String, i32> = BTreeMap::new();
+        let stream = watcher(
+            Api::<Deployment>::namespaced(c, &n),
+            watcher::Config::default(),
+        );
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            let Ok(watcher::Event::Apply(d) | watcher::Event::InitApply(d)) = ev else {
+                continue;
+            };
+            let name = d.metadata.name.clone().unwrap_or_default();
+            spec.insert(name, d.spec.and_then(|s| s.replicas).unwrap_or(1));
+            let sum: i32 = spec.values().sum();
+            let mut peak = seen.lock().unwrap_or_else(|e| e.into_inner());
+            if sum > peak.0 {
+                *peak = (sum, format!("{spec:?}"));
+            }
+        }
+    });
+
+    let addon = Addon::start(&cluster, &client, &ns).await?;
+    let (listen, as_metrics) = (addon.listen, addon.as_metrics);
+    let logs = || addon.logs();
+    // The opted-in models start at initial-scale 1 when created after the autoscaler started;
+    // these were created before, so they are found at zero.
+    for name in models {
+        ensure!(
+            spec_replicas(&client, &ns, name).await? == 0,
+            "{name} starts at 0"
+        );
+    }
+
+    // a, b, c, a: each request answered 200, each by its own model.
+    for name in ["model-a", "model-b", "model-c", "model-a"] {
+        let r = predict(listen, name).await.with_context(logs)?;
+        ensure!(
+            r.status == 200,
+            "{name}: {} {}\n{}",
+            r.status,
+            r.text(),
+            logs()
+        );
+        ensure!(r.json()["model_name"] == name, "{}", r.text());
+        // Past pool-min-residency, so the next one may evict this one.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+
+    // The Events tell the story: c's wake evicted a (least recently used), a's return evicted b.
+    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), &ns);
+    let story = eventually("the eviction Events", Duration::from_secs(30), || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&kube::api::ListParams::default()).await?;
+            let mut notes: Vec<(String, String)> = list
+                .items
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some("PoolEviction"))
+                .map(|e| {
+                    (
+                        e.involved_object.name.unwrap_or_default(),
+                        e.message.unwrap_or_default(),
+                    )
+                })
+                .collect();
+            notes.sort();
+            Ok((notes.len() >= 4).then_some(notes))
+        }
+    })
+    .await
+    .with_context(logs)?;
+    for (on, note) in &story {
+        eprintln!("PoolEviction on {on}: {note}");
+    }
+    let said = |on: &str, text: &str| story.iter().any(|(o, m)| o == on && m.contains(text));
+    let (a, b, c) = (
+        format!("{ns}/model-a"),
+        format!("{ns}/model-b"),
+        format!("{ns}/model-c"),
+    );
+    for (on, text) in [
+        (
+            "model-a",
+            format!("Scaled 1 -> 0 to make room for {c} in pool small (idle "),
+        ),
+        (
+            "model-c",
+            format!("{a} scaled to 0 to make room for this Deployment in pool small"),
+        ),
+        (
+            "model-b",
+            format!("Scaled 1 -> 0 to make room for {a} in pool small (idle "),
+        ),
+        (
+            "model-a",
+            format!("{b} scaled to 0 to make room for this Deployment in pool small"),
+        ),
+    ] {
+        ensure!(
+            said(on, &text),
+            "no Event on {on} saying {text:?}: {story:#?}"
+        );
+    }
+    ensure!(
+        story
+            .iter()
+            .all(|(_, m)| !m.contains("Scaled") || m.ends_with("least recently used)")),
+        "{story:#?}"
+    );
+
+    // The pool's metrics agree.
+    let m = http_client::get(as_metrics, "/metrics").await?.text();
+    let value = |name: &str| {
+        m.lines()
+            .find(|l| l.starts_with(name) && l.contains("pool=\"small\""))
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_owned)
+    };
+    ensure!(
+        value("zeroscale_autoscaler_pool_capacity").as_deref() == Some("2"),
+        "{m}"
+    );
+    ensure!(
+        value("zeroscale_autoscaler_pool_used").as_deref() == Some("2"),
+        "{m}"
+    );
+    ensure!(
+        value("zeroscale_autoscaler_pool_evictions_total").as_deref() == Some("2"),
+        "{m}"
+    );
+
+    // Never above capacity, on any change.
+    watch.abort();
+    let peak = peak.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    ensure!(
+        peak.0 == 2,
+        "the pool's replicas peaked at {}: {}",
+        peak.0,
+        peak.1
+    );
     Ok(())
 }

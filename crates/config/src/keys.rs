@@ -335,7 +335,7 @@ pub const ANNOTATIONS: &[KeyDoc] = &[
     ),
     k(
         "zeroscale.dev/model-name",
-        "the Deployment name",
+        "a KServe predictor's InferenceService name, else the Deployment name",
         crate::parse::MODEL_NAME_RULE,
         "Model name the activator routes by (path, OpenAI body model field).",
     ),

@@ -1257,13 +1257,40 @@ mod tests {
     fn a_deployment_opting_in_after_start_gets_initial_scale() {
         let t0 = Instant::now();
         let mut index = synced(t0);
-        index.apply_deployment(dep(&[], 0, 0), t0);
-        index.apply_deployment(dep(&[ON], 0, 0), t0);
+        let initial = ("zeroscale.dev/initial-scale", "3");
+        index.apply_deployment(dep(&[], 1, 1), t0);
+        index.apply_deployment(dep(&[ON, initial], 1, 1), t0);
         index.record_round(&round(t0, true, None));
         let out = index.tick(t0);
         assert_eq!(
             out.intents.first().map(|i| (i.to, i.decision.reason)),
-            Some((1, Reason::Initial)),
+            Some((3, Reason::Initial)),
+            "{:?}",
+            out.intents
+        );
+    }
+
+    #[test]
+    fn a_deployment_opting_in_at_zero_replicas_stays_there_until_its_first_request() {
+        let t0 = Instant::now();
+        let mut index = synced(t0);
+        let initial = ("zeroscale.dev/initial-scale", "3");
+        index.apply_deployment(dep(&[ON, initial], 0, 0), t0);
+        // Idle for longer than the stable window: no scale at all.
+        for s in 0..10 {
+            let now = t0 + Duration::from_secs(s);
+            index.record_round(&round(now, true, None));
+            let out = index.tick(now);
+            assert!(out.intents.is_empty(), "second {s}: {:?}", out.intents);
+        }
+        // The first request waits in the activator: woken to activation-scale, not to
+        // initial-scale.
+        let now = t0 + Duration::from_secs(10);
+        index.record_round(&round(now, true, busy(1.0, 0, 1)));
+        let out = index.tick(now);
+        assert_eq!(
+            out.intents.first().map(|i| (i.to, i.decision.reason)),
+            Some((1, Reason::Wake)),
             "{:?}",
             out.intents
         );

@@ -467,8 +467,8 @@ async fn three_models_share_a_pool_of_two(ctx: Ctx) -> anyhow::Result<()> {
     let addon = Addon::start(&cluster, &client, &ns).await?;
     let (listen, as_metrics) = (addon.listen, addon.as_metrics);
     let logs = || addon.logs();
-    // The opted-in models start at initial-scale 1 when created after the autoscaler started;
-    // these were created before, so they are found at zero.
+    // Models opted in at zero replicas stay at zero until their first request (and these were
+    // created before the autoscaler started, so they are found at zero anyway).
     for name in models {
         ensure!(
             spec_replicas(&client, &ns, name).await? == 0,

@@ -135,7 +135,7 @@ pub const CONFIGMAP_KEYS: &[KeyDoc] = &[
         "initial-scale",
         "1",
         SCALE,
-        "Replicas right after a Deployment opts in; 0 needs allow-zero-initial-scale.",
+        "Replicas right after a Deployment opts in with spec.replicas above 0 (one that opts in at 0 stays at 0 until its first request); 0 needs allow-zero-initial-scale.",
     ),
     k(
         "allow-zero-initial-scale",
@@ -319,7 +319,7 @@ pub const ANNOTATIONS: &[KeyDoc] = &[
         "zeroscale.dev/initial-scale",
         "ConfigMap initial-scale",
         SCALE,
-        "Replicas right after opting in; 0 needs allow-zero-initial-scale in the ConfigMap.",
+        "Replicas right after opting in with spec.replicas above 0 (at 0 it stays at 0 until its first request); 0 needs allow-zero-initial-scale in the ConfigMap.",
     ),
     k(
         "zeroscale.dev/activation-scale",

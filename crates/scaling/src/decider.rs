@@ -309,6 +309,12 @@ impl Decider {
         //    needs fresh data: a gap in the data would look like a calm period.
         if !self.started {
             self.started = true;
+            // Opted in at zero replicas: it stays at zero until its first request (a wake),
+            // so a model that holds GPUs costs nothing until used. Initial-scale is for
+            // Deployments that opt in with replicas.
+            if self.newly_enabled && obs.current_scale == 0 {
+                self.initial_over = true;
+            }
             if !self.newly_enabled && obs.ready_pods > 1 {
                 // Restarted autoscaler, empty windows: hold the ready pods for a stable window.
                 self.panic_time = Some(self.origin);

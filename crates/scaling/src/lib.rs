@@ -50,8 +50,10 @@
 //!
 //! # Then, in this order
 //! 1. **scale-down-delay**: the maximum over the last `scale_down_delay`.
-//! 2. **initial-scale** (only when `newly_enabled`): at least this until a full stable window
-//!    has passed since the first sample (held while no sample has arrived).
+//! 2. **initial-scale** (only when `newly_enabled` and the Deployment had replicas at the
+//!    first decision): at least this until a full stable window has passed since the first
+//!    sample (held while no sample has arrived). A Deployment that opts in with
+//!    `spec.replicas: 0` stays at 0 until its first request wakes it.
 //! 3. **zero**: a count of 0 stands only if scale to zero is enabled, nothing is in flight or
 //!    queued, the data is fresh, and there has been no traffic (no sample above zero, no
 //!    request in flight or queued, no stale tick) for the grace period (30s) and the retention

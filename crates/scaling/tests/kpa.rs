@@ -519,8 +519,8 @@ fn initial_scale_holds_for_a_stable_window_of_data_only_when_newly_enabled() {
         ..Params::default()
     };
     let mut sim = Sim::new(params.clone(), true);
-    // No data yet: hold.
-    let d = sim.decide(100, steady(0));
+    // Opted in with 1 replica, not ready yet, no data: hold.
+    let d = sim.decide(100, obs(0, 1));
     assert_eq!((d.desired, d.reason), (3, Reason::Initial));
     assert_eq!(
         d.to_string(),
@@ -535,9 +535,30 @@ fn initial_scale_holds_for_a_stable_window_of_data_only_when_newly_enabled() {
     assert_eq!(sim.decide(161, steady(0)).desired, 0);
 
     // An autoscaler restart never re-applies it.
-    let mut sim = Sim::new(params, false);
+    let mut sim = Sim::new(params.clone(), false);
     let d = sim.decide(0, steady(0));
     assert_eq!(d.desired, 0);
+
+    // Opted in at zero replicas: stays at zero, with data or without, until a request
+    // arrives; then the wake (activation-scale), never initial-scale.
+    let mut sim = Sim::new(params, true);
+    for s in 0..90 {
+        if s > 0 {
+            sim.load(s - 1, s, 0.0);
+        }
+        let d = sim.decide(s, steady(0));
+        assert_eq!(
+            (d.desired, d.reason),
+            (0, Reason::ScaleToZero),
+            "second {s}"
+        );
+    }
+    let waiting = Observation {
+        queued: 1,
+        ..steady(0)
+    };
+    let d = sim.decide(90, waiting);
+    assert_eq!((d.desired, d.reason), (1, Reason::Wake));
 }
 
 #[test]

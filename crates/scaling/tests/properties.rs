@@ -323,6 +323,34 @@ proptest! {
         })?;
     }
 
+    /// A Deployment that opts in at zero replicas (min-scale 0, scale to zero enabled) stays at
+    /// zero until a request is in flight or queued, whatever initial-scale says: samples of an
+    /// idle model (late, duplicated, with or without demand figures) and stale or missing data
+    /// never scale it up.
+    #[test]
+    fn opted_in_at_zero_stays_at_zero_until_a_request(
+        params in params(),
+        steps in prop::collection::vec(step(Just(0u32).boxed(), Just(0u32).boxed()), 1..100),
+    ) {
+        let params = Params { min_scale: 0, enable_scale_to_zero: true, ..params };
+        let mut steps = steps;
+        for st in &mut steps {
+            for (_, (sample, demand)) in &mut st.samples {
+                *sample = Sample::default();
+                *demand = demand.map(|_| Demand::default());
+            }
+        }
+        let mut woken = false;
+        run(&params, true, &steps, |c| {
+            always(c)?;
+            woken |= c.obs.in_flight > 0 || c.obs.queued > 0;
+            if !woken {
+                prop_assert_eq!(c.dec.desired, 0, "{:?}", c.dec);
+            }
+            Ok(())
+        })?;
+    }
+
     #[test]
     fn deciders_are_deterministic(params in params(), newly in any::<bool>(), steps in any_steps()) {
         let a = run(&params, newly, &steps, |_| Ok(()))?;

@@ -446,6 +446,31 @@ async fn apply_isvc(
     Ok(())
 }
 
+/// The first `type_` Event with `reason` on `object` in `ns`, waited for.
+async fn wait_event(
+    client: &Client,
+    ns: &str,
+    object: &str,
+    type_: &str,
+    reason: &str,
+) -> anyhow::Result<String> {
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    let lp = ListParams::default().fields(&format!("involvedObject.name={object}"));
+    eventually(
+        &format!("a {type_} {reason} Event on {object}"),
+        Duration::from_secs(60),
+        || async {
+            let list = events.list(&lp).await?;
+            Ok(list.items.into_iter().find_map(|e| {
+                (e.type_.as_deref() == Some(type_) && e.reason.as_deref() == Some(reason))
+                    .then_some(e.message)
+                    .flatten()
+            }))
+        },
+    )
+    .await
+}
+
 async fn an_inference_service_whose_autoscaler_class_fights_gets_a_warning_event(
     ctx: Ctx,
 ) -> anyhow::Result<()> {
@@ -453,6 +478,7 @@ async fn an_inference_service_whose_autoscaler_class_fights_gets_a_warning_event
     zeroscale_e2e::install_addon(&client, &addon::fast_config()).await?;
     let manager = start_kserve(&ctx).await?;
     let ns = ctx.namespace().await?;
+    // `none`: KServe owns the replicas.
     apply_isvc(
         &client,
         &ns,
@@ -461,21 +487,12 @@ async fn an_inference_service_whose_autoscaler_class_fights_gets_a_warning_event
         &["--model-name=fights"],
     )
     .await?;
-    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
-    let note = eventually(
-        "a KServeAutoscalerClass Warning Event on fights-predictor",
-        Duration::from_secs(60),
-        || async {
-            let list = events
-                .list(&ListParams::default().fields("involvedObject.name=fights-predictor"))
-                .await?;
-            Ok(list.items.into_iter().find_map(|e| {
-                (e.type_.as_deref() == Some("Warning")
-                    && e.reason.as_deref() == Some("KServeAutoscalerClass"))
-                .then_some(e.message)
-                .flatten()
-            }))
-        },
+    let note = wait_event(
+        &client,
+        &ns,
+        "fights-predictor",
+        "Warning",
+        "KServeAutoscalerClass",
     )
     .await
     .with_context(|| format!("KServe's manager log:\n{}", manager.log_tail(40)))?;
@@ -484,6 +501,44 @@ async fn an_inference_service_whose_autoscaler_class_fights_gets_a_warning_event
         note.contains("\"none\"") && note.contains("external"),
         "{note}"
     );
+    // What the Warning says: zeroscale's scale to 0 is undone by KServe's next reconcile.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let spec = || async {
+        let d = deployments.get("fights-predictor").await?;
+        anyhow::Ok(d.spec.and_then(|s| s.replicas))
+    };
+    eventually(
+        "zeroscale to scale fights-predictor to 0",
+        Duration::from_secs(60),
+        || async { Ok((spec().await? == Some(0)).then_some(())) },
+    )
+    .await?;
+    let back = eventually(
+        "KServe to set the replicas again",
+        Duration::from_secs(60),
+        || async { Ok(spec().await?.filter(|n| *n > 0)) },
+    )
+    .await?;
+    eprintln!("autoscalerClass none: zeroscale scaled to 0, KServe set {back} again");
+    // No autoscalerClass: KServe's default, an HPA, which zeroscale stands aside for.
+    apply_isvc(
+        &client,
+        &ns,
+        "defaulted",
+        json!({}),
+        &["--model-name=defaulted"],
+    )
+    .await?;
+    let note = wait_event(
+        &client,
+        &ns,
+        "defaulted-predictor",
+        "Warning",
+        "HPAConflict",
+    )
+    .await?;
+    eprintln!("Warning HPAConflict: {note}");
+    ensure!(note.contains("defaulted-predictor"), "{note}");
     drop(manager);
     Ok(())
 }

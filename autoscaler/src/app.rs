@@ -319,6 +319,8 @@ impl App {
             tx: tx.clone(),
             buffered_configmap: None,
             pod_targets,
+            cold_starts: Default::default(),
+            client: client.clone(),
         };
         drop(tx);
 

@@ -169,6 +169,10 @@ pub(crate) struct ControlLoop {
     pub(crate) buffered_configmap: Option<Option<BTreeMap<String, String>>>,
     /// Pod-sourced Deployments, for the pod scrape loop (refreshed every tick).
     pub(crate) pod_targets: Arc<RwLock<Vec<PodTarget>>>,
+    /// Wakes on their way to a first Ready pod.
+    pub(crate) cold_starts: crate::coldstart::Tracker,
+    /// For listing a woken Deployment's pods (cold-start stages).
+    pub(crate) client: Client,
 }
 
 impl ControlLoop {
@@ -215,6 +219,21 @@ impl ControlLoop {
                     let Some(v) = view(&d) else { return };
                     let span = tracing::debug_span!("deployment", deployment = %v.key);
                     let _g = span.enter();
+                    let wall = std::time::SystemTime::now();
+                    if let Some(done) = self.cold_starts.observe(
+                        &v.key,
+                        v.spec_replicas,
+                        v.ready_replicas,
+                        now,
+                        wall,
+                    ) {
+                        crate::coldstart::record(
+                            self.client.clone(),
+                            self.metrics.clone(),
+                            &d,
+                            done,
+                        );
+                    }
                     if !zeroscale_config::is_opted_in(&v.annotations) {
                         self.metrics.forget(&v.key);
                     }
@@ -223,6 +242,7 @@ impl ControlLoop {
                 }
                 Event::Delete(d) => {
                     if let Some(v) = view(&d) {
+                        self.cold_starts.forget(&v.key);
                         self.index.delete_deployment(&v.key);
                         self.metrics.forget(&v.key);
                     }

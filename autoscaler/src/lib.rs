@@ -10,6 +10,7 @@
 //!   [`zeroscale_pool`] (the leader is their only writer);
 //! - [`apply`]: the small controller that patches scales (leader only) and records Events;
 //! - [`wake`]: `POST /v1/wake`, the fast 0 -> N path any replica serves;
+//! - [`coldstart`]: wake -> first Ready pod per Deployment (scheduled, started, ready);
 //! - [`beat`]: a client wrapper that turns a watch's responses and bookmarks into signs of
 //!   life;
 //! - [`health`]: the renew deadline and watch staleness (pure, time passed in), behind the
@@ -24,6 +25,7 @@
 pub mod app;
 pub mod apply;
 pub mod beat;
+pub mod coldstart;
 pub mod config;
 pub mod controller;
 pub mod health;

@@ -105,6 +105,8 @@ pub struct Metrics {
     pub managed_deployments: Gauge,
     /// Capacity pools: capacity, used, waiting wakes, evictions.
     pub pools: crate::pools::PoolMetrics,
+    /// Wake to first Ready pod, per Deployment and stage.
+    pub cold_starts: crate::coldstart::ColdStartMetrics,
 }
 
 impl Default for Metrics {
@@ -129,6 +131,7 @@ impl Default for Metrics {
             ticks_skipped_unsynced: Default::default(),
             managed_deployments: Default::default(),
             pools: Default::default(),
+            cold_starts: Default::default(),
         }
     }
 }
@@ -242,6 +245,7 @@ impl Metrics {
             self.managed_deployments.clone(),
         );
         self.pools.register(r);
+        self.cold_starts.register(r);
     }
 
     /// Records one tick's per-Deployment state.
@@ -280,6 +284,7 @@ impl Metrics {
         self.panic_concurrency.remove(&labels);
         self.panic_percentage.remove(&labels);
         self.panic_threshold_percentage.remove(&labels);
+        self.cold_starts.forget(key);
     }
 
     /// Counts a patch outcome.

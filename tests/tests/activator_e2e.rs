@@ -574,6 +574,31 @@ async fn three_models_share_a_pool_of_two(ctx: Ctx) -> anyhow::Result<()> {
         "{m}"
     );
 
+    // Cold starts (issue 16 part 3): a woke twice, b and c once; each wake timed to its first
+    // Ready pod, split where the pod's status allows (this autoscaler may list pods).
+    let m = http_client::get(as_metrics, "/metrics").await?.text();
+    let count = |model: &str, stage: &str| {
+        m.lines()
+            .find(|l| {
+                l.starts_with("zeroscale_autoscaler_wake_to_ready_seconds_count{")
+                    && l.contains(&format!("deployment=\"{model}\""))
+                    && l.contains(&format!("stage=\"{stage}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    for line in m
+        .lines()
+        .filter(|l| l.contains("wake_to_ready_seconds_sum"))
+    {
+        eprintln!("{line}");
+    }
+    for (model, wakes) in [("model-a", 2), ("model-b", 1), ("model-c", 1)] {
+        ensure!(count(model, "ready") == Some(wakes), "{model} ready: {m}");
+    }
+    ensure!(count("model-c", "scheduled") == Some(1), "c scheduled: {m}");
+    ensure!(count("model-c", "started") == Some(1), "c started: {m}");
+
     // Never above capacity, on any change.
     watch.abort();
     let peak = peak.lock().unwrap_or_else(|e| e.into_inner()).clone();

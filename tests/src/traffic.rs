@@ -57,6 +57,11 @@ impl Proc {
         Ok(Self { _child: child, log })
     }
 
+    /// Its process id (for reading its CPU time and memory from `/proc`).
+    pub fn pid(&self) -> u32 {
+        self._child.pid()
+    }
+
     /// The last `n` lines of its log.
     pub fn tail(&self, n: usize) -> String {
         process::tail(&self.log, n)
@@ -120,6 +125,8 @@ pub struct LocalAddon {
     pub activators: Vec<Activator>,
     /// The autoscaler.
     pub autoscaler: Proc,
+    /// The autoscaler's metrics listener (`/readyz`, `/metrics`).
+    pub autoscaler_metrics: SocketAddr,
 }
 
 impl LocalAddon {
@@ -196,6 +203,7 @@ impl LocalAddon {
         let addon = Self {
             activators: list,
             autoscaler,
+            autoscaler_metrics: as_metrics,
         };
         for (i, a) in addon.activators.iter().enumerate() {
             wait_ready(&a.proc, a.admin, &format!("activator {i}")).await?;

@@ -35,7 +35,9 @@ pub use zeroscale_config::DeploymentKey as ModelKey;
 pub struct ModelSpec {
     /// The Deployment.
     pub key: ModelKey,
-    /// The routed model name (annotation `zeroscale.dev/model-name`, else the Deployment name).
+    /// The routed model name (`zeroscale_config::kserve::routed_model_name`: the annotation
+    /// `zeroscale.dev/model-name`, else a KServe predictor's InferenceService, else the
+    /// Deployment name).
     pub model_name: String,
     /// Extra Host names routed to this model; a name ending in `.*` matches any host whose
     /// first label is the part before it (KServe's host names).

@@ -129,6 +129,91 @@ async fn routes_by_host_path_and_body(relay: bool) {
     assert_eq!(m1.gate().metrics().answered_count(200), 5);
 }
 
+async fn routes_kserve_host_names_headers_and_openai_prefix(relay: bool) {
+    use zeroscale_activator::queue::Limits;
+    use zeroscale_activator::table::{ModelKey, ModelSpec};
+    let act = plain(relay).await;
+    let (iris, other) = (Backend::start("iris").await, Backend::start("other").await);
+    let key = ModelKey {
+        namespace: "models".into(),
+        deployment: "iris-predictor".into(),
+    };
+    act.table.upsert_model(ModelSpec {
+        key: key.clone(),
+        model_name: "iris".into(),
+        hostnames: zeroscale_config::kserve::host_keys("iris", "models"),
+        created: Some(0),
+        limits: Limits::with_queue(0, 10, 1 << 20, LONG),
+    });
+    act.table.set_endpoints(&key, vec![iris.endpoint()]);
+    let k2 = act.model("models", "other", 0, 10, LONG);
+    act.table.set_endpoints(&k2, vec![other.endpoint()]);
+    let c = client();
+    let cases: Vec<(http::Request<Full<Bytes>>, &str)> = vec![
+        (
+            get(&act.url("/v2/health/ready"))
+                .header("host", "iris-models.example.com")
+                .body(empty())
+                .unwrap(),
+            "iris",
+        ),
+        (
+            get(&act.url("/v2/health/ready"))
+                .header("host", "iris-predictor-models.kserve.internal:80")
+                .body(empty())
+                .unwrap(),
+            "iris",
+        ),
+        (
+            get(&act.url("/v2/health/ready"))
+                .header("host", "iris-predictor.models.svc.cluster.local")
+                .body(empty())
+                .unwrap(),
+            "iris",
+        ),
+        (
+            // The headers win over a Host naming another model.
+            get(&act.url("/v2/health/ready"))
+                .header("host", "other.models")
+                .header("KServe-Isvc-Name", "iris")
+                .header("KServe-Isvc-Namespace", "models")
+                .body(empty())
+                .unwrap(),
+            "iris",
+        ),
+        (
+            get(&act.url("/openai/v1/chat/completions"))
+                .method(Method::POST)
+                .body(json(r#"{"model":"iris","messages":[]}"#))
+                .unwrap(),
+            "iris",
+        ),
+        (
+            get(&act.url("/openai/v1/embeddings"))
+                .method(Method::POST)
+                .body(json(r#"{"model":"other","input":"x"}"#))
+                .unwrap(),
+            "other",
+        ),
+    ];
+    for (req, want) in cases {
+        let what = format!("{} {:?}", req.uri(), req.headers());
+        let a = send(&c, req).await;
+        assert_eq!(a.status, StatusCode::OK, "{what}: {:?}", a.body);
+        assert_eq!(a.served_by(), want, "{what}");
+    }
+    // The prefix reaches the pod as sent: KServe's runtimes serve it there.
+    let a = send(
+        &c,
+        get(&act.url("/openai/v1/completions"))
+            .method(Method::POST)
+            .body(json(r#"{"model":"iris","prompt":"p"}"#))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.json()["path"], "/openai/v1/completions");
+}
+
 async fn bad_requests_get_clear_json_errors(relay: bool) {
     let act = plain(relay).await;
     let b = Backend::start("one").await;
@@ -1026,6 +1111,7 @@ on_both_paths!(
     a_request_whose_pods_all_refuse_waits_for_one_that_listens,
     a_request_on_a_connection_the_pod_closes_is_sent_again,
     routes_by_host_path_and_body,
+    routes_kserve_host_names_headers_and_openai_prefix,
     bad_requests_get_clear_json_errors,
     queued_at_zero_wakes_and_drains_in_order,
     wake_is_retried_with_backoff_while_refused,

@@ -30,7 +30,7 @@ fi
 ensure_go
 export GOTOOLCHAIN=local CGO_ENABLED=0
 MOD=github.com/kserve/kserve
-SRC=$(go mod download -json "$MOD@$KSERVE_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+SRC=$( (go mod download -json "$MOD@$KSERVE_VERSION" 2>/dev/null || true) | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
 [[ -d "$SRC" ]] || die "the Go module proxy ($(go env GOPROXY)) does not answer for $MOD@$KSERVE_VERSION: check network access to the proxy, or set GOPROXY to a reachable mirror."
 mkdir -p "$BIN" "$CRD" "$OUT/config"
 start=$(date +%s)

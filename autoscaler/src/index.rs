@@ -563,6 +563,25 @@ impl Index {
                 continue;
             };
             if hpa_targets.contains(key) {
+                // Not decided here, but its replicas still hold room in its pool.
+                if let Some(pool) = m.settings.pool.as_ref()
+                    && let Some(capacity) = self.global.pools.get(pool)
+                {
+                    pooled.push(crate::pools::Candidate {
+                        key: key.clone(),
+                        pool: pool.clone(),
+                        spec: entry.view.spec_replicas,
+                        decision: None,
+                        busy: true,
+                        pinned: true,
+                        pending: false,
+                        per_replica: entry
+                            .view
+                            .resources
+                            .units(capacity)
+                            .unwrap_or(capacity.capacity_milli.saturating_add(1)),
+                    });
+                }
                 continue;
             }
             let data = match m.last_round {
@@ -605,7 +624,7 @@ impl Index {
                         .resources
                         .units(capacity)
                         .unwrap_or(capacity.capacity_milli.saturating_add(1)),
-                    decision: decision.clone(),
+                    decision: Some(decision.clone()),
                 });
                 if decision.desired == entry.view.spec_replicas {
                     m.manual = false;
@@ -650,7 +669,7 @@ impl Index {
         self.pools.retain(|k| keys.contains(k));
         let decisions: HashMap<DeploymentKey, Decision> = pooled
             .iter()
-            .map(|c| (c.key.clone(), c.decision.clone()))
+            .filter_map(|c| Some((c.key.clone(), c.decision.clone()?)))
             .collect();
         let (intents, reports) = self.pools.admit(pooled, &self.global, now);
         out.pools = reports;
@@ -662,9 +681,12 @@ impl Index {
             else {
                 continue;
             };
+            let Some(decision) = decisions.get(&i.key) else {
+                continue;
+            };
             m.pending = true;
             out.intents.push(ScaleIntent {
-                decision: decisions[&i.key].clone(),
+                decision: decision.clone(),
                 overrides_manual: std::mem::take(&mut m.manual),
                 key: i.key,
                 from: i.from,

@@ -152,8 +152,9 @@ pub struct Candidate {
     pub pool: String,
     /// `spec.replicas`.
     pub spec: u32,
-    /// Its own decision.
-    pub decision: Decision,
+    /// Its own decision; `None` for a Deployment zeroscale does not decide (an HPA scales it),
+    /// whose replicas still hold their room.
+    pub decision: Option<Decision>,
     /// Requests in flight or queued, traffic within the panic window, or data not fresh.
     pub busy: bool,
     /// min-scale above zero: never evicted.
@@ -260,7 +261,10 @@ impl Book {
                         Some(to) => (c.spec.max(to), to, c.spec.saturating_sub(to)),
                         // Another writer's change in flight: hold what is there.
                         None if c.pending => (c.spec, c.spec, 0),
-                        None => (c.spec, c.decision.desired, 0),
+                        None => match &c.decision {
+                            Some(d) => (c.spec, d.desired, 0),
+                            None => (c.spec, c.spec, 0),
+                        },
                     };
                     if c.spec == 0 {
                         // Resident again from the moment it is asked to run.
@@ -293,12 +297,12 @@ impl Book {
                 members.iter().map(|c| (&c.key, *c)).collect();
             for (key, to) in &plan.targets {
                 let c = by_key[key];
-                if c.pending {
+                let Some(decision) = c.decision.as_ref().filter(|_| !c.pending) else {
                     continue;
-                }
-                let note = (*to < c.decision.desired && *to > c.spec).then(|| PoolNote::Limited {
+                };
+                let note = (*to < decision.desired && *to > c.spec).then(|| PoolNote::Limited {
                     pool: pool.to_owned(),
-                    wanted: c.decision.desired,
+                    wanted: decision.desired,
                 });
                 intents.push(PoolIntent {
                     key: key.clone(),
@@ -309,7 +313,7 @@ impl Book {
             }
             for e in &plan.evictions {
                 let c = by_key[&e.key];
-                if c.pending {
+                if c.pending || c.decision.is_none() {
                     continue;
                 }
                 intents.push(PoolIntent {
@@ -736,6 +740,23 @@ mod tests {
         sim.second(&[("c", 0, 1)], false);
         sim.second(&[("c", 0, 1)], false);
         assert_eq!(sim.spec["c"], 1);
+    }
+
+    #[test]
+    fn a_pooled_deployment_an_hpa_scales_still_holds_its_room() {
+        let mut sim = Sim::new("small=2", &[], PodResources::default());
+        sim.capacity_replicas = 2;
+        sim.set("a", 2, 2, &[]);
+        sim.index
+            .apply_hpa(DeploymentKey::new("models", "a-hpa"), Some(key("a")));
+        // a's two replicas fill the pool: b waits, a is never evicted (zeroscale does not
+        // decide it).
+        for _ in 0..30 {
+            let out = sim.second(&[("b", 0, 1)], false);
+            assert!(out.is_empty(), "{out:?}");
+        }
+        assert_eq!(sim.reports[0].used_milli, 2000);
+        assert_eq!(sim.reports[0].waiting, vec![key("b")]);
     }
 
     #[test]

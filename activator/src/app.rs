@@ -79,6 +79,11 @@ pub struct Config {
     /// activator/README.md). `false` sends every request through hyper.
     #[arg(long, env = "ZEROSCALE_RELAY", default_value_t = true, action = clap::ArgAction::Set)]
     pub relay: bool,
+    /// A model's per-model series stay on `/metrics` this long after its last request, then
+    /// leave the page until it has requests again (they keep counting meanwhile), so the page
+    /// grows with the active models, not with all of them.
+    #[arg(long, env = "ZEROSCALE_IDLE_SERIES_RETENTION", default_value = "5m", value_parser = parse_duration)]
+    pub idle_series_retention: Duration,
     /// This instance's name, for Events (the pod name).
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
@@ -187,6 +192,7 @@ impl App {
         let defaults = ActivatorConfig::default();
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
+        metrics.set_idle_series_retention(config.idle_series_retention);
         let (sink, kubernetes): (Arc<dyn WakeSink>, _) = match feed {
             Feed::Local { wake } => (wake, None),
             Feed::Kubernetes => {
@@ -340,6 +346,7 @@ impl App {
             Admin {
                 registry: Arc::new(registry),
                 ready: ready.clone(),
+                feed: proxy.metrics().feed().clone(),
             },
             std::future::pending::<()>(),
         ));

@@ -25,6 +25,7 @@ pub mod queue;
 pub mod relay;
 pub mod route;
 pub mod server;
+pub mod stat_feed;
 pub mod table;
 pub mod upstream;
 pub mod wake;

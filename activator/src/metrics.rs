@@ -4,18 +4,24 @@
 //! handles once ([`ModelMetrics`]) so the per-request path does no label lookups except for the
 //! status-code counter.
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 use zeroscale_gate::{GateMetrics, PodGauge};
+
+use crate::stat_feed::StatFeed;
+pub use crate::stat_feed::{ConcurrencyIntegral, Held};
 
 /// Labels of every per-model series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -74,90 +80,6 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
-#[derive(Debug)]
-struct IntegralState {
-    count: u64,
-    /// Accumulated request-nanoseconds: integer so the sum is exact.
-    acc_nanos: u128,
-    last: Instant,
-}
-
-/// The integral over time of the number of requests held (queued + forwarded and not yet
-/// answered), in request-seconds. Time is passed in (`*_at`), so it is testable without a clock;
-/// the scrape uses `tokio::time::Instant::now()`, which a paused test clock controls.
-#[derive(Clone, Debug)]
-pub struct ConcurrencyIntegral(Arc<Mutex<IntegralState>>);
-
-impl Default for ConcurrencyIntegral {
-    fn default() -> Self {
-        Self::new_at(Instant::now())
-    }
-}
-
-impl ConcurrencyIntegral {
-    /// A zero integral starting at `now`.
-    pub fn new_at(now: Instant) -> Self {
-        Self(Arc::new(Mutex::new(IntegralState {
-            count: 0,
-            acc_nanos: 0,
-            last: now,
-        })))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, IntegralState> {
-        // A poisoned lock only means a panic elsewhere; the counters stay meaningful.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn advance(st: &mut IntegralState, now: Instant) {
-        // `saturating_duration_since`: a caller's `now` older than the last change adds nothing.
-        let dt = now.saturating_duration_since(st.last);
-        st.acc_nanos += u128::from(st.count) * dt.as_nanos();
-        if now > st.last {
-            st.last = now;
-        }
-    }
-
-    /// One more request held from `now` on.
-    pub fn inc_at(&self, now: Instant) {
-        let mut st = self.lock();
-        Self::advance(&mut st, now);
-        st.count += 1;
-    }
-
-    /// One request fewer held from `now` on.
-    pub fn dec_at(&self, now: Instant) {
-        let mut st = self.lock();
-        Self::advance(&mut st, now);
-        st.count = st.count.saturating_sub(1);
-    }
-
-    /// Requests held right now.
-    pub fn current(&self) -> u64 {
-        self.lock().count
-    }
-
-    /// The integral up to `now`, as an exact duration (request-nanoseconds).
-    pub fn total_at(&self, now: Instant) -> Duration {
-        let st = self.lock();
-        let dt = now.saturating_duration_since(st.last);
-        let nanos = st.acc_nanos + u128::from(st.count) * dt.as_nanos();
-        let secs = (nanos / 1_000_000_000) as u64;
-        Duration::new(secs, (nanos % 1_000_000_000) as u32)
-    }
-
-    /// The integral up to `now` in request-seconds.
-    pub fn seconds_at(&self, now: Instant) -> f64 {
-        self.total_at(now).as_secs_f64()
-    }
-
-    /// A guard that holds one request until dropped.
-    pub fn hold(&self) -> Held {
-        self.inc_at(Instant::now());
-        Held(self.clone())
-    }
-}
-
 impl TypedMetric for ConcurrencyIntegral {
     const TYPE: MetricType = MetricType::Counter;
 }
@@ -173,65 +95,154 @@ impl EncodeMetric for ConcurrencyIntegral {
     }
 }
 
-/// Holds one request in a [`ConcurrencyIntegral`] until dropped.
-#[derive(Debug)]
-pub struct Held(ConcurrencyIntegral);
+/// How long a model's series stay on `/metrics` after its last request, unless set otherwise
+/// (`--idle-series-retention`).
+pub const DEFAULT_IDLE_SERIES_RETENTION: Duration = Duration::from_secs(300);
 
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.0.dec_at(Instant::now());
+/// A family of per-model series that are on `/metrics` only while their model holds requests
+/// and for the idle-series retention after its last one: at 10,000 idle models the page holds
+/// the process-wide series alone, not 30 lines a model. The handles keep counting while hidden
+/// (a counter comes back with its cumulative value, which `rate()` reads as it should).
+#[derive(Debug)]
+pub struct Sparse<S, M> {
+    series: Arc<RwLock<HashMap<S, (M, ConcurrencyIntegral)>>>,
+    retention: Arc<AtomicU64>,
+}
+
+impl<S, M> Clone for Sparse<S, M> {
+    fn clone(&self) -> Self {
+        Self {
+            series: self.series.clone(),
+            retention: self.retention.clone(),
+        }
     }
 }
 
-/// Builds queue-wait histograms with the same buckets everywhere.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct WaitBuckets;
-
-impl MetricConstructor<Histogram> for WaitBuckets {
-    fn new_metric(&self) -> Histogram {
-        // 1ms .. ~5.5min: covers an instant pass-through up to a slow model load.
-        Histogram::new(exponential_buckets(0.001, 2.0, 19))
+impl<S: Clone + Hash + Eq, M: Clone> Sparse<S, M> {
+    fn new(retention: Arc<AtomicU64>) -> Self {
+        Self {
+            series: Arc::default(),
+            retention,
+        }
     }
+
+    /// The series of `labels`, made with `make` if new, shown while `activity` is recent.
+    fn get_or_insert_with(
+        &self,
+        labels: &S,
+        activity: &ConcurrencyIntegral,
+        make: impl FnOnce() -> M,
+    ) -> M {
+        if let Some((m, _)) = self
+            .series
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(labels)
+        {
+            return m.clone();
+        }
+        let mut w = self.series.write().unwrap_or_else(|e| e.into_inner());
+        w.entry(labels.clone())
+            .or_insert_with(|| (make(), activity.clone()))
+            .0
+            .clone()
+    }
+
+    fn remove(&self, labels: &S) {
+        self.series
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(labels);
+    }
+
+    fn retention(&self) -> Duration {
+        Duration::from_nanos(self.retention.load(Ordering::Relaxed))
+    }
+}
+
+impl<S, M: TypedMetric> TypedMetric for Sparse<S, M> {
+    const TYPE: MetricType = M::TYPE;
+}
+
+impl<S, M> EncodeMetric for Sparse<S, M>
+where
+    S: Clone + Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync,
+    M: EncodeMetric + TypedMetric + Clone + std::fmt::Debug + Send + Sync,
+{
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let (now, keep) = (Instant::now(), self.retention());
+        let series = self.series.read().unwrap_or_else(|e| e.into_inner());
+        for (labels, (m, activity)) in series.iter() {
+            if activity.active_at(now, keep) {
+                m.encode(encoder.encode_family(labels)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        M::TYPE
+    }
+
+    /// No series to show: the family's `HELP` and `TYPE` lines are left out too.
+    fn is_empty(&self) -> bool {
+        let (now, keep) = (Instant::now(), self.retention());
+        let series = self.series.read().unwrap_or_else(|e| e.into_inner());
+        !series.values().any(|(_, a)| a.active_at(now, keep))
+    }
+}
+
+/// A queue-wait histogram, with the same buckets everywhere.
+fn wait_histogram() -> Histogram {
+    // 1ms .. ~5.5min: covers an instant pass-through up to a slow model load.
+    Histogram::new(exponential_buckets(0.001, 2.0, 19))
 }
 
 /// All activator metrics, registered into the registry handed down from `main`.
 #[derive(Debug)]
 pub struct Metrics {
-    integral: Family<ModelLabels, ConcurrencyIntegral>,
-    requests: Family<CodeLabels, Counter>,
-    in_flight: Family<ModelLabels, Gauge>,
-    queued: Family<ModelLabels, Gauge>,
-    queue_wait: Family<ModelLabels, Histogram, WaitBuckets>,
-    wake_signals: Family<ModelLabels, Counter>,
-    wake_failures: Family<ModelLabels, Counter>,
-    abandoned: Family<ModelLabels, Counter>,
-    pod_in_flight: Family<PodLabels, Gauge>,
+    integral: Sparse<ModelLabels, ConcurrencyIntegral>,
+    feed: Arc<StatFeed>,
+    retention: Arc<AtomicU64>,
+    requests: Sparse<CodeLabels, Counter>,
+    in_flight: Sparse<ModelLabels, Gauge>,
+    queued: Sparse<ModelLabels, Gauge>,
+    queue_wait: Sparse<ModelLabels, Histogram>,
+    wake_signals: Sparse<ModelLabels, Counter>,
+    wake_failures: Sparse<ModelLabels, Counter>,
+    abandoned: Sparse<ModelLabels, Counter>,
+    pod_in_flight: Sparse<PodLabels, Gauge>,
     rejected: Family<ReasonLabels, Counter>,
     relayed: Counter,
-    client_gone: Family<ModelLabels, Counter>,
-    timeouts: Family<KindLabels, Counter>,
-    retries: Family<KindLabels, Counter>,
+    client_gone: Sparse<ModelLabels, Counter>,
+    timeouts: Sparse<KindLabels, Counter>,
+    retries: Sparse<KindLabels, Counter>,
 }
 
 impl Metrics {
     /// Creates the metrics and registers them (names without the `zeroscale_activator_` prefix
     /// are never used: the prefix is part of the contract, so it is spelled out here).
     pub fn register(registry: &mut Registry) -> Arc<Self> {
+        let retention = Arc::new(AtomicU64::new(
+            DEFAULT_IDLE_SERIES_RETENTION.as_nanos() as u64
+        ));
         let m = Self {
-            integral: Family::default(),
-            requests: Family::default(),
-            in_flight: Family::default(),
-            queued: Family::default(),
-            queue_wait: Family::new_with_constructor(WaitBuckets),
-            wake_signals: Family::default(),
-            wake_failures: Family::default(),
-            abandoned: Family::default(),
-            pod_in_flight: Family::default(),
+            integral: Sparse::new(retention.clone()),
+            feed: Arc::new(StatFeed::default()),
+            requests: Sparse::new(retention.clone()),
+            in_flight: Sparse::new(retention.clone()),
+            queued: Sparse::new(retention.clone()),
+            queue_wait: Sparse::new(retention.clone()),
+            wake_signals: Sparse::new(retention.clone()),
+            wake_failures: Sparse::new(retention.clone()),
+            abandoned: Sparse::new(retention.clone()),
+            pod_in_flight: Sparse::new(retention.clone()),
             rejected: Family::default(),
             relayed: Counter::default(),
-            client_gone: Family::default(),
-            timeouts: Family::default(),
-            retries: Family::default(),
+            client_gone: Sparse::new(retention.clone()),
+            timeouts: Sparse::new(retention.clone()),
+            retries: Sparse::new(retention.clone()),
+            retention,
         };
         registry.register(
             "zeroscale_activator_request_concurrency_seconds",
@@ -308,19 +319,49 @@ impl Metrics {
 
     /// Resolves the handles of one model.
     pub fn model(self: &Arc<Self>, labels: ModelLabels) -> ModelMetrics {
+        let fresh = self.feed.new_cell(Instant::now());
+        let integral = self
+            .integral
+            .get_or_insert_with(&labels, &fresh, || fresh.clone());
+        self.feed.register(
+            zeroscale_config::DeploymentKey::new(&labels.namespace, &labels.deployment),
+            integral.clone(),
+        );
+        let a = &integral;
         ModelMetrics {
-            integral: self.integral.get_or_create(&labels).clone(),
-            in_flight: self.in_flight.get_or_create(&labels).clone(),
-            queued: self.queued.get_or_create(&labels).clone(),
-            queue_wait: self.queue_wait.get_or_create(&labels).clone(),
-            wake_signals: self.wake_signals.get_or_create(&labels).clone(),
-            wake_failures: self.wake_failures.get_or_create(&labels).clone(),
-            abandoned: self.abandoned.get_or_create(&labels).clone(),
+            in_flight: self
+                .in_flight
+                .get_or_insert_with(&labels, a, Gauge::default),
+            queued: self.queued.get_or_insert_with(&labels, a, Gauge::default),
+            queue_wait: self
+                .queue_wait
+                .get_or_insert_with(&labels, a, wait_histogram),
+            wake_signals: self
+                .wake_signals
+                .get_or_insert_with(&labels, a, Counter::default),
+            wake_failures: self
+                .wake_failures
+                .get_or_insert_with(&labels, a, Counter::default),
+            abandoned: self
+                .abandoned
+                .get_or_insert_with(&labels, a, Counter::default),
+            integral,
             codes: Arc::new(std::array::from_fn(|_| OnceLock::new())),
             failures: Arc::default(),
             root: self.clone(),
             labels,
         }
+    }
+
+    /// Per-model series stay on `/metrics` this long after their model's last request.
+    pub fn set_idle_series_retention(&self, retention: Duration) {
+        self.retention
+            .store(retention.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// The stat feed the autoscaler reads (`/v1/feed`).
+    pub fn feed(&self) -> &Arc<StatFeed> {
+        &self.feed
     }
 
     /// Counts a request rejected before it reached a model.
@@ -397,10 +438,12 @@ impl GateMetrics for ModelMetrics {
 
     fn queued(&self, delta: i64) {
         self.queued.inc_by(delta);
+        self.integral.queued(delta);
     }
 
     fn in_flight(&self, delta: i64) {
         self.in_flight.inc_by(delta);
+        self.integral.in_flight(delta);
     }
 
     fn waited(&self, waited: Duration) {
@@ -456,6 +499,7 @@ const CACHED_CODES: [u16; 12] = [200, 201, 204, 400, 404, 408, 413, 429, 500, 50
 impl ModelMetrics {
     /// Counts one answered request.
     pub fn answered(&self, code: u16) {
+        self.integral.answered();
         match CACHED_CODES.iter().position(|&c| c == code) {
             Some(i) => self.codes[i]
                 .get_or_init(|| self.family_counter(code))
@@ -478,9 +522,13 @@ impl ModelMetrics {
         let f = &self.failures;
         let (slot, kind) = match event {
             Event::ClientGone => {
-                return f
-                    .client_gone
-                    .get_or_init(|| self.root.client_gone.get_or_create(&self.labels).clone());
+                return f.client_gone.get_or_init(|| {
+                    self.root.client_gone.get_or_insert_with(
+                        &self.labels,
+                        &self.integral,
+                        Counter::default,
+                    )
+                });
             }
             Event::ResponseTimeout => (&f.response_timeout, "response"),
             Event::IdleTimeout => (&f.idle_timeout, "idle"),
@@ -493,7 +541,7 @@ impl ModelMetrics {
                 Event::ResponseTimeout | Event::IdleTimeout => &self.root.timeouts,
                 _ => &self.root.retries,
             };
-            family.get_or_create(&labels).clone()
+            family.get_or_insert_with(&labels, &self.integral, Counter::default)
         })
     }
 
@@ -503,10 +551,11 @@ impl ModelMetrics {
     }
 
     fn family_counter(&self, code: u16) -> Counter {
-        self.root
-            .requests
-            .get_or_create(&self.code_labels(code))
-            .clone()
+        self.root.requests.get_or_insert_with(
+            &self.code_labels(code),
+            &self.integral,
+            Counter::default,
+        )
     }
 
     fn code_labels(&self, code: u16) -> CodeLabels {
@@ -520,10 +569,11 @@ impl ModelMetrics {
 
     /// The in-flight gauge of one pod.
     pub fn pod(&self, pod_ip: String) -> Gauge {
-        self.root
-            .pod_in_flight
-            .get_or_create(&self.pod_labels(pod_ip))
-            .clone()
+        self.root.pod_in_flight.get_or_insert_with(
+            &self.pod_labels(pod_ip),
+            &self.integral,
+            Gauge::default,
+        )
     }
 
     /// Drops the series of a pod that is gone.
@@ -544,6 +594,11 @@ impl ModelMetrics {
     /// they are cumulative and harmless.
     pub fn remove(&self) {
         let r = &self.root;
+        r.feed.unregister(
+            &zeroscale_config::DeploymentKey::new(&self.labels.namespace, &self.labels.deployment),
+            &self.integral,
+            Instant::now(),
+        );
         r.integral.remove(&self.labels);
         r.in_flight.remove(&self.labels);
         r.queued.remove(&self.labels);
@@ -575,39 +630,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn integral_is_exact_with_injected_time() {
-        let t0 = Instant::now();
-        let c = ConcurrencyIntegral::new_at(t0);
-        let ms = |n: u64| t0 + Duration::from_millis(n);
-        c.inc_at(ms(0));
-        c.inc_at(ms(1000)); // 1 req for 1s
-        c.inc_at(ms(1500)); // 2 reqs for 0.5s
-        c.dec_at(ms(2000)); // 3 reqs for 0.5s
-        // at 3000: 2 reqs for 1s
-        assert_eq!(
-            c.total_at(ms(3000)),
-            Duration::from_millis(1000 + 1000 + 1500 + 2000)
-        );
-        assert_eq!(c.current(), 2);
-        c.dec_at(ms(3000));
-        c.dec_at(ms(3000));
-        // nothing held: the integral stays put.
-        assert_eq!(c.total_at(ms(10_000)), Duration::from_millis(5500));
-        assert!((c.seconds_at(ms(10_000)) - 5.5).abs() < 1e-12);
-    }
-
-    #[test]
-    fn integral_never_goes_backwards() {
-        let t0 = Instant::now();
-        let c = ConcurrencyIntegral::new_at(t0 + Duration::from_secs(5));
-        c.inc_at(t0); // older than `last`: adds nothing, does not move `last` back.
-        assert_eq!(
-            c.total_at(t0 + Duration::from_secs(6)),
-            Duration::from_secs(1)
-        );
-    }
-
-    #[test]
     fn answered_codes_reach_the_exported_series_cached_or_not() {
         let mut reg = Registry::default();
         let m = Metrics::register(&mut reg);
@@ -616,6 +638,8 @@ mod tests {
             deployment: "d".into(),
             model: "m".into(),
         });
+        // A model is on /metrics while it holds requests (and a while after).
+        let _held = mm.integral.hold();
         let clone = mm.clone();
         for _ in 0..3 {
             mm.answered(200);
@@ -657,6 +681,8 @@ mod tests {
             deployment: "d".into(),
             model: "m".into(),
         });
+        // A model is on /metrics while it holds requests (and a while after).
+        let _held = mm.integral.hold();
         let addr: std::net::SocketAddr = "10.0.0.7:8080".parse().unwrap();
         GateMetrics::queued(&mm, 3);
         GateMetrics::queued(&mm, -1);
@@ -693,6 +719,8 @@ mod tests {
             deployment: "d".into(),
             model: "m".into(),
         });
+        // A model is on /metrics while it holds requests (and a while after).
+        let _held = mm.integral.hold();
         mm.answered(200);
         mm.wake_signals.inc();
         mm.pod("10.0.0.1".into()).set(1);
@@ -714,5 +742,89 @@ mod tests {
             "{out}"
         );
         assert!(out.contains(r#"pod_ip="10.0.0.1""#), "{out}");
+    }
+
+    fn model_labels(i: usize) -> ModelLabels {
+        ModelLabels {
+            namespace: format!("team-{}", i % 100),
+            deployment: format!("model-{i:05}"),
+            model: format!("model-{i:05}"),
+        }
+    }
+
+    fn render(reg: &Registry) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, reg).unwrap();
+        out
+    }
+
+    /// Target: `/metrics` at 10,000 idle models is the process-wide series alone, under 4 KiB
+    /// (it was about 29 MB: 30 lines a model, 20 of them histogram buckets). With 100 of them
+    /// active, the page holds those 100 models' series and no others.
+    #[test]
+    fn metrics_at_10000_idle_models_stay_small_and_grow_with_the_active_ones() {
+        let mut reg = Registry::default();
+        let m = Metrics::register(&mut reg);
+        let models: Vec<ModelMetrics> = (0..10_000).map(|i| m.model(model_labels(i))).collect();
+        for mm in &models {
+            // What a model at rest has had: wake signals, answers, a pod gone again.
+            mm.wake_signals.inc();
+            mm.answered(200);
+            GateMetrics::waited(mm, Duration::from_millis(3));
+        }
+        let idle = render(&reg);
+        println!("/metrics at 10,000 idle models: {} bytes", idle.len());
+        assert!(
+            idle.len() < 4096,
+            "{} bytes:\n{}",
+            idle.len(),
+            &idle[..idle.len().min(2000)]
+        );
+        assert!(!idle.contains("deployment=\""), "{idle}");
+        let held: Vec<Held> = models[..100].iter().map(|mm| mm.integral.hold()).collect();
+        let busy = render(&reg);
+        println!(
+            "/metrics at 10,000 models, 100 active: {} bytes",
+            busy.len()
+        );
+        let shown: std::collections::HashSet<&str> = busy
+            .lines()
+            .filter_map(|l| l.split("deployment=\"").nth(1)?.split('"').next())
+            .collect();
+        assert_eq!(shown.len(), 100);
+        assert!(shown.contains("model-00000") && shown.contains("model-00099"));
+        assert!(!shown.contains("model-00100"));
+        // Hidden series kept counting: the answer counted while idle is there.
+        assert!(
+            busy.contains(r#"zeroscale_activator_requests_total{namespace="team-0",deployment="model-00000",model="model-00000",code="200"} 1"#),
+            "{}",
+            &busy[..busy.len().min(3000)]
+        );
+        drop(held);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_model_leaves_the_page_after_the_retention_and_comes_back_counting() {
+        let mut reg = Registry::default();
+        let m = Metrics::register(&mut reg);
+        m.set_idle_series_retention(Duration::from_secs(60));
+        let mm = m.model(model_labels(1));
+        let held = mm.integral.hold();
+        mm.answered(200);
+        drop(held);
+        let line = r#"zeroscale_activator_requests_total{namespace="team-1",deployment="model-00001",model="model-00001",code="200"}"#;
+        assert!(render(&reg).contains(&format!("{line} 1")));
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(render(&reg).contains(line), "still within the retention");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(!render(&reg).contains("model-00001"), "{}", render(&reg));
+        let held = mm.integral.hold();
+        mm.answered(200);
+        assert!(
+            render(&reg).contains(&format!("{line} 2")),
+            "{}",
+            render(&reg)
+        );
+        drop(held);
     }
 }

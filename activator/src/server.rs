@@ -1,5 +1,5 @@
 //! Listeners: the proxy port (HTTP/1.1 and h2c) with graceful drain, and the admin port
-//! (`/metrics`, `/healthz`, `/readyz`).
+//! (`/metrics`, `/healthz`, `/readyz`, and the autoscaler's stat feed `/v1/feed`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,6 +17,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use tokio_util::sync::CancellationToken;
+use zeroscale_config::feed;
 use zeroscale_kube::admin;
 
 use crate::error::rescue;
@@ -25,6 +26,7 @@ use crate::park::{GoneReason, Parking, park};
 use crate::peer::Peer;
 use crate::proxy::Proxy;
 use crate::relay::{self, RelayOptions};
+use crate::stat_feed::StatFeed;
 use crate::upstream::WorkerId;
 
 /// Options of the proxy listener.
@@ -344,21 +346,63 @@ pub struct Admin {
     pub registry: Arc<Registry>,
     /// `/readyz` answers 200 while true.
     pub ready: Arc<AtomicBool>,
+    /// The stat feed (`/v1/feed`).
+    pub feed: Arc<StatFeed>,
+}
+
+/// The admin port's routes: the shared ones and the stat feed.
+pub const ADMIN_ROUTES: &[admin::Route] = &[
+    admin::ADMIN_ROUTES[0],
+    admin::ADMIN_ROUTES[1],
+    admin::ADMIN_ROUTES[2],
+    admin::Route {
+        path: feed::FEED_PATH,
+        methods: admin::GET,
+    },
+];
+
+/// The answer of `GET /v1/feed?instance=I&since=G`: one page as JSON.
+pub fn feed_answer(
+    feed: &StatFeed,
+    query: Option<&str>,
+) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    let page = feed.read(feed::parse_query(query), tokio::time::Instant::now());
+    match serde_json::to_vec(&page) {
+        Ok(body) => admin::respond(http::StatusCode::OK, "application/json", body),
+        Err(e) => admin::respond(
+            http::StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("encoding the feed failed: {e}\n"),
+        ),
+    }
 }
 
 /// Serves the admin endpoints until `shutdown` completes, on the shared admin server
 /// (`zeroscale_kube::admin`: methods checked, header-read timeout, body limit).
 pub async fn serve_admin(listener: TcpListener, admin: Admin, shutdown: impl Future<Output = ()>) {
-    let ready = admin.ready;
-    admin::serve_admin(
+    let Admin {
+        registry,
+        ready,
+        feed,
+    } = admin;
+    let not_ready = move || {
+        if ready.load(Ordering::Relaxed) {
+            Vec::new()
+        } else {
+            vec!["not ready".to_owned()]
+        }
+    };
+    admin::serve(
         listener,
-        admin.registry,
-        move || {
-            if ready.load(Ordering::Relaxed) {
-                Vec::new()
+        ADMIN_ROUTES,
+        admin::Options::default(),
+        move |req: Request<bytes::Bytes>| {
+            let answer = if req.uri().path() == feed::FEED_PATH {
+                feed_answer(&feed, req.uri().query())
             } else {
-                vec!["not ready".to_owned()]
-            }
+                admin::admin_answer(req.uri().path(), &registry, not_ready.clone())
+            };
+            async move { answer }
         },
         shutdown,
     )

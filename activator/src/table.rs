@@ -443,9 +443,19 @@ impl Table {
         }
     }
 
-    /// The model with this name, if any.
+    /// The model with this name, if any. A name no model claims that reads `{namespace}/{name}`
+    /// is the claim of `name` by that namespace, winner or not: the way a tenant reaches its own
+    /// model when another namespace claimed the same name first. An exact claim comes first,
+    /// so model names that contain `/` themselves (`org/model`) keep working.
     pub fn by_name(&self, name: &str) -> Option<Arc<Model>> {
-        self.names.get(name)?.first().map(|c| c.model.clone())
+        if let Some(v) = self.names.get(name) {
+            return v.first().map(|c| c.model.clone());
+        }
+        let (namespace, name) = name.split_once('/')?;
+        let v = self.names.get(name)?;
+        v.iter()
+            .find(|c| c.model.key.namespace == namespace)
+            .map(|c| c.model.clone())
     }
 }
 
@@ -574,6 +584,30 @@ mod tests {
         // Hosts stay per namespace and do not conflict.
         assert_eq!(t.by_host("m.b").unwrap().key().namespace, "b");
         assert!(t.by_host("m.a").is_none());
+    }
+
+    #[test]
+    fn a_namespace_prefix_picks_that_namespaces_claim() {
+        let t = table();
+        t.upsert_model(spec("team-a", "llama", "llama", Some(1)));
+        t.upsert_model(spec("team-b", "llama", "llama", Some(2)));
+        t.upsert_model(spec("team-b", "hf", "org/model", Some(3)));
+        let ns = |name: &str| t.by_name(name).map(|m| m.key().namespace.clone());
+        assert_eq!(ns("llama").as_deref(), Some("team-a"), "the oldest claim");
+        assert_eq!(
+            ns("team-b/llama").as_deref(),
+            Some("team-b"),
+            "the loser, scoped"
+        );
+        assert_eq!(ns("team-a/llama").as_deref(), Some("team-a"));
+        assert_eq!(ns("team-c/llama"), None, "no such claim");
+        assert_eq!(
+            ns("org/model").as_deref(),
+            Some("team-b"),
+            "an exact name with a slash"
+        );
+        assert_eq!(ns("team-b/org/model").as_deref(), Some("team-b"));
+        assert_eq!(ns("/llama"), None);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zeroscale_activator::server::ServerOptions;
 use zeroscale_activator::table::NoWake;
 use zeroscale_activator::wake::Waker;
+use zeroscale_config::feed::{self, FeedPage};
 
 const LONG: Duration = Duration::from_secs(300);
 
@@ -47,6 +48,49 @@ fn empty() -> Full<Bytes> {
 
 fn json(s: &str) -> Full<Bytes> {
     Full::new(Bytes::from(s.to_string()))
+}
+
+/// One model name in two namespaces: the plain name goes to the older claim, `ns/name` in the
+/// OpenAI body to that namespace's model, which gets the body unchanged.
+async fn a_namespace_scoped_body_name_reaches_the_other_claim(relay: bool) {
+    let act = plain(relay).await;
+    let (a, b) = (
+        Backend::start("team-a").await,
+        Backend::start("team-b").await,
+    );
+    let ka = act.model("team-a", "llama", 0, 10, LONG);
+    let kb = act.model("team-b", "llama", 0, 10, LONG);
+    act.table.set_endpoints(&ka, vec![a.endpoint()]);
+    act.table.set_endpoints(&kb, vec![b.endpoint()]);
+    let c = client();
+    let chat = |model: &str| {
+        get(&act.url("/v1/chat/completions"))
+            .method(Method::POST)
+            .body(json(&format!(r#"{{"model":"{model}","messages":[]}}"#)))
+            .unwrap()
+    };
+    let plain = send(&c, chat("llama")).await;
+    assert_eq!(plain.status, StatusCode::OK);
+    let winner = plain.served_by().to_owned();
+    let (other_ns, other_pod) = if winner == "team-a" {
+        ("team-b", "team-b")
+    } else {
+        ("team-a", "team-a")
+    };
+    for (model, want) in [
+        (format!("{other_ns}/llama"), other_pod),
+        (format!("{winner}/llama"), winner.as_str()),
+    ] {
+        let a = send(&c, chat(&model)).await;
+        assert_eq!(a.status, StatusCode::OK, "{model}");
+        assert_eq!(a.served_by(), want, "{model}");
+        assert_eq!(
+            a.json()["body"],
+            format!(r#"{{"model":"{model}","messages":[]}}"#)
+        );
+    }
+    let a = send(&c, chat("team-c/llama")).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND, "{:?}", a.body);
 }
 
 async fn routes_by_host_path_and_body(relay: bool) {
@@ -1013,6 +1057,36 @@ async fn admin_endpoints(relay: bool) {
     let v = num(&integ.value);
     assert!(v > 0.0 && v < 5.0, "{v}");
     find("zeroscale_activator_pod_requests_in_flight");
+    // The stat feed: a full page without a cursor, an empty one with it while nothing changes,
+    // the model again once it answers another request.
+    let page = |path: String| {
+        let c = c.clone();
+        async move {
+            let a = send(&c, get(&admin(&path)).body(empty()).unwrap()).await;
+            assert_eq!(a.status, StatusCode::OK, "{path}");
+            serde_json::from_slice::<FeedPage>(&a.body).unwrap()
+        }
+    };
+    let first = page(feed::FEED_PATH.to_owned()).await;
+    assert!(first.full);
+    let fm = first.models.iter().find(|m| m.deployment == "m").unwrap();
+    assert_eq!((fm.requests, fm.in_flight, fm.queued), (1, 0, 0));
+    assert!(
+        fm.concurrency_us > 0 && (fm.concurrency_us as f64 - v * 1e6).abs() <= 1.0,
+        "{fm:?} vs {v}"
+    );
+    let idle = page(feed::query(first.instance, first.generation)).await;
+    assert!(!idle.full && idle.models.is_empty(), "{idle:?}");
+    assert_eq!(
+        send(&c, get(&act.url("/v1/models/m")).body(empty()).unwrap())
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let busy = page(feed::query(idle.instance, idle.generation)).await;
+    assert_eq!(busy.models.len(), 1, "{busy:?}");
+    assert_eq!(busy.models[0].requests, 2);
+    assert!(busy.models[0].concurrency_us > fm.concurrency_us);
 }
 
 async fn drain_timeout_answers_waiting_requests_with_503(relay: bool) {
@@ -1111,6 +1185,7 @@ on_both_paths!(
     a_request_whose_pods_all_refuse_waits_for_one_that_listens,
     a_request_on_a_connection_the_pod_closes_is_sent_again,
     routes_by_host_path_and_body,
+    a_namespace_scoped_body_name_reaches_the_other_claim,
     routes_kserve_host_names_headers_and_openai_prefix,
     bad_requests_get_clear_json_errors,
     queued_at_zero_wakes_and_drains_in_order,

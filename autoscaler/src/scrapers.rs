@@ -1,6 +1,7 @@
 //! The two scrape loops: every scrape interval, the activators (found through their
-//! Service's EndpointSlices) and the pods of pod-sourced Deployments are scraped, and what they
-//! said goes to the control loop as [`Scraped`] values.
+//! Service's EndpointSlices; their stat feed, `GET /v1/feed` on the admin port) and the pods
+//! of pod-sourced Deployments are read, and what they said goes to the control loop as
+//! [`Scraped`] values.
 //!
 //! Which endpoints count is the shared rule ([`zeroscale_kube::endpoints`]) with
 //! [`Select::Draining`]: a terminating activator or pod still holds requests while it drains.
@@ -14,13 +15,15 @@ use kube::runtime::reflector::Store;
 use kube::{Api, Client};
 use tokio::sync::mpsc;
 use zeroscale_config::GlobalConfig;
+use zeroscale_config::feed::{self, FeedPage};
 use zeroscale_kube::endpoints::{self, Select};
 
 use crate::DeploymentKey;
 use crate::index::PodTarget;
 use crate::metrics::Metrics;
-use crate::scrape;
-use crate::scrape::{Deriver, EndpointScrape, Round};
+use crate::scrape::Round;
+use crate::scrape::feed::{FeedDeriver, FeedRead};
+use crate::scrape::{self, ScrapeError};
 
 /// What a scrape loop reports to the control loop.
 #[derive(Debug)]
@@ -31,7 +34,8 @@ pub enum Scraped {
     Pod(DeploymentKey, Instant, Option<f64>),
 }
 
-/// Activator metrics URLs from the EndpointSlices of the activator Service: ready endpoints,
+/// Activator admin addresses (`http://ip:port`) from the EndpointSlices of the activator
+/// Service: ready endpoints,
 /// and terminating ones (not ready: an activator turns its readiness off on SIGTERM), which
 /// still hold queued and in-flight requests while they drain. Leaving those out would read
 /// their requests as gone and could scale a busy model down during a rollout.
@@ -40,13 +44,13 @@ pub fn activator_urls(slices: &[Arc<EndpointSlice>], port: &str) -> Vec<String> 
     let mut urls: Vec<String> =
         endpoints::endpoints(slices.iter().map(|s| &**s), &port, Select::Draining)
             .into_iter()
-            .map(|e| format!("http://{}/metrics", e.addr))
+            .map(|e| format!("http://{}", e.addr))
             .collect();
     urls.sort();
     urls
 }
 
-/// Scrapes every activator each scrape interval; each round goes to `tx`.
+/// Reads every activator's stat feed each scrape interval; each round goes to `tx`.
 pub async fn activator_loop<T: From<Scraped>>(
     slices: Store<EndpointSlice>,
     port: String,
@@ -55,38 +59,50 @@ pub async fn activator_loop<T: From<Scraped>>(
     tx: mpsc::Sender<T>,
 ) {
     let client = scrape::http_client();
-    let mut deriver = Deriver::default();
+    let mut deriver = FeedDeriver::default();
     loop {
         let (interval, timeout) = {
             let g = global.read().unwrap_or_else(|e| e.into_inner());
             (g.scrape_interval, g.scrape_timeout)
         };
         let started = tokio::time::Instant::now();
-        let urls = activator_urls(&slices.state(), &port);
-        let scrapes = futures::future::join_all(urls.into_iter().map(|url| {
+        let endpoints = activator_urls(&slices.state(), &port);
+        let reads = futures::future::join_all(endpoints.into_iter().map(|endpoint| {
             let client = client.clone();
+            let cursor = deriver.cursor(&endpoint);
             async move {
-                let result = scrape::fetch(&client, &url, timeout)
-                    .await
-                    .and_then(|t| scrape::parse_activator(&t));
-                EndpointScrape {
-                    endpoint: url,
+                let result = read_feed(&client, &endpoint, cursor, timeout).await;
+                FeedRead {
+                    endpoint,
                     at: Instant::now(),
                     result,
                 }
             }
         }))
         .await;
-        let round = deriver.round(Instant::now(), scrapes);
+        let round = deriver.round(Instant::now(), reads);
         for (endpoint, reason) in &round.failures {
             metrics.scrape_error("activator");
-            tracing::debug!(endpoint, reason, "activator scrape failed");
+            tracing::debug!(endpoint, reason, "activator feed read failed");
         }
         if tx.send(Scraped::Round(round).into()).await.is_err() {
             return;
         }
         tokio::time::sleep_until(started + interval).await;
     }
+}
+
+/// One page of `endpoint`'s stat feed after `cursor` (none: a full page).
+pub async fn read_feed(
+    client: &scrape::HttpClient,
+    endpoint: &str,
+    cursor: Option<(u64, u64)>,
+    timeout: Duration,
+) -> Result<FeedPage, ScrapeError> {
+    let (instance, since) = cursor.unwrap_or((0, 0));
+    let url = format!("{endpoint}{}", feed::query(instance, since));
+    let text = scrape::fetch(client, &url, timeout).await?;
+    serde_json::from_str(&text).map_err(|e| ScrapeError::Parse(format!("{url}: {e}")))
 }
 
 /// The pod addresses of a Service to scrape on `port`, from its EndpointSlices (listed from
@@ -245,17 +261,14 @@ mod tests {
         assert_eq!(
             activator_urls(&slices, "metrics"),
             vec![
-                "http://10.244.0.5:9090/metrics",
-                "http://10.244.0.7:9090/metrics",
-                "http://[fd00::1]:9091/metrics"
+                "http://10.244.0.5:9090",
+                "http://10.244.0.7:9090",
+                "http://[fd00::1]:9091"
             ]
         );
         assert_eq!(
             activator_urls(&slices[..1], "8080"),
-            vec![
-                "http://10.244.0.5:8080/metrics",
-                "http://10.244.0.7:8080/metrics"
-            ]
+            vec!["http://10.244.0.5:8080", "http://10.244.0.7:8080"]
         );
         assert!(activator_urls(&slices[..1], "nope").is_empty());
     }
@@ -275,7 +288,7 @@ mod tests {
         });
         assert_eq!(
             activator_urls(&[Arc::new(s)], "metrics"),
-            vec!["http://10.88.0.2:9090/metrics"]
+            vec!["http://10.88.0.2:9090"]
         );
     }
 }

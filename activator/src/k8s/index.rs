@@ -317,7 +317,7 @@ impl Index {
                     for e in &r.errors {
                         tracing::debug!(deployment = %key, error = %e, "annotation ignored");
                     }
-                    let changed = self.applier.upsert(table, r.model, &mut report.conflicts);
+                    let changed = self.applier.upsert(table, r.model);
                     (changed, r.service)
                 }
                 None => (self.applier.remove(table, &key), None),
@@ -327,6 +327,7 @@ impl Index {
                 report.changed.push(key);
             }
         }
+        self.applier.conflicts_into(&mut report.conflicts);
         report
     }
 

@@ -31,7 +31,7 @@ mod resolve;
 mod run;
 mod store;
 
-pub use apply::{Applier, ConflictReport};
+pub use apply::{Applier, ConflictReport, NameConflict, by_name};
 pub use index::{Index, SyncReport, desired};
 pub use resolve::{Desired, DesiredModel};
 pub use run::{Targets, WatchConfig, run};

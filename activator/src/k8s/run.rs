@@ -16,6 +16,7 @@ use zeroscale_kube::endpoints::SERVICE_NAME_LABEL;
 use zeroscale_kube::events::Publisher;
 use zeroscale_kube::watch::{WatchBackoff, forward, scoped_api};
 
+use super::apply;
 use super::index::Index;
 use super::store::{Change, Kind, Scope};
 use crate::proxy::Proxy;
@@ -158,8 +159,18 @@ pub async fn run(client: Client, cfg: WatchConfig, targets: Targets) {
                 w.set_resend_interval(g.activator.wake_resend_interval);
             }
         }
+        for c in apply::by_name(&report.conflicts) {
+            let shown: Vec<String> = c.losers.iter().take(5).map(|k| k.to_string()).collect();
+            tracing::warn!(
+                name = %c.name,
+                winner = %c.winner,
+                losers = c.losers.len(),
+                first = %shown.join(", "),
+                "model name claimed by more than one Deployment; requests go to the winner (a \
+                 Warning Event on each loser)"
+            );
+        }
         for c in report.conflicts {
-            tracing::warn!(deployment = %c.loser, winner = %c.winner, name = %c.name, "model name claimed twice");
             let Some(dep) = index.deployment(&c.loser) else {
                 continue;
             };

@@ -729,3 +729,109 @@ fn an_unchanged_resource_version_is_not_a_change() {
 }
 
 mod oracle;
+
+/// 20 model names each claimed in 10 namespaces. `at(ns, i)` is Deployment `i`'s creation time
+/// in namespace `ns`; every one carries a resourceVersion so updates are real changes.
+fn contested(at: impl Fn(usize, usize) -> i64, version: usize) -> Vec<Arc<Deployment>> {
+    let mut out = Vec::new();
+    for ns in 0..10 {
+        for i in 0..20 {
+            let name = format!("model-{i}");
+            let cc = (version + 1).to_string();
+            let d = deployment(
+                &format!("team-{ns}"),
+                &name,
+                &[
+                    ("zeroscale.dev/enabled", "true"),
+                    ("zeroscale.dev/container-concurrency", &cc),
+                ],
+                &[("app", &name)],
+            );
+            let mut d = Arc::unwrap_or_clone(created(d, at(ns, i)));
+            d.metadata.resource_version = Some(format!("{version}-{ns}-{i}"));
+            out.push(Arc::new(d));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_name_conflict_is_reported_once_however_many_watch_events_touch_it() {
+    let mut ix = Index::default();
+    let t = table();
+    ix.handle(Change::ConfigMap(None, Box::new(watcher::Event::InitDone)));
+    // The first list: every Deployment in one batch. Newer namespaces' claims are older, so
+    // the winner changes while the batch is applied.
+    let deps = contested(|ns, i| 1000 - (ns as i64) * 10 + i as i64, 0);
+    ix.handle(Change::Deployment(None, Box::new(watcher::Event::Init)));
+    for d in &deps {
+        ix.handle(Change::Deployment(
+            None,
+            Box::new(watcher::Event::InitApply(Deployment::clone(d))),
+        ));
+    }
+    ix.handle(Change::Deployment(None, Box::new(watcher::Event::InitDone)));
+    for kind in [
+        Change::Service(None, Box::new(watcher::Event::InitDone)),
+        Change::EndpointSlice(None, Box::new(watcher::Event::InitDone)),
+    ] {
+        ix.handle(kind);
+    }
+    let first = ix.sync(&t);
+    let mut reports = first.conflicts.clone();
+    assert_eq!(
+        apply::by_name(&first.conflicts).len(),
+        20,
+        "one warning a contested name"
+    );
+    // Then many watch events, each its own sync: every Deployment updated three times, a
+    // Service and an EndpointSlice in every namespace changing, a re-list of everything.
+    for version in 1..=3 {
+        for d in contested(|ns, i| 1000 - (ns as i64) * 10 + i as i64, version) {
+            put_dep(&mut ix, &d);
+            reports.extend(ix.sync(&t).conflicts);
+        }
+    }
+    for ns in 0..10 {
+        let ns = format!("team-{ns}");
+        put_svc(
+            &mut ix,
+            &service(&ns, "svc", &[("app", "model-0")], &[("http", 80)]),
+        );
+        reports.extend(ix.sync(&t).conflicts);
+        put_slice(
+            &mut ix,
+            &slice(
+                &ns,
+                "svc",
+                &[("http", 8000)],
+                &[("10.0.0.1", Some(true), None)],
+            ),
+        );
+        reports.extend(ix.sync(&t).conflicts);
+    }
+    ix.handle(Change::Deployment(None, Box::new(watcher::Event::Init)));
+    for d in contested(|ns, i| 1000 - (ns as i64) * 10 + i as i64, 3) {
+        ix.handle(Change::Deployment(
+            None,
+            Box::new(watcher::Event::InitApply(Deployment::clone(&d))),
+        ));
+    }
+    ix.handle(Change::Deployment(None, Box::new(watcher::Event::InitDone)));
+    reports.extend(ix.sync(&t).conflicts);
+    // 9 losers for each of the 20 names, each reported exactly once.
+    let pairs: std::collections::HashSet<(String, ModelKey)> = reports
+        .iter()
+        .map(|r| (r.name.clone(), r.loser.clone()))
+        .collect();
+    assert_eq!(reports.len(), 180, "{} reports", reports.len());
+    assert_eq!(pairs.len(), 180);
+    // The oldest claim (team-9) is the winner of every name, and never reported as a loser.
+    for i in 0..20 {
+        assert_eq!(
+            t.by_name(&format!("model-{i}")).unwrap().key().namespace,
+            "team-9"
+        );
+    }
+    assert!(reports.iter().all(|r| r.loser.namespace != "team-9"));
+}

@@ -38,14 +38,15 @@ use std::time::Duration;
 
 mod deployment;
 mod event;
+pub mod feed;
 mod global;
 mod key;
 mod keys;
 pub mod kserve;
 mod parse;
+mod pool;
 mod rules;
 
-mod pool;
 pub use deployment::{DEFAULT_POD_METRIC_PATH, MAX_CONTAINER_CONCURRENCY, is_opted_in, opt_in};
 pub use event::note_digest;
 pub use global::MAX_REPLICAS;
@@ -55,9 +56,9 @@ pub use parse::{
     MODEL_NAME_RULE, format_bytes, format_duration, parse_bool, parse_bytes, parse_duration,
     validate_model_name,
 };
+pub use pool::{MILLI, PoolCapacity, format_milli, parse_quantity, replica_units};
 pub use rules::MIN_PANIC_WINDOW;
 pub use zeroscale_scaling::{Aggregation, Metric, Params};
-pub use pool::{MILLI, PoolCapacity, format_milli, parse_quantity, replica_units};
 
 /// Name of the ConfigMap the add-on reads in its own namespace.
 pub const CONFIGMAP_NAME: &str = "zeroscale-config";
@@ -132,13 +133,13 @@ pub struct GlobalConfig {
     pub scrape_timeout: Duration,
     /// Activator settings.
     pub activator: ActivatorConfig,
-}
-
     /// Capacity pools by name (`pools`).
     pub pools: std::collections::BTreeMap<String, PoolCapacity>,
     /// How long a model in a pool stays before it may be evicted for another
     /// (`pool-min-residency`).
     pub pool_min_residency: Duration,
+}
+
 /// Where a Deployment's concurrency comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MetricSource {
@@ -178,10 +179,10 @@ pub struct DeploymentSettings {
     pub idle_timeout: Duration,
     /// Concurrency source.
     pub metric_source: MetricSource,
-}
-
     /// The capacity pool it belongs to (`zeroscale.dev/pool`, a pool of the ConfigMap).
     pub pool: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,124 @@
+//! The wire format of the activator's stat feed (`GET /v1/feed` on its admin port), the one
+//! the autoscaler reads every scrape interval instead of parsing `/metrics`. Both binaries use
+//! these types, so the two ends cannot drift apart. `docs/architecture.md` ("Contract: the
+//! stat feed") has the protocol; in short:
+//!
+//! - Every value is cumulative or a current gauge, never a delta: a lost or repeated read
+//!   cannot miscount, the next good read covers the whole gap.
+//! - The reader sends the `instance` and `generation` of the last page it applied
+//!   (`?instance=I&since=G`); the page lists only models changed since, plus every model
+//!   holding requests (its integral moves). A model idle since the last read costs nothing.
+//! - A page for another instance (the activator restarted), an unknown or too old cursor, or no
+//!   cursor is `full`: it lists every model, and the reader replaces what it knew.
+
+use serde::{Deserialize, Serialize};
+
+/// The feed's path on the activator's admin port.
+pub const FEED_PATH: &str = "/v1/feed";
+
+/// One answer of the feed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedPage {
+    /// Random per activator process: a different value means the activator restarted and
+    /// every counter started again from zero.
+    pub instance: u64,
+    /// The cursor to send as `since` on the next read.
+    pub generation: u64,
+    /// The page lists every model the activator routes (else only those changed since the
+    /// reader's cursor, and the ones holding requests).
+    pub full: bool,
+    /// The activator's monotonic clock at the read, in nanoseconds since it started: rates are
+    /// taken over the activator's own time between two pages, not the reader's.
+    pub uptime_ns: u64,
+    /// The models listed.
+    pub models: Vec<FeedModel>,
+    /// Models no longer routed since the cursor (never set on a full page: absence says it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<FeedKey>,
+}
+
+/// A Deployment as the feed names it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FeedKey {
+    /// The Deployment's namespace.
+    #[serde(rename = "ns")]
+    pub namespace: String,
+    /// The Deployment's name.
+    #[serde(rename = "dep")]
+    pub deployment: String,
+}
+
+/// One model's values at the read. Short field names: a busy page lists every active model.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedModel {
+    /// The Deployment's namespace.
+    #[serde(rename = "ns")]
+    pub namespace: String,
+    /// The Deployment's name.
+    #[serde(rename = "dep")]
+    pub deployment: String,
+    /// Identifies this model's counters within the instance: a model removed and routed again
+    /// (or renamed) starts new counters from zero under a new incarnation.
+    #[serde(rename = "inc")]
+    pub incarnation: u64,
+    /// The integral over time of the requests held (queued + in flight), in request-microseconds
+    /// (cumulative; an integer, so two pages' difference is exact).
+    #[serde(rename = "us")]
+    pub concurrency_us: u64,
+    /// Requests answered (cumulative).
+    #[serde(rename = "req")]
+    pub requests: u64,
+    /// Requests forwarded and not yet answered, now.
+    #[serde(rename = "fl")]
+    pub in_flight: u64,
+    /// Requests waiting for capacity, now.
+    #[serde(rename = "q")]
+    pub queued: u64,
+}
+
+impl FeedModel {
+    /// The model's key.
+    pub fn key(&self) -> FeedKey {
+        FeedKey {
+            namespace: self.namespace.clone(),
+            deployment: self.deployment.clone(),
+        }
+    }
+}
+
+/// The query of a read: `?instance=I&since=G`, both from the last page applied.
+pub fn query(instance: u64, since: u64) -> String {
+    format!("{FEED_PATH}?instance={instance}&since={since}")
+}
+
+/// The cursor a query carries: `(instance, since)` when both are present and numeric.
+pub fn parse_query(query: Option<&str>) -> Option<(u64, u64)> {
+    let (mut instance, mut since) = (None, None);
+    for pair in query?.split('&') {
+        match pair.split_once('=') {
+            Some(("instance", v)) => instance = v.parse().ok(),
+            Some(("since", v)) => since = v.parse().ok(),
+            _ => {}
+        }
+    }
+    Some((instance?, since?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_query_round_trips_and_bad_cursors_are_none() {
+        let q = query(7, 42);
+        assert_eq!(q, "/v1/feed?instance=7&since=42");
+        assert_eq!(
+            parse_query(q.split_once('?').map(|(_, q)| q)),
+            Some((7, 42))
+        );
+        assert_eq!(parse_query(Some("since=3&instance=9&x=1")), Some((9, 3)));
+        for bad in [None, Some(""), Some("since=3"), Some("instance=1&since=-1")] {
+            assert_eq!(parse_query(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -6,7 +6,8 @@ use crate::decision::{
     DataState, Decision, DecisionInputs, Demand, DemandInputs, Observation, Reason, Sample,
 };
 use crate::delay::MaxWindow;
-use crate::params::{Metric, Params, Sizing};
+use crate::idle::{IdleHistogram, IdlePlan};
+use crate::params::{Metric, Params, Sizing, ZeroPolicy};
 use crate::window::{MAX_WINDOW_SECS, Pair, Windows, to_micros};
 
 /// Smallest `target x utilization` used, so a zero or negative target (which config validation
@@ -39,6 +40,10 @@ pub struct Decider {
     /// Seconds, not call order, so the order samples arrive in does not matter.
     demand_at: Option<i64>,
     plain_at: Option<i64>,
+    /// The model's idle gaps (learned under either policy, so switching to adaptive uses what
+    /// was seen), and the last moment traffic was seen (samples or requests, not stale data).
+    idle: IdleHistogram,
+    last_traffic: Option<Instant>,
     /// The last service time measured (seconds), kept across idle periods: a wake from zero
     /// sizes its backlog with the service time of the model's previous traffic.
     service_time: Option<f64>,
@@ -80,6 +85,7 @@ impl Decider {
     /// than one pod is ready, so a restart with empty windows does not scale down).
     pub fn new(params: Params, now: Instant, newly_enabled: bool) -> Self {
         let (stable, panic) = window_lens(&params);
+        let idle = IdleHistogram::new(params.adaptive.histogram_range);
         Self {
             params,
             origin: now,
@@ -94,6 +100,8 @@ impl Decider {
             last_busy: now,
             demand_at: None,
             plain_at: None,
+            idle,
+            last_traffic: None,
             service_time: None,
         }
     }
@@ -102,11 +110,41 @@ impl Decider {
     /// new window), the panic state and the idle clock.
     pub fn set_params(&mut self, params: Params) {
         let (stable, panic) = window_lens(&params);
+        if params.adaptive.histogram_range != self.params.adaptive.histogram_range {
+            // Other bins mean other gaps: start learning again.
+            self.idle = IdleHistogram::new(params.adaptive.histogram_range);
+        }
         self.windows.resize(stable, panic);
         if params.scale_down_delay.is_zero() {
             self.delay.clear();
         }
         self.params = params;
+    }
+
+    /// The idle gaps learned so far (to keep them across restarts: [`IdleHistogram::encode`]).
+    pub fn idle_histogram(&self) -> &IdleHistogram {
+        &self.idle
+    }
+
+    /// Replaces the learned idle gaps, for example with what a previous leader stored. A
+    /// histogram of another range is ignored (its bins mean other gaps).
+    pub fn restore_idle_histogram(&mut self, histogram: IdleHistogram) {
+        if histogram.bin() == self.idle.bin() {
+            self.idle = histogram;
+        }
+    }
+
+    /// Traffic seen at `at`: an idle gap ends. Gaps are learned in the order they are seen
+    /// (a sample for an earlier second than the newest traffic is no new gap).
+    fn traffic(&mut self, at: Instant) {
+        match self.last_traffic {
+            Some(prev) if at <= prev => {}
+            Some(prev) => {
+                self.idle.add(at - prev);
+                self.last_traffic = Some(at);
+            }
+            None => self.last_traffic = Some(at),
+        }
     }
 
     /// The policy in force.
@@ -173,6 +211,7 @@ impl Decider {
         };
         if pair != Pair::default() {
             self.last_busy = self.last_busy.max(at);
+            self.traffic(at);
         }
         let sec = self.second(at);
         let newest = if demand.is_some() {
@@ -371,20 +410,44 @@ impl Decider {
             want = initial;
             reason = Reason::Initial;
         }
-        let p = &self.params;
 
         // 6. Zero: only when idle (fresh data, nothing in flight or queued, no traffic in the
         //    samples) for the grace period and the retention period. Missing or stale data
         //    never counts as idle.
+        if busy {
+            self.traffic(now);
+        }
+        let p = &self.params;
         if busy || !fresh {
             self.last_busy = self.last_busy.max(now);
         }
         let idle_for = (!busy && fresh).then(|| now.saturating_duration_since(self.last_busy));
+        // The adaptive policy replaces the grace period by what the model's gaps say.
+        let idle_plan =
+            (p.scale_to_zero_policy == ZeroPolicy::Adaptive).then(|| self.idle.plan(&p.adaptive));
+        let grace = match idle_plan {
+            None | Some(IdlePlan::Fixed { .. }) => p.scale_to_zero_grace_period,
+            Some(IdlePlan::KeepAlive { keep_alive, .. }) => keep_alive,
+            Some(IdlePlan::PreWarm { .. }) => Duration::ZERO,
+        };
+        let prewarm = match (idle_plan, idle_for) {
+            (
+                Some(IdlePlan::PreWarm {
+                    prewarm_at, until, ..
+                }),
+                Some(idle),
+            ) => idle >= prewarm_at && idle < until,
+            _ => false,
+        };
         if want == 0 {
             let idle = idle_for.unwrap_or_default();
             if !p.enable_scale_to_zero {
                 want = 1;
                 reason = Reason::HeldByMin;
+            } else if prewarm {
+                // The next request is expected soon: one pod, at zero or not, so it is ready.
+                want = 1;
+                reason = Reason::PreWarm;
             } else if obs.current_scale == 0 {
                 // Already at zero: staying there needs no grace period (a wake is step 8).
                 reason = Reason::ScaleToZero;
@@ -393,9 +456,13 @@ impl Decider {
                 reason = Reason::InFlight;
             } else if !fresh {
                 // Step 7 holds the current scale.
-            } else if idle < p.scale_to_zero_grace_period {
+            } else if idle < grace {
                 want = 1;
-                reason = Reason::GracePeriod;
+                reason = if matches!(idle_plan, Some(IdlePlan::KeepAlive { .. })) {
+                    Reason::KeepAlive
+                } else {
+                    Reason::GracePeriod
+                };
             } else if idle < p.scale_to_zero_pod_retention_period {
                 want = 1;
                 reason = Reason::PodRetention;
@@ -475,6 +542,7 @@ impl Decider {
                 scale_down_delay: p.scale_down_delay,
                 scale_to_zero_enabled: p.enable_scale_to_zero,
                 grace_period: p.scale_to_zero_grace_period,
+                idle_plan,
                 retention_period: p.scale_to_zero_pod_retention_period,
             },
         }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::idle::IdlePlan;
 use crate::params::Metric;
 
 /// One per-second observation for a Deployment, summed over all activator replicas/pods.
@@ -121,6 +122,10 @@ pub enum Reason {
     PodRetention,
     /// Would go to zero, but requests are in flight or queued right now.
     InFlight,
+    /// Adaptive policy: one pod just before the next request is expected.
+    PreWarm,
+    /// Adaptive policy: idle, keeping 1 pod for the keep-alive learned from the gaps.
+    KeepAlive,
     /// Raised to min-scale (or to 1 when scale to zero is disabled).
     HeldByMin,
     /// Lowered to max-scale.
@@ -147,6 +152,8 @@ impl Reason {
             Reason::GracePeriod => "grace_period",
             Reason::PodRetention => "pod_retention",
             Reason::InFlight => "in_flight",
+            Reason::PreWarm => "pre_warm",
+            Reason::KeepAlive => "keep_alive",
             Reason::HeldByMin => "held_by_min",
             Reason::HeldByMax => "held_by_max",
             Reason::RateLimitedUp => "rate_limited_up",
@@ -228,6 +235,8 @@ pub struct DecisionInputs {
     pub scale_to_zero_enabled: bool,
     /// Policy in force: scale-to-zero grace period.
     pub grace_period: Duration,
+    /// The adaptive policy's plan for this idle period (`None` with the fixed policy).
+    pub idle_plan: Option<IdlePlan>,
     /// Policy in force: pod retention period.
     pub retention_period: Duration,
 }
@@ -378,6 +387,30 @@ impl fmt::Display for Decision {
                         i.panic_percentage,
                         i.ready_pods,
                     )
+                }
+            }
+            Reason::PreWarm => write!(
+                f,
+                "pre-warm: idle for {}, {}",
+                secs(i.idle_for.unwrap_or_default()),
+                i.idle_plan.map(|p| p.to_string()).unwrap_or_default()
+            ),
+            Reason::KeepAlive => write!(
+                f,
+                "idle for {}, keeping 1 pod: {}",
+                secs(i.idle_for.unwrap_or_default()),
+                i.idle_plan.map(|p| p.to_string()).unwrap_or_default()
+            ),
+            Reason::ScaleToZero if i.current_scale > 0 && i.idle_plan.is_some() => {
+                let plan = i.idle_plan.expect("checked");
+                let idle = secs(i.idle_for.unwrap_or_default());
+                match plan {
+                    crate::idle::IdlePlan::Fixed { .. } => write!(
+                        f,
+                        "idle for {idle} (grace period {}; {plan})",
+                        secs(i.grace_period)
+                    ),
+                    _ => write!(f, "idle for {idle}: {plan}"),
                 }
             }
             Reason::ScaleToZero => match (i.current_scale, i.idle_for) {

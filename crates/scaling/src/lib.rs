@@ -57,7 +57,11 @@
 //! 3. **zero**: a count of 0 stands only if scale to zero is enabled, nothing is in flight or
 //!    queued, the data is fresh, and there has been no traffic (no sample above zero, no
 //!    request in flight or queued, no stale tick) for the grace period (30s) and the retention
-//!    period. Otherwise one pod stays. A Deployment already at zero stays there.
+//!    period. Otherwise one pod stays. A Deployment already at zero stays there. With
+//!    [`ZeroPolicy::Adaptive`] the grace period is what the model's idle gaps say ([`idle`]):
+//!    a keep-alive from their tail, or zero at once and a **pre-warm** (one pod, at zero or
+//!    not) when the next request is expected; the grace period while they are not
+//!    representative.
 //! 4. **stale or missing data**: never below the current scale (no scale-down at all, hence
 //!    never a move to zero); scaling up on the data there is is allowed, as missing seconds
 //!    only lower the averages. A Deployment already at 0 stays at 0 unless requests wait:
@@ -115,6 +119,7 @@
 mod decider;
 mod decision;
 mod delay;
+pub mod idle;
 mod params;
 mod window;
 
@@ -122,4 +127,4 @@ pub use decider::Decider;
 pub use decision::{
     DataState, Decision, DecisionInputs, Demand, DemandInputs, Observation, Reason, Sample,
 };
-pub use params::{Aggregation, Metric, Params, Sizing};
+pub use params::{Aggregation, Metric, Params, Sizing, ZeroPolicy};

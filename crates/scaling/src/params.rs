@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::idle::AdaptiveParams;
+
 /// Which per-pod metric the decider targets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -34,6 +36,28 @@ pub enum Aggregation {
     Linear,
     /// Recent seconds weigh more (Knative's `weightedExponential`).
     WeightedExponential,
+}
+
+/// How long an idle model keeps its last pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ZeroPolicy {
+    /// The scale-to-zero grace period, the same for every idle period.
+    Fixed,
+    /// Learned from the model's own idle gaps ([`crate::idle`]): keep-alive from their tail,
+    /// or zero at once and a pre-warm before the next expected request; the fixed grace while
+    /// the gaps are not representative.
+    Adaptive,
+}
+
+impl ZeroPolicy {
+    /// Stable lowercase label: `fixed` or `adaptive`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ZeroPolicy::Fixed => "fixed",
+            ZeroPolicy::Adaptive => "adaptive",
+        }
+    }
 }
 
 /// How the concurrency a Deployment must carry is estimated from the windows.
@@ -102,6 +126,10 @@ pub struct Params {
     pub aggregation: Aggregation,
     /// How the concurrency to carry is estimated (concurrency metric only).
     pub sizing: Sizing,
+    /// How long an idle model keeps its last pod.
+    pub scale_to_zero_policy: ZeroPolicy,
+    /// The adaptive policy's knobs.
+    pub adaptive: AdaptiveParams,
 }
 
 impl Default for Params {
@@ -125,6 +153,8 @@ impl Default for Params {
             scale_to_zero_pod_retention_period: Duration::ZERO,
             aggregation: Aggregation::Linear,
             sizing: Sizing::Demand,
+            scale_to_zero_policy: ZeroPolicy::Fixed,
+            adaptive: AdaptiveParams::default(),
         }
     }
 }

@@ -156,6 +156,9 @@ impl DeploymentSettings {
                     .map(|d| p.scale_to_zero_grace_period = d),
                 "initial-scale" => int(v, 0, MAX_REPLICAS).map(|n| p.initial_scale = n),
                 "activation-scale" => int(v, 1, MAX_REPLICAS).map(|n| p.activation_scale = n),
+                "scale-to-zero-policy" => {
+                    one_of(v, crate::global::ZERO_POLICIES).map(|z| p.scale_to_zero_policy = z)
+                }
                 "scale-down-delay" => {
                     duration_in(v, std::time::Duration::ZERO, HOUR).map(|d| p.scale_down_delay = d)
                 }
@@ -341,6 +344,7 @@ mod tests {
                 }
             } else {
                 value
+                    "zeroscale.dev/scale-to-zero-policy" => "adaptive",
             };
             let mut one = BTreeMap::new();
             one.insert(doc.key.to_owned(), value.to_owned());

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::keys::{self, CONFIGMAP_KEYS};
 use crate::parse::{self, bytes_in, duration_in, int, number, number_above, one_of, parse_bool};
 use crate::rules::{Scope, check_params};
-use zeroscale_scaling::Sizing;
+use zeroscale_scaling::{Sizing, ZeroPolicy};
 
 use crate::{ActivatorConfig, Aggregation, ConfigError, GlobalConfig, Metric, Params};
 
@@ -30,6 +30,10 @@ const fn millis(ms: u64) -> Duration {
 }
 pub(crate) const HOUR: Duration = secs(3600);
 pub(crate) const STABLE_WINDOW_RANGE: (Duration, Duration) = (secs(6), HOUR);
+pub(crate) const ZERO_POLICIES: &[(&str, ZeroPolicy)] = &[
+    ("fixed", ZeroPolicy::Fixed),
+    ("adaptive", ZeroPolicy::Adaptive),
+];
 pub(crate) const GRACE_RANGE: (Duration, Duration) = (secs(1), HOUR);
 pub(crate) const QUEUE_DEADLINE_RANGE: (Duration, Duration) = (secs(1), HOUR);
 /// Range of the response and idle timeouts: an LLM's prefill of a long prompt can take minutes,
@@ -178,6 +182,31 @@ fn apply(cfg: &mut GlobalConfig, good: &GlobalConfig, key: &str, v: &str) -> Res
             duration_in(v, millis(100), secs(60)),
         ),
         "scrape-timeout" => set(
+        "scale-to-zero-policy" => set(
+            &mut s.scale_to_zero_policy,
+            g.scale_to_zero_policy,
+            one_of(v, ZERO_POLICIES),
+        ),
+        "adaptive-keep-alive-percentile" => set(
+            &mut s.adaptive.keep_alive_percentile,
+            g.adaptive.keep_alive_percentile,
+            number(v, 50.0, 100.0),
+        ),
+        "adaptive-prewarm-percentile" => set(
+            &mut s.adaptive.prewarm_percentile,
+            g.adaptive.prewarm_percentile,
+            number(v, 0.0, 50.0),
+        ),
+        "adaptive-histogram-range" => set(
+            &mut s.adaptive.histogram_range,
+            g.adaptive.histogram_range,
+            duration_in(v, secs(240), secs(24 * 3600)),
+        ),
+        "adaptive-prewarm-margin" => set(
+            &mut s.adaptive.prewarm_margin,
+            g.adaptive.prewarm_margin,
+            duration_in(v, Duration::ZERO, HOUR),
+        ),
             &mut cfg.scrape_timeout,
             good.scrape_timeout,
             duration_in(v, millis(10), secs(60)),

@@ -45,6 +45,7 @@ pub(crate) const ACTIVATOR_TIMEOUT: &str = "1s..=24h";
 pub(crate) const METRIC: &str = "concurrency or rps";
 pub(crate) const AGGREGATION: &str = "linear or weighted-exponential";
 pub(crate) const SIZING: &str = "demand or knative";
+pub(crate) const ZERO_POLICY: &str = "fixed or adaptive";
 pub(crate) const METRIC_SOURCE: &str = "activator or pod";
 pub(crate) const HOSTNAMES: &str =
     "comma-separated DNS-1123 subdomains (lowercase host names without port)";
@@ -181,6 +182,36 @@ pub const CONFIGMAP_KEYS: &[KeyDoc] = &[
     ),
     k(
         "tick-interval",
+    k(
+        "scale-to-zero-policy",
+        "fixed",
+        ZERO_POLICY,
+        "How long an idle model keeps its last pod: fixed, the grace period; adaptive, learned from the model's own idle gaps (keep-alive from their tail, or zero right after use and a pre-warm before the next expected request), the grace period until 10 gaps are seen.",
+    ),
+    k(
+        "adaptive-keep-alive-percentile",
+        "99",
+        "50..=100",
+        "Adaptive policy: the last pod is kept for this percentile of the model's idle gaps.",
+    ),
+    k(
+        "adaptive-prewarm-percentile",
+        "5",
+        "0..=50",
+        "Adaptive policy: when no gap is shorter than this percentile (minus the margin), the model goes to zero right after use and is pre-warmed; 0 disables pre-warming.",
+    ),
+    k(
+        "adaptive-histogram-range",
+        "4h",
+        "4m..=24h",
+        "Adaptive policy: longest idle gap binned (240 bins, so 4h gives 1-minute bins); gaps beyond it send the model back to the grace period when they reach the keep-alive percentile.",
+    ),
+    k(
+        "adaptive-prewarm-margin",
+        "1m",
+        HOUR_OR_LESS,
+        "Adaptive policy: a pre-warmed pod is asked for this long before the next request is expected; the pod start (scheduling, image, model load) must fit in it.",
+    ),
         "2s",
         "100ms..=1m",
         "How often the autoscaler makes scaling decisions.",
@@ -335,6 +366,12 @@ pub const ANNOTATIONS: &[KeyDoc] = &[
     ),
     k(
         "zeroscale.dev/model-name",
+    k(
+        "zeroscale.dev/scale-to-zero-policy",
+        "ConfigMap scale-to-zero-policy",
+        ZERO_POLICY,
+        "fixed (the grace period) or adaptive (learned from this model's idle gaps, with the ConfigMap's adaptive-* knobs).",
+    ),
         "a KServe predictor's InferenceService name, else the Deployment name",
         crate::parse::MODEL_NAME_RULE,
         "Model name the activator routes by (path, OpenAI body model field).",

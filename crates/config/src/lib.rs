@@ -58,7 +58,7 @@ pub use parse::{
 };
 pub use pool::{MILLI, PoolCapacity, format_milli, parse_quantity, replica_units};
 pub use rules::MIN_PANIC_WINDOW;
-pub use zeroscale_scaling::{Aggregation, Metric, Params};
+pub use zeroscale_scaling::{Aggregation, Metric, Params, Sizing, ZeroPolicy};
 
 /// Name of the ConfigMap the add-on reads in its own namespace.
 pub const CONFIGMAP_NAME: &str = "zeroscale-config";

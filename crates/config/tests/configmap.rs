@@ -570,3 +570,43 @@ fn a_conflict_involving_a_bad_key_uses_the_last_good_value() {
     assert_eq!(cfg.scaling.max_scale, 10);
     assert_eq!(cfg.scaling.min_scale, 10);
 }
+
+#[test]
+fn sizing_and_the_adaptive_policy_are_parsed_and_bad_values_named() {
+    use zeroscale_config::{Sizing, ZeroPolicy};
+    let c = parse_ok(&[
+        ("sizing", "knative"),
+        ("scale-to-zero-policy", "adaptive"),
+        ("adaptive-keep-alive-percentile", "95"),
+        ("adaptive-prewarm-percentile", "0"),
+        ("adaptive-histogram-range", "1h"),
+        ("adaptive-prewarm-margin", "2m"),
+    ]);
+    let s = &c.scaling;
+    assert_eq!(s.sizing, Sizing::Knative);
+    assert_eq!(s.scale_to_zero_policy, ZeroPolicy::Adaptive);
+    assert_eq!(s.adaptive.keep_alive_percentile, 95.0);
+    assert_eq!(s.adaptive.prewarm_percentile, 0.0);
+    assert_eq!(s.adaptive.histogram_range, Duration::from_secs(3600));
+    assert_eq!(s.adaptive.prewarm_margin, Duration::from_secs(120));
+    assert_eq!(GlobalConfig::default().scaling.sizing, Sizing::Demand);
+    for (key, bad, allowed) in [
+        ("sizing", "fast", "demand or knative"),
+        ("scale-to-zero-policy", "learned", "fixed or adaptive"),
+        ("adaptive-keep-alive-percentile", "40", "50"),
+        ("adaptive-prewarm-percentile", "60", "50"),
+        ("adaptive-histogram-range", "1m", "4m"),
+    ] {
+        let (cfg, errors) = parse(&[(key, bad)]);
+        assert_eq!(errors.len(), 1, "{key}={bad}: {errors:?}");
+        assert_eq!(errors[0].key, key);
+        assert_eq!(errors[0].value, bad);
+        assert!(
+            errors[0].problem.contains(allowed),
+            "{key}: {}",
+            errors[0].problem
+        );
+        // The last good value stays.
+        assert_eq!(cfg.scaling, GlobalConfig::default().scaling, "{key}");
+    }
+}

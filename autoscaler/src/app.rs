@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use zeroscale_config::GlobalConfig;
 use zeroscale_kube::endpoints::SERVICE_NAME_LABEL;
 use zeroscale_kube::events::Publisher;
-use zeroscale_kube::watch::{WatchBackoff, scoped_api};
+use zeroscale_kube::watch::{WatchBackoff, scoped_api, slim};
 
 use crate::apply::Applier;
 pub use crate::config::{Config, ConfigError, Settings};
@@ -187,7 +187,9 @@ impl App {
             stores.push((scope.clone(), reader));
             let stream = reflect(
                 writer,
-                watcher(deployments, watch_config()).backoff(WatchBackoff::default()),
+                watcher(deployments, watch_config())
+                    .backoff(WatchBackoff::default())
+                    .modify(slim),
             );
             let s = scope.clone();
             tasks.push(tokio::spawn(forward(
@@ -202,7 +204,9 @@ impl App {
             let c = watch_client(&client, &health, &what);
             let hpas: Api<HorizontalPodAutoscaler> = scoped_api(c, scope.as_deref());
             let s = scope.clone();
-            let stream = watcher(hpas, watch_config()).backoff(WatchBackoff::default());
+            let stream = watcher(hpas, watch_config())
+                .backoff(WatchBackoff::default())
+                .modify(slim);
             tasks.push(tokio::spawn(forward(
                 what,
                 stream,
@@ -220,7 +224,9 @@ impl App {
         ));
         tasks.push(tokio::spawn(forward(
             what,
-            watcher(configmaps, cm_config).backoff(WatchBackoff::default()),
+            watcher(configmaps, cm_config)
+                .backoff(WatchBackoff::default())
+                .modify(slim),
             health.clone(),
             tx.clone(),
             |e| Some(Input::ConfigMap(Box::new(e))),
@@ -234,7 +240,9 @@ impl App {
         let (slice_reader, slice_writer) = reflector::store();
         let slice_stream = reflect(
             slice_writer,
-            watcher(slices_api, slice_config).backoff(WatchBackoff::default()),
+            watcher(slices_api, slice_config)
+                .backoff(WatchBackoff::default())
+                .modify(slim),
         );
         // Only the reflector store is used; nothing goes to the control loop.
         tasks.push(tokio::spawn(forward(

@@ -14,7 +14,7 @@ use kube::{Api, Client, Resource};
 use tokio::sync::mpsc;
 use zeroscale_kube::endpoints::SERVICE_NAME_LABEL;
 use zeroscale_kube::events::Publisher;
-use zeroscale_kube::watch::{WatchBackoff, forward, scoped_api};
+use zeroscale_kube::watch::{WatchBackoff, forward, scoped_api, slim};
 
 use super::apply;
 use super::index::Index;
@@ -65,7 +65,9 @@ fn watch<K>(
         scope.as_deref().unwrap_or("*")
     );
     tokio::spawn(async move {
-        let stream = watcher(api, cfg).backoff(WatchBackoff::default());
+        let stream = watcher(api, cfg)
+            .backoff(WatchBackoff::default())
+            .modify(slim);
         forward(
             &what,
             stream,

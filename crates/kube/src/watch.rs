@@ -57,6 +57,26 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
     }
 }
 
+/// kubectl's copy of the last applied object, kept on objects applied client-side.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops from a watched object what no zeroscale component reads, before it is stored:
+/// `metadata.managedFields` (every field manager's field set) and kubectl's
+/// `last-applied-configuration` annotation (a second copy of the object). Both binaries keep
+/// every watched Deployment, Service and EndpointSlice for as long as it exists; at 10,000
+/// models these copies are a large part of their memory. Apply it to a watch stream with
+/// `WatchStreamExt::modify(slim)`, before a reflector stores the objects.
+pub fn slim<K: kube::Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+        if a.is_empty() {
+            meta.annotations = None;
+        }
+    }
+}
+
 /// Forwards the watch stream `what` into `tx` until the stream ends or the receiver is gone.
 ///
 /// `observe` sees every item first (health bookkeeping, for example); `wrap` turns an event
@@ -101,6 +121,33 @@ pub async fn forward<K, S, T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slim_drops_managed_fields_and_the_last_applied_copy_only() {
+        use k8s_openapi::api::apps::v1::Deployment;
+        let mut d: Deployment = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "m",
+                "annotations": {LAST_APPLIED: "{}", "zeroscale.dev/enabled": "true"},
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}],
+            },
+            "spec": {"selector": {}, "template": {}, "replicas": 2},
+        }))
+        .unwrap();
+        slim(&mut d);
+        assert_eq!(d.metadata.managed_fields, None);
+        let a = d.metadata.annotations.as_ref().unwrap();
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert_eq!(a["zeroscale.dev/enabled"], "true");
+        assert_eq!(d.spec.unwrap().replicas, Some(2));
+
+        let mut only_last: Deployment = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "m", "annotations": {LAST_APPLIED: "{}"}},
+        }))
+        .unwrap();
+        slim(&mut only_last);
+        assert_eq!(only_last.metadata.annotations, None);
+    }
 
     #[test]
     fn watch_retries_back_off_to_five_seconds_and_reset() {

@@ -59,10 +59,18 @@ pub fn table(run: &RunOutcome) -> String {
 
 /// One line per run (their totals), frontier points marked `*`, the recommended `>`.
 pub fn sweep_table(runs: &[RunOutcome], frontier: &[usize], recommended: Option<usize>) -> String {
+    // As wide as the longest label (two varied keys make labels of 50-60 characters), within
+    // bounds so a very long one is cut rather than pushing the figures off the screen.
+    let w = runs
+        .iter()
+        .map(|r| r.label.chars().count())
+        .max()
+        .unwrap_or(0)
+        .clamp(40, 72);
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "   {:<40} {:>8} {:>7} {:>7} {:>8} {:>6} {:>6} {:>11} {:>11} {:>6} {:>5}",
+        "   {:<w$} {:>8} {:>7} {:>7} {:>8} {:>6} {:>6} {:>11} {:>11} {:>6} {:>5}",
         "policy",
         "requests",
         "cold",
@@ -84,8 +92,8 @@ pub fn sweep_table(runs: &[RunOutcome], frontier: &[usize], recommended: Option<
         let t = &r.total;
         let _ = writeln!(
             s,
-            "{mark} {:<40} {:>8} {:>7} {:>6.2}% {:>8.3} {:>6} {:>6} {:>11.0} {:>11.0} {:>6} {:>5}",
-            truncate(&r.label, 40),
+            "{mark} {:<w$} {:>8} {:>7} {:>6.2}% {:>8.3} {:>6} {:>6} {:>11.0} {:>11.0} {:>6} {:>5}",
+            truncate(&r.label, w),
             t.requests,
             t.cold_starts,
             100.0 * t.cold_starts as f64 / t.requests.max(1) as f64,

@@ -1,5 +1,6 @@
 //! End-to-end tests of the autoscaler: the real binary as its own process against the local
-//! control plane, fed by a metrics endpoint that speaks the activator's exposition format.
+//! control plane, fed by a fake activator that serves the activator's real stat feed
+//! (`zeroscale_activator::stat_feed`, the same code and wire format) over levels the test sets.
 //!
 //! The fake activator is an in-process HTTP server on the network namespace's host address
 //! (10.244.0.1), published as the selector-less Service `zeroscale-activator` with a manual
@@ -21,6 +22,9 @@ use kube::{Api, Client};
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
+use zeroscale_activator::stat_feed::{ConcurrencyIntegral, StatFeed};
+use zeroscale_config::DeploymentKey;
+use zeroscale_config::feed;
 use zeroscale_e2e::{Ctx, eventually, pod_ready, pods_of, sample_model_deployment, test};
 use zeroscale_testkit::process::{self, OwnedChild};
 
@@ -66,39 +70,56 @@ fn main() -> std::process::ExitCode {
             "apiserver_outage_stops_writes_and_readiness",
             apiserver_outage_stops_writes_and_readiness,
         ),
+        test(
+            "feed_counts_exactly_across_an_activator_restart",
+            feed_counts_exactly_across_an_activator_restart,
+        ),
     ])
 }
 
 // ---------------------------------------------------------------------------------------------
 // The fake activator.
 
-#[derive(Default)]
+/// One model's counts in the fake's feed, at the levels the test set.
 struct Model {
-    in_flight: f64,
-    queued: f64,
-    seconds_total: f64,
-    requests_total: f64,
-    last: Option<Instant>,
+    cell: ConcurrencyIntegral,
+    in_flight: u64,
+    queued: u64,
 }
 
-impl Model {
-    /// Advances the counters to `now` at the current level (exact integral of a step function).
-    fn advance(&mut self, now: Instant) {
-        if let Some(last) = self.last {
-            let dt = now.duration_since(last).as_secs_f64();
-            self.seconds_total += (self.in_flight + self.queued) * dt;
-            self.requests_total += self.in_flight * dt;
-        }
-        self.last = Some(now);
-    }
-}
-
-#[derive(Default)]
 struct FakeState {
     namespace: String,
+    feed: Arc<StatFeed>,
     models: BTreeMap<String, Model>,
     fail: bool,
     scrapes: u64,
+}
+
+impl FakeState {
+    /// Sets `deployment`'s levels: requests held (the integral's count), queued and in flight.
+    fn set(&mut self, deployment: &str, in_flight: u64, queued: u64) {
+        let now = tokio::time::Instant::now();
+        let (ns, feed) = (self.namespace.clone(), self.feed.clone());
+        let m = self.models.entry(deployment.to_owned()).or_insert_with(|| {
+            let cell = feed.new_cell(now);
+            feed.register(DeploymentKey::new(&ns, deployment), cell.clone());
+            Model {
+                cell,
+                in_flight: 0,
+                queued: 0,
+            }
+        });
+        let (held, want) = (m.in_flight + m.queued, in_flight + queued);
+        for _ in held..want {
+            m.cell.inc_at(now);
+        }
+        for _ in want..held {
+            m.cell.dec_at(now);
+        }
+        m.cell.in_flight(in_flight as i64 - m.in_flight as i64);
+        m.cell.queued(queued as i64 - m.queued as i64);
+        (m.in_flight, m.queued) = (in_flight, queued);
+    }
 }
 
 #[derive(Clone)]
@@ -113,7 +134,10 @@ impl FakeActivator {
         let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(FakeState {
             namespace: namespace.to_owned(),
-            ..Default::default()
+            feed: Arc::new(StatFeed::default()),
+            models: BTreeMap::new(),
+            fail: false,
+            scrapes: 0,
         }));
         let s = state.clone();
         tokio::spawn(async move {
@@ -131,17 +155,24 @@ impl FakeActivator {
                             break;
                         }
                     }
+                    // "GET /v1/feed?instance=I&since=G HTTP/1.1"
+                    let head = String::from_utf8_lossy(&buf[..read]);
+                    let target = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
                     let (status, body) = {
                         let mut st = s.lock().unwrap();
                         st.scrapes += 1;
                         if st.fail {
                             ("500 Internal Server Error", String::from("down\n"))
+                        } else if !target.starts_with(feed::FEED_PATH) {
+                            ("404 Not Found", String::from("not found\n"))
                         } else {
-                            ("200 OK", render(&mut st))
+                            let cursor = feed::parse_query(target.split_once('?').map(|(_, q)| q));
+                            let page = st.feed.read(cursor, tokio::time::Instant::now());
+                            ("200 OK", serde_json::to_string(&page).unwrap())
                         }
                     };
                     let resp = format!(
-                        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                         body.len()
                     );
                     let _ = stream.write_all(resp.as_bytes()).await;
@@ -153,15 +184,30 @@ impl FakeActivator {
     }
 
     fn set(&self, deployment: &str, in_flight: f64, queued: f64) {
-        let mut st = self.state.lock().unwrap();
-        let m = st.models.entry(deployment.to_owned()).or_default();
-        m.advance(Instant::now());
-        m.in_flight = in_flight;
-        m.queued = queued;
+        self.state
+            .lock()
+            .unwrap()
+            .set(deployment, in_flight as u64, queued as u64);
     }
 
     fn fail(&self, fail: bool) {
         self.state.lock().unwrap().fail = fail;
+    }
+
+    /// The activator restarts at the same address: a new instance, every counter from zero,
+    /// the same requests held again.
+    fn restart(&self) {
+        let mut st = self.state.lock().unwrap();
+        let levels: Vec<(String, u64, u64)> = st
+            .models
+            .iter()
+            .map(|(d, m)| (d.clone(), m.in_flight, m.queued))
+            .collect();
+        st.feed = Arc::new(StatFeed::default());
+        st.models.clear();
+        for (d, in_flight, queued) in levels {
+            st.set(&d, in_flight, queued);
+        }
     }
 
     fn scrapes(&self) -> u64 {
@@ -172,43 +218,6 @@ impl FakeActivator {
     async fn publish(&self, client: &Client, ns: &str) -> anyhow::Result<()> {
         zeroscale_e2e::publish_activator_metrics(client, ns, self.addr).await
     }
-}
-
-fn render(st: &mut FakeState) -> String {
-    let now = Instant::now();
-    let ns = st.namespace.clone();
-    let mut out = String::new();
-    out.push_str("# TYPE zeroscale_activator_request_concurrency_seconds counter\n");
-    for (dep, m) in &mut st.models {
-        m.advance(now);
-        out.push_str(&format!(
-            "zeroscale_activator_request_concurrency_seconds_total{{namespace=\"{ns}\",deployment=\"{dep}\",model=\"{dep}\"}} {}\n",
-            m.seconds_total
-        ));
-    }
-    out.push_str("# TYPE zeroscale_activator_requests counter\n");
-    for (dep, m) in &st.models {
-        out.push_str(&format!(
-            "zeroscale_activator_requests_total{{namespace=\"{ns}\",deployment=\"{dep}\",model=\"{dep}\",code=\"200\"}} {}\n",
-            m.requests_total.floor()
-        ));
-    }
-    out.push_str("# TYPE zeroscale_activator_requests_in_flight gauge\n");
-    for (dep, m) in &st.models {
-        out.push_str(&format!(
-            "zeroscale_activator_requests_in_flight{{namespace=\"{ns}\",deployment=\"{dep}\",model=\"{dep}\"}} {}\n",
-            m.in_flight
-        ));
-    }
-    out.push_str("# TYPE zeroscale_activator_requests_queued gauge\n");
-    for (dep, m) in &st.models {
-        out.push_str(&format!(
-            "zeroscale_activator_requests_queued{{namespace=\"{ns}\",deployment=\"{dep}\",model=\"{dep}\"}} {}\n",
-            m.queued
-        ));
-    }
-    out.push_str("# EOF\n");
-    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -600,6 +609,74 @@ async fn scale_to_zero_waits_for_idle_and_good_scrapes(ctx: Ctx) -> anyhow::Resu
     );
     let msg = wait_event(&client, &ns, "m", "Normal", "Scaled", "Scaled 1 -> 0").await?;
     ensure!(msg.contains("idle"), "{msg}");
+    Ok(())
+}
+
+/// The autoscaler's stable-window average concurrency of `deployment`, once it has one.
+async fn stable_concurrency(a: &Autoscaler, deployment: &str) -> anyhow::Result<Option<f64>> {
+    let text = a.metrics_text().await?;
+    let label = format!("deployment=\"{deployment}\"");
+    Ok(text
+        .lines()
+        .find(|l| l.starts_with("zeroscale_autoscaler_stable_concurrency{") && l.contains(&label))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok()))
+}
+
+/// `Some` once `deployment`'s stable average is `want` (to the engine's micro-units).
+async fn stable_is(a: &Autoscaler, deployment: &str, want: f64) -> anyhow::Result<Option<()>> {
+    Ok(stable_concurrency(a, deployment)
+        .await?
+        .filter(|v| (v - want).abs() < 1e-3)
+        .map(|_| ()))
+}
+
+/// (11) The feed counts exactly: 7 requests held the whole time read as a stable average of
+/// 7.0 (the integral over the activator's own clock, no sampling). The activator then restarts
+/// at the same address (a new instance, counters from zero, the 7 requests held again): the
+/// reader sees the new instance, never reads more than was held (a counter read across the
+/// restart would), and the average comes back to 7.0.
+async fn feed_counts_exactly_across_an_activator_restart(ctx: Ctx) -> anyhow::Result<()> {
+    let (client, ns, fake) = setup(
+        &ctx,
+        &fast_config(&[("scale-to-zero-grace-period", "120s")]),
+    )
+    .await?;
+    create_model(&client, &ns, "m", 1, &[ON]).await?;
+    fake.set("m", 7.0, 0.0);
+    let a = Autoscaler::start(&ctx, &ns, "a").await?;
+    eventually(
+        &format!("stable concurrency 7.0\n{}", a.tail()),
+        Duration::from_secs(30),
+        || stable_is(&a, "m", 7.0),
+    )
+    .await?;
+    fake.restart();
+    let mut seen = Vec::new();
+    let end = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < end {
+        if let Some(v) = stable_concurrency(&a, "m").await? {
+            seen.push(v);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    ensure!(
+        seen.iter().all(|v| *v <= 7.0 + 1e-3),
+        "read more than the 7 requests held across the restart: {seen:?}"
+    );
+    ensure!(
+        seen.iter().all(|v| *v >= 3.5),
+        "the restart read as a drop in load: {seen:?}"
+    );
+    eventually(
+        &format!("stable concurrency 7.0 after the restart\n{}", a.tail()),
+        Duration::from_secs(30),
+        || stable_is(&a, "m", 7.0),
+    )
+    .await?;
+    ensure!(
+        spec_replicas(&client, &ns, "m").await? >= 1,
+        "scaled to zero with 7 requests held"
+    );
     Ok(())
 }
 

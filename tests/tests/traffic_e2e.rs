@@ -8,6 +8,9 @@
 //!    pools), and at 0 the requests wait in the activators until the wake brings a pod up.
 //! 2. A time-compressed replay of a cut of the Azure LLM inference trace (coding service):
 //!    bursts and quiet gaps, so the autoscaler scales up, down, to zero and wakes again.
+//! 3. A wake storm: 50 idle models at zero (`ZEROSCALE_WAKE_STORM=N` for another count) get one
+//!    request each, all at once, over the two activators; the time until all are answered is
+//!    printed.
 //!
 //! Both bound their load in time and count, and send only to the activators' addresses in the
 //! test's private network namespace.
@@ -35,6 +38,10 @@ fn main() -> std::process::ExitCode {
         test(
             "azure_trace_replay_through_scale_to_zero_is_all_200",
             azure_trace_replay_through_scale_to_zero_is_all_200,
+        ),
+        test(
+            "wake_storm_of_idle_models_is_all_200",
+            wake_storm_of_idle_models_is_all_200,
         ),
     ])
 }
@@ -537,4 +544,68 @@ async fn azure_trace_replay_through_scale_to_zero_is_all_200(ctx: Ctx) -> anyhow
     ensure!(peak >= 2, "never scaled above 1 replica\n{report}");
     eprintln!("test took {:?}", began.elapsed());
     Ok(())
+}
+
+/// (3) N idle models at zero (50, the issue's figure; `ZEROSCALE_WAKE_STORM=N` for another),
+/// one request each, sent at once over the two activators: every one is answered 200 (each
+/// wake goes to the autoscaler, each pod starts, each queue drains); the time until all are
+/// answered is printed (a figure, not asserted).
+async fn wake_storm_of_idle_models_is_all_200(ctx: Ctx) -> anyhow::Result<()> {
+    let n: usize = std::env::var("ZEROSCALE_WAKE_STORM")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let cluster = ctx.cluster().await?;
+    let client = ctx.client().await?;
+    let ns = ctx.namespace().await?;
+    for i in 0..n {
+        let name = format!("storm-{i}");
+        deploy_model(
+            &client,
+            &ns,
+            &name,
+            0,
+            &[&format!("--model-name={name}"), "--load-delay=1s"],
+            &[("zeroscale.dev/enabled", "true")],
+        )
+        .await?;
+    }
+    let addon = LocalAddon::start(
+        &cluster,
+        &client,
+        &ns,
+        2,
+        zeroscale_testkit::addon::fast_config(),
+    )
+    .await?;
+    let listen = addon.listen_addrs();
+    let start = Instant::now();
+    let body = json!({"instances": [[1.0]]});
+    let paths: Vec<String> = (0..n)
+        .map(|i| format!("/v1/models/storm-{i}:predict"))
+        .collect();
+    let outcomes = futures::future::join_all(paths.iter().enumerate().map(|(i, path)| {
+        let a = i % listen.len();
+        traffic::send(
+            i as u64,
+            a,
+            listen[a],
+            path,
+            &body,
+            start,
+            Duration::from_secs(240),
+        )
+    }))
+    .await;
+    let all = start.elapsed();
+    let summary = Summary::of(&outcomes);
+    println!(
+        "wake storm: {n} idle models woken at once over 2 activators: all answered after \
+         {all:.1?} (200s: p50 {:.1?}, p99 {:.1?}, max {:.1?})\n{}",
+        summary.latency.0,
+        summary.latency.1,
+        summary.latency.2,
+        retry_counts(&addon),
+    );
+    ensure_all_200(&summary, &addon, &format!("wake storm of {n} models"))
 }

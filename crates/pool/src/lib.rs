@@ -22,8 +22,10 @@
 //!   `waiting_since` (then key), each with as many of its wanted replicas as fit (at least one,
 //!   or it waits). The first wake that cannot be served holds every later wake and every
 //!   scale-up back, so freed room goes to it first and a large model is not starved by small
-//!   ones; a wake whose single replica is larger than the whole pool can never be served and
-//!   holds nothing back.
+//!   ones; room is made by evictions for it and for the waiting wakes after it (one replica
+//!   each, in order, until the candidates run out), so a burst of wakes into a full pool is
+//!   served on the next call. A wake whose single replica is larger than the whole pool can
+//!   never be served and holds nothing back.
 //! - **Scale-ups share fairly (max-min).** With no wake waiting, the free room goes one replica
 //!   at a time to the scaling-up member with the fewest replicas so far (ties: earliest
 //!   `waiting_since`, then key) until each has what it wants or no replica fits; then idle
@@ -214,14 +216,17 @@ pub fn decide<K: Clone + Ord>(members: &[Member<K>], policy: &Policy, now: Insta
         (a.waiting_since.unwrap_or(now), &a.key).cmp(&(b.waiting_since.unwrap_or(now), &b.key))
     });
     let mut blocked = false;
+    // Room the waiting wakes need, in order (one replica each), while evictions can make it.
+    let mut need = 0u64;
+    let mut room_possible = true;
     for &i in &wakes {
         let m = &members[i];
         let one = m.per_replica;
-        if blocked || one > policy.capacity {
+        if one > policy.capacity {
             plan.waiting.push(m.key.clone());
             continue;
         }
-        if free >= one {
+        if !blocked && free >= one {
             let fit = free.checked_div(one).map_or(m.desired, |n| {
                 m.desired.min(u32::try_from(n).unwrap_or(u32::MAX))
             });
@@ -229,10 +234,15 @@ pub fn decide<K: Clone + Ord>(members: &[Member<K>], policy: &Policy, now: Insta
             plan.targets.push((m.key.clone(), fit));
             continue;
         }
-        evictor.make_room(free, one, &m.key);
-        // Served once the room is free (a later call); until then it holds the rest back.
+        // Served once the room is free (a later call); until then it holds the rest back. Room
+        // is made for it and for the wakes after it, in order, as far as evictions go, so a
+        // burst of wakes into a full pool is served on the next call.
         plan.waiting.push(m.key.clone());
         blocked = true;
+        if room_possible {
+            need = need.saturating_add(one);
+            room_possible = evictor.make_room(free, need, &m.key);
+        }
     }
     if blocked {
         plan.evictions = evictor.chosen;
@@ -444,6 +454,28 @@ mod tests {
         // Room for both, in order.
         let plan = decide(&[busy, first, second], &policy(4), now);
         assert_eq!(plan.targets, vec![("z-first", 1), ("a-second", 1)]);
+    }
+
+    #[test]
+    fn a_burst_of_wakes_into_a_full_pool_gets_room_for_all_in_one_call() {
+        let t0 = Instant::now();
+        let now = t0 + secs(300);
+        let members = [
+            m("idle-1", 1, 1, t0, 30),
+            m("idle-2", 1, 1, t0, 10),
+            m("idle-3", 1, 1, t0, 20),
+            m("wake-1", 0, 1, t0, 100),
+            m("wake-2", 0, 1, t0, 101),
+        ];
+        let plan = decide(&members, &policy(3), now);
+        let evicted: Vec<_> = plan
+            .evictions
+            .iter()
+            .map(|e| (e.key, e.for_model))
+            .collect();
+        // Least recently used first, each for the next wake in line.
+        assert_eq!(evicted, vec![("idle-2", "wake-1"), ("idle-3", "wake-2")]);
+        assert_eq!(plan.waiting, vec!["wake-1", "wake-2"]);
     }
 
     #[test]

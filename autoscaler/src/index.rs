@@ -1293,6 +1293,63 @@ mod tests {
     }
 
     #[test]
+    fn the_adaptive_policy_explains_its_scale_to_zero_and_pre_warm_in_the_events() {
+        let t0 = Instant::now();
+        let mut index = synced(t0);
+        // The fast policy of `synced`, with 1 s bins and a 5 s pre-warm margin.
+        let cm: BTreeMap<String, String> = [
+            ("stable-window", "6s"),
+            ("panic-window-percentage", "50"),
+            ("scale-to-zero-grace-period", "5s"),
+            ("adaptive-histogram-range", "4m"),
+            ("adaptive-prewarm-margin", "5s"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        assert!(index.apply_configmap(Some(&cm)).is_empty());
+        let adaptive = ("zeroscale.dev/scale-to-zero-policy", "adaptive");
+        index.apply_deployment(dep(&[ON, adaptive], 1, 1), t0);
+        // A caller every minute, 3 s of traffic each time, for 15 minutes.
+        let mut messages = Vec::new();
+        for s in 0..15 * 60 {
+            let now = t0 + Duration::from_secs(s);
+            let sample = (s % 60 < 3).then_some(ModelSample {
+                concurrency: 1.0,
+                rps: 1.0,
+                in_flight: 1,
+                queued: 0,
+            });
+            index.record_round(&round(now, true, sample));
+            for intent in index.tick(now).intents {
+                messages.push((s, crate::apply::scale_message(&intent)));
+                index.scale_done(&key(), intent.to, true);
+                index.apply_deployment(dep(&[ON, adaptive], intent.to, intent.to), now);
+            }
+        }
+        // Before 10 gaps: the fixed 5 s grace after the 6 s window.
+        assert!(
+            messages[0].1.starts_with("Scaled 1 -> 0: idle for"),
+            "{messages:?}"
+        );
+        assert!(messages[0].1.contains("grace period 5s"), "{messages:?}");
+        // Then zero as soon as the window is empty, and a pre-warm 5 s before the next call
+        // (gaps of 58 s: the last traffic at second 2 of each minute, the next at 60).
+        let last: Vec<&str> = messages[messages.len() - 2..]
+            .iter()
+            .map(|(_, m)| m.as_str())
+            .collect();
+        assert_eq!(
+            last,
+            [
+                "Scaled 1 -> 0: idle for 6s: next request expected in ~58s (p5 of 14 gaps)",
+                "Scaled 0 -> 1: pre-warm: idle for 53s, next request expected in ~58s (p5 of 14 gaps)",
+            ],
+            "{messages:?}"
+        );
+    }
+
+    #[test]
     fn a_deployment_opting_in_at_zero_replicas_stays_there_until_its_first_request() {
         let t0 = Instant::now();
         let mut index = synced(t0);

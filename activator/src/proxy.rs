@@ -118,7 +118,7 @@ impl Proxy {
         }
         // Boxed: routing (which may collect a body) is short, but its state would otherwise be
         // part of what every queued request carries (1,632 bytes with it boxed, 2,264 without).
-        let (model, req, bytes) = match Box::pin(self.route(req, routed)).await {
+        let (model, req, bytes, key) = match Box::pin(self.route(req, routed)).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(error = %e, "request rejected");
@@ -137,7 +137,7 @@ impl Proxy {
         // none of it.
         let admitted = match admitted {
             Some(outcome) => outcome.map_err(ProxyError::from),
-            None => match self.table.admit(&model, bytes) {
+            None => match self.table.admit_keyed(&model, bytes, key) {
                 Ok(Admit::Ready(p)) => Ok(p),
                 Ok(Admit::Queued(t)) => t.wait().await.map_err(ProxyError::from),
                 Err(e) => Err(e.into()),
@@ -166,16 +166,18 @@ impl Proxy {
         resp
     }
 
-    /// Finds the model; returns the request with its body ready to send and the bytes it
+    /// Finds the model; returns the request with its body ready to send, the bytes it
     /// accounts for in the queue: the buffered body when routing by body, else 0 (a streamed
     /// body is not read while the request waits: it stays with the client, held back by TCP
-    /// flow control, so only the queue's count bounds it).
+    /// flow control, so only the queue's count bounds it), and its prompt's prefix key when
+    /// the model balances by prefix (the body is then read even when the Host or the path
+    /// named the model).
     /// A head the relay routed already comes with its model (`routed`).
     async fn route(
         &self,
         req: Request<Incoming>,
         routed: Option<Arc<Model>>,
-    ) -> Result<(Arc<Model>, Request<ReqBody>, u64), ProxyError> {
+    ) -> Result<(Arc<Model>, Request<ReqBody>, u64, Option<u64>), ProxyError> {
         let declared = content_length(req.headers());
         let addressed = match routed {
             Some(m) => Addressed::Model(m),
@@ -190,32 +192,43 @@ impl Proxy {
                 self.table.addressed_with_isvc(isvc, host, req.uri().path())
             }
         };
+        let limit = self.max_routing_body_bytes.load(Ordering::Relaxed);
         match addressed {
+            Addressed::Model(m)
+                if m.gate().prefix_chars() > 0
+                    && declared <= limit as u64
+                    && route::classify_path(req.uri().path()) == route::PathRoute::Body =>
+            {
+                let (parts, bytes) = read_body(req, limit).await?;
+                // The model is named already: a body that is not OpenAI JSON is the pod's to
+                // judge, and goes by least requests.
+                let key = route::route_body(&bytes)
+                    .ok()
+                    .and_then(|(b, _)| b.prefix_key(m.gate().prefix_chars()));
+                let n = bytes.len() as u64;
+                let req = Request::from_parts(parts, ReqBody::Full(Some(bytes)));
+                Ok((m, req, n, key))
+            }
             Addressed::Model(m) => {
                 let idle = IdleTimer::new(m.gate().timeouts().1);
-                Ok((m, req.map(|b| ReqBody::Stream(b, idle)), 0))
+                Ok((m, req.map(|b| ReqBody::Stream(b, idle)), 0, None))
             }
             Addressed::Unknown(name) => Err(ProxyError::UnknownModel(name)),
             Addressed::Body => {
-                let limit = self.max_routing_body_bytes.load(Ordering::Relaxed);
                 if declared > limit as u64 {
                     return Err(ProxyError::BodyTooLarge(limit));
                 }
-                let (parts, body) = req.into_parts();
-                let bytes = match Limited::new(body, limit).collect().await {
-                    Ok(c) => c.to_bytes(),
-                    Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                        return Err(ProxyError::BodyTooLarge(limit));
-                    }
-                    Err(e) => return Err(ProxyError::ClientBody(e.to_string())),
-                };
-                let name = route::model_from_body(&bytes)?;
+                let (parts, bytes) = read_body(req, limit).await?;
+                let (body, name) = route::route_body(&bytes)?;
                 let m = self
                     .table
                     .by_name(&name)
                     .ok_or(ProxyError::UnknownModel(name))?;
+                let chars = m.gate().prefix_chars();
+                let key = (chars > 0).then(|| body.prefix_key(chars)).flatten();
                 let n = bytes.len() as u64;
-                Ok((m, Request::from_parts(parts, ReqBody::Full(Some(bytes))), n))
+                let req = Request::from_parts(parts, ReqBody::Full(Some(bytes)));
+                Ok((m, req, n, key))
             }
             Addressed::Nothing => Err(ProxyError::NoRoute),
         }
@@ -453,6 +466,21 @@ fn find_source<'e, T: std::error::Error + 'static>(
         cur = c.source();
     }
     None
+}
+
+/// Reads a body routing needs, up to `limit` bytes (413 beyond).
+async fn read_body(
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<(http::request::Parts, bytes::Bytes), ProxyError> {
+    let (parts, body) = req.into_parts();
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok((parts, c.to_bytes())),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ProxyError::BodyTooLarge(limit))
+        }
+        Err(e) => Err(ProxyError::ClientBody(e.to_string())),
+    }
 }
 
 fn version(v: Version) -> forward::Version {

@@ -8,8 +8,12 @@
 //! address the activator by its own name. KServe's `KServe-Isvc-Name` / `KServe-Isvc-Namespace`
 //! headers ([`isvc_headers`]) come before all of them.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use serde::Deserialize;
+use serde_json::value::RawValue;
+use zeroscale_gate::balance::PrefixKey;
 
 /// How the path addresses a model.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,23 +91,95 @@ pub enum BodyError {
     MissingModel,
 }
 
+/// What routing reads of an OpenAI-style body, in one parse: the model, and where the prompt is
+/// (left unparsed until a model balancing by prefix asks for it, [`BodyRoute::prefix_key`]).
 #[derive(Deserialize)]
-struct ModelField {
+pub struct BodyRoute<'a> {
     model: Option<String>,
+    #[serde(borrow)]
+    messages: Option<&'a RawValue>,
+    #[serde(borrow)]
+    prompt: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow)]
+    content: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Part<'a> {
+    #[serde(borrow)]
+    text: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl BodyRoute<'_> {
+    /// The prefix-hash key of the first `chars` characters of the prompt: the text contents of
+    /// `messages` one after another (a string content, or the `text` of each part of an array
+    /// content), else `prompt` (a string, or the first of an array of strings). `None` when
+    /// there is no such text (token-id prompts, no prompt at all, a shape not understood): the
+    /// request then goes by least requests.
+    pub fn prefix_key(&self, chars: u32) -> Option<u64> {
+        let mut key = PrefixKey::new(chars);
+        if let Some(raw) = self.messages {
+            let messages: Vec<Message<'_>> = serde_json::from_str(raw.get()).ok()?;
+            for content in messages.iter().filter_map(|m| m.content) {
+                let more = match content.get().as_bytes().first() {
+                    Some(b'"') => {
+                        key.feed(&serde_json::from_str::<Text<'_>>(content.get()).ok()?.0)
+                    }
+                    Some(b'[') => {
+                        let parts: Vec<Part<'_>> = serde_json::from_str(content.get()).ok()?;
+                        parts
+                            .iter()
+                            .filter_map(|p| p.text.as_deref())
+                            .all(|t| key.feed(t))
+                    }
+                    _ => true,
+                };
+                if !more {
+                    break;
+                }
+            }
+        } else if let Some(raw) = self.prompt {
+            let text = match raw.get().as_bytes().first() {
+                Some(b'"') => serde_json::from_str::<Text<'_>>(raw.get()).ok()?.0,
+                Some(b'[') => {
+                    serde_json::from_str::<Vec<&RawValue>>(raw.get())
+                        .ok()?
+                        .first()
+                        .and_then(|first| serde_json::from_str::<Text<'_>>(first.get()).ok())?
+                        .0
+                }
+                _ => return None,
+            };
+            key.feed(&text);
+        }
+        key.finish()
+    }
 }
 
 /// The `model` field of an OpenAI-style JSON body.
 pub fn model_from_body(body: &Bytes) -> Result<String, BodyError> {
+    route_body(body).map(|r| r.1)
+}
+
+/// An OpenAI-style JSON body read for routing: where its prompt is, and its `model` field.
+pub fn route_body(body: &Bytes) -> Result<(BodyRoute<'_>, String), BodyError> {
     // serde would read `["m"]` as the struct's fields in order: only an object names a model.
     if body.trim_ascii_start().first() != Some(&b'{') {
         return Err(BodyError::InvalidJson(
             "expected a JSON object with a string \"model\" field".into(),
         ));
     }
-    let f: ModelField =
+    let mut f: BodyRoute<'_> =
         serde_json::from_slice(body).map_err(|e| BodyError::InvalidJson(e.to_string()))?;
-    match f.model {
-        Some(m) if !m.is_empty() => Ok(m),
+    match f.model.take() {
+        Some(m) if !m.is_empty() => Ok((f, m)),
         _ => Err(BodyError::MissingModel),
     }
 }
@@ -225,5 +301,56 @@ mod tests {
             Err(BodyError::InvalidJson(_))
         ));
         assert_eq!(model_from_body(&b(r#" {"model":"m"}"#)), Ok("m".into()));
+    }
+
+    #[test]
+    fn prompt_prefix_keys() {
+        let key = |body: &str, n| {
+            let body = Bytes::from(body.to_string());
+            let (r, _) = route_body(&body).expect("routable");
+            r.prefix_key(n)
+        };
+        let chat = |system: &str, user: &str| {
+            format!(
+                r#"{{"model":"m","messages":[{{"role":"system","content":"{system}"}},{{"role":"user","content":"{user}"}}]}}"#
+            )
+        };
+        // A shared system prompt longer than N: one key, whatever follows.
+        assert_eq!(
+            key(&chat("You are terse.", "hi"), 10),
+            key(&chat("You are terse.", "bye"), 10)
+        );
+        assert_ne!(
+            key(&chat("You are terse.", "hi"), 20),
+            key(&chat("You are terse.", "bye"), 20)
+        );
+        // Contents in order, string or parts; escapes are the text they stand for.
+        assert_eq!(
+            key(&chat("ab", "cd"), 4),
+            key(
+                r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a\u0062"},{"type":"image_url","image_url":{}},{"type":"text","text":"cd"}]}]}"#,
+                4
+            )
+        );
+        // A completion prompt is keyed the same way as the same text in messages.
+        assert_eq!(
+            key(r#"{"model":"m","prompt":"abcdef"}"#, 4),
+            key(&chat("abcd", "x"), 4)
+        );
+        assert_eq!(
+            key(r#"{"model":"m","prompt":["abcdef","zzz"]}"#, 4),
+            key(r#"{"model":"m","prompt":"abcdxx"}"#, 4)
+        );
+        // No prompt text: no key (least requests).
+        for none in [
+            r#"{"model":"m"}"#,
+            r#"{"model":"m","prompt":[1,2,3]}"#,
+            r#"{"model":"m","prompt":null}"#,
+            r#"{"model":"m","messages":[{"role":"assistant","tool_calls":[]}]}"#,
+            r#"{"model":"m","messages":"nope"}"#,
+            r#"{"model":"m","input":"embed me"}"#,
+        ] {
+            assert_eq!(key(none, 8), None, "{none}");
+        }
     }
 }

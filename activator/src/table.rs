@@ -360,7 +360,17 @@ impl Table {
     /// [`Table::set_endpoints`] (the last eligible pod gone while requests wait) this is the
     /// only place a wake starts.
     pub fn admit(&self, model: &Arc<Model>, bytes: u64) -> Result<Admit, QueueError> {
-        let admitted = model.gate.admit(bytes)?;
+        self.admit_keyed(model, bytes, None)
+    }
+
+    /// [`Table::admit`] for a request with a prompt prefix key (prefix-hash balancing).
+    pub fn admit_keyed(
+        &self,
+        model: &Arc<Model>,
+        bytes: u64,
+        key: Option<u64>,
+    ) -> Result<Admit, QueueError> {
+        let admitted = model.gate.admit_keyed(bytes, key)?;
         if let Admit::Queued(t) = &admitted
             && t.needs_wake()
         {

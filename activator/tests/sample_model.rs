@@ -12,9 +12,11 @@ use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Full};
 use support::*;
 use tokio::net::TcpListener;
+use zeroscale_activator::queue::Balance;
 use zeroscale_activator::server::ServerOptions;
 use zeroscale_activator::table::NoWake;
 use zeroscale_activator::wake::Waker;
+use zeroscale_activator::{Limits, ModelKey};
 use zeroscale_testkit::sample_model::{self, Options};
 
 const LONG: Duration = Duration::from_secs(300);
@@ -182,4 +184,139 @@ async fn cold_start_wakes_and_serves_200_requests_within_pod_limits() {
     assert_eq!(served_by.len(), 3, "all pods took part");
     assert_eq!(model.gate().metrics().answered_count(200), 200);
     assert_eq!(model.gate().metrics().answered_count(429), 0);
+}
+
+/// A chat body for `model` whose prompt starts with `system`.
+fn chat(model: &str, system: &str, user: &str) -> Full<Bytes> {
+    json(&format!(
+        r#"{{"model":"{model}","messages":[{{"role":"system","content":"{system}"}},{{"role":"user","content":"{user}"}}]}}"#
+    ))
+}
+
+/// Sends `n` requests for `key`'s model while it has no pod, waits until all are queued, then
+/// gives it three pods at once: the gate serves the whole queue in that instant, so where each
+/// request went is the balancing rule's choice at those loads. Returns the requests per pod,
+/// largest first.
+async fn queued_then_served(
+    act: &Activator,
+    key: &ModelKey,
+    n: usize,
+    body: impl Fn(usize) -> Full<Bytes>,
+) -> Vec<usize> {
+    let model = act.table.get(key).unwrap();
+    let c = client();
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let (c, req) = (
+            c.clone(),
+            post(&act.url("/v1/chat/completions"))
+                .body(body(i))
+                .unwrap(),
+        );
+        tasks.push(tokio::spawn(async move { send(&c, req).await }));
+    }
+    until("all queued", || model.gate().queued() == n).await;
+    let opts = Options {
+        service_time: Duration::from_millis(100),
+        ..Options::default()
+    };
+    let mut pods = Vec::new();
+    for _ in 0..3 {
+        pods.push(model_server(&key.deployment, opts.clone()).await);
+    }
+    act.table.set_endpoints(key, pods);
+    let mut per_pod = std::collections::HashMap::<String, usize>::new();
+    for t in tasks {
+        let a = t.await.unwrap();
+        assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+        *per_pod.entry(a.served_by()).or_default() += 1;
+    }
+    let mut counts: Vec<usize> = per_pod.into_values().collect();
+    counts.sort_unstable_by(|a, b| b.cmp(a));
+    counts
+}
+
+#[tokio::test]
+async fn prefix_hash_keeps_a_prefix_on_one_pod_until_the_bound() {
+    let act = Activator::start(Arc::new(NoWake), ServerOptions::default()).await;
+    let prefix = |name| {
+        let limits = Limits {
+            balance: Balance::PrefixHash {
+                prefix_chars: 16,
+                load_factor: 1.25,
+            },
+            ..Limits::with_queue(0, 100, 1 << 20, LONG)
+        };
+        act.model_with("ns", name, limits)
+    };
+
+    // One at a time (no load): one prefix, one pod, whatever follows the prefix and whether
+    // the Host (relay, handed to hyper for the body) or the body names the model.
+    let k = prefix("llama");
+    let mut pods = Vec::new();
+    for _ in 0..3 {
+        pods.push(model_server("llama", Options::default()).await);
+    }
+    act.table.set_endpoints(&k, pods);
+    let c = client();
+    let mut served = std::collections::HashSet::new();
+    for i in 0..12 {
+        let mut req = post(&act.url("/v1/chat/completions"));
+        if i % 2 == 0 {
+            req = req.header("host", "llama.ns");
+        }
+        let a = send(
+            &c,
+            req.body(chat(
+                "llama",
+                "You are a terse bot.",
+                &format!("question {i}"),
+            ))
+            .unwrap(),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+        assert_eq!(a.json()["model"], "llama");
+        served.insert(a.served_by());
+    }
+    assert_eq!(served.len(), 1, "one prefix went to {served:?}");
+    // Different prefixes are spread: 24 of them over 3 pods do not all hash to one.
+    let mut served = std::collections::HashSet::new();
+    for i in 0..24 {
+        let req = post(&act.url("/v1/chat/completions"));
+        let a = send(
+            &c,
+            req.body(chat("llama", &format!("persona number {i:02}"), "hi"))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+        served.insert(a.served_by());
+    }
+    assert!(served.len() > 1, "24 prefixes all went to {served:?}");
+
+    // A hot prefix: 12 requests with one prefix meet 3 idle pods at once. The pod the prefix
+    // ranks first takes them while it stays within ceil(1.25 x mean): the r-th request's cap is
+    // ceil(1.25 r / 3), which lets the first pod take requests 1, 3, 5, 8, 10 (5 = the cap at
+    // r = 12), the second 2, 4, 6, 9, 11 and the third only 7 and 12 - never above the bound.
+    let hot = prefix("hot");
+    let counts = queued_then_served(&act, &hot, 12, |i| {
+        chat("hot", "You are a terse bot.", &format!("q{i}"))
+    })
+    .await;
+    assert_eq!(counts, vec![5, 5, 2]);
+    // Least-request on the same burst: an even spread.
+    let even = act.model("ns", "even", 0, 100, LONG);
+    let counts = queued_then_served(&act, &even, 12, |i| {
+        chat("even", "You are a terse bot.", &format!("q{i}"))
+    })
+    .await;
+    assert_eq!(counts, vec![4, 4, 4]);
+    // Prefix-hash, requests without a prompt: least-request too.
+    let bare = prefix("bare");
+    let counts = queued_then_served(&act, &bare, 12, |_| {
+        json(r#"{"model":"bare","prompt":[1,2,3]}"#)
+    })
+    .await;
+    assert_eq!(counts, vec![4, 4, 4]);
 }

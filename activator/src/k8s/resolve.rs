@@ -121,6 +121,7 @@ impl ServicesAndSlices<'_> {
                 queue_deadline: settings.queue_deadline,
                 response_timeout: settings.response_timeout,
                 idle_timeout: settings.idle_timeout,
+                balance: crate::queue::strategy(&settings, &global.activator),
             },
             key,
         };

@@ -103,6 +103,14 @@ pub fn plan(inb: &[u8], table: &Table, peer: &Peer, out: &mut Vec<u8>) -> Parsed
                 .map(|x| x.value)
         });
         let model = match table.addressed_with_isvc(isvc, h.host(), h.path()) {
+            // A model balancing by prompt prefix is routed to a pod by its body: hyper's path
+            // reads it (and neither the relay nor parking, which do not, may take it).
+            Addressed::Model(m)
+                if m.gate().prefix_chars() > 0
+                    && route::classify_path(h.path()) == route::PathRoute::Body =>
+            {
+                None
+            }
             Addressed::Model(m) => Some(m),
             // Unknown models and routing by body: hyper's path answers them.
             Addressed::Unknown(_) | Addressed::Body | Addressed::Nothing => None,

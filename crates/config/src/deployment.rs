@@ -115,6 +115,8 @@ impl DeploymentSettings {
             queue_deadline: global.activator.queue_deadline,
             response_timeout: global.activator.response_timeout,
             idle_timeout: global.activator.idle_timeout,
+            load_balancing: global.activator.load_balancing,
+            prefix_length: global.activator.prefix_length,
             metric_source: MetricSource::Activator,
             pool: None,
         };
@@ -154,11 +156,11 @@ impl DeploymentSettings {
                 }
                 "scale-to-zero-grace-period" => duration_in(v, GRACE_RANGE.0, GRACE_RANGE.1)
                     .map(|d| p.scale_to_zero_grace_period = d),
-                "initial-scale" => int(v, 0, MAX_REPLICAS).map(|n| p.initial_scale = n),
-                "activation-scale" => int(v, 1, MAX_REPLICAS).map(|n| p.activation_scale = n),
                 "scale-to-zero-policy" => {
                     one_of(v, crate::global::ZERO_POLICIES).map(|z| p.scale_to_zero_policy = z)
                 }
+                "initial-scale" => int(v, 0, MAX_REPLICAS).map(|n| p.initial_scale = n),
+                "activation-scale" => int(v, 1, MAX_REPLICAS).map(|n| p.activation_scale = n),
                 "scale-down-delay" => {
                     duration_in(v, std::time::Duration::ZERO, HOUR).map(|d| p.scale_down_delay = d)
                 }
@@ -181,6 +183,12 @@ impl DeploymentSettings {
                 "idle-timeout" => {
                     duration_in(v, ACTIVATOR_TIMEOUT_RANGE.0, ACTIVATOR_TIMEOUT_RANGE.1)
                         .map(|d| s.idle_timeout = d)
+                }
+                "load-balancing" => {
+                    one_of(v, crate::global::LOAD_BALANCINGS).map(|b| s.load_balancing = b)
+                }
+                "prefix-length" => {
+                    int(v, 1, crate::global::PREFIX_LENGTH_MAX).map(|n| s.prefix_length = n)
                 }
                 "metric-source" => one_of(v, &[("activator", false), ("pod", true)])
                     .map(|pod| o.metric_source_pod = Some(pod)),
@@ -336,15 +344,16 @@ mod tests {
                     "zeroscale.dev/panic-window-percentage" => "10",
                     "zeroscale.dev/panic-threshold-percentage" => "200",
                     "zeroscale.dev/scale-to-zero-grace-period" => "30s",
+                    "zeroscale.dev/scale-to-zero-policy" => "adaptive",
                     "zeroscale.dev/queue-deadline" => "5m",
                     "zeroscale.dev/response-timeout" => "10m",
                     "zeroscale.dev/idle-timeout" => "5m",
                     "zeroscale.dev/scale-down-delay" => "0s",
+                    "zeroscale.dev/load-balancing" => "prefix-hash",
                     _ => "1",
                 }
             } else {
                 value
-                    "zeroscale.dev/scale-to-zero-policy" => "adaptive",
             };
             let mut one = BTreeMap::new();
             one.insert(doc.key.to_owned(), value.to_owned());

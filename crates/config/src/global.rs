@@ -8,7 +8,9 @@ use crate::parse::{self, bytes_in, duration_in, int, number, number_above, one_o
 use crate::rules::{Scope, check_params};
 use zeroscale_scaling::{Sizing, ZeroPolicy};
 
-use crate::{ActivatorConfig, Aggregation, ConfigError, GlobalConfig, Metric, Params};
+use crate::{
+    ActivatorConfig, Aggregation, ConfigError, GlobalConfig, LoadBalancing, Metric, Params,
+};
 
 /// Largest replica count accepted for any scale setting.
 pub const MAX_REPLICAS: u32 = 10_000;
@@ -21,7 +23,17 @@ const AGGREGATIONS: &[(&str, Aggregation)] = &[
     ("linear", Aggregation::Linear),
     ("weighted-exponential", Aggregation::WeightedExponential),
 ];
+pub(crate) const LOAD_BALANCINGS: &[(&str, LoadBalancing)] = &[
+    ("least-request", LoadBalancing::LeastRequest),
+    ("prefix-hash", LoadBalancing::PrefixHash),
+];
+/// The longest prompt prefix (characters) prefix-hash balancing keys on.
+pub(crate) const PREFIX_LENGTH_MAX: u32 = 65_536;
 const SIZINGS: &[(&str, Sizing)] = &[("demand", Sizing::Demand), ("knative", Sizing::Knative)];
+pub(crate) const ZERO_POLICIES: &[(&str, ZeroPolicy)] = &[
+    ("fixed", ZeroPolicy::Fixed),
+    ("adaptive", ZeroPolicy::Adaptive),
+];
 pub(crate) const fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
@@ -30,10 +42,6 @@ const fn millis(ms: u64) -> Duration {
 }
 pub(crate) const HOUR: Duration = secs(3600);
 pub(crate) const STABLE_WINDOW_RANGE: (Duration, Duration) = (secs(6), HOUR);
-pub(crate) const ZERO_POLICIES: &[(&str, ZeroPolicy)] = &[
-    ("fixed", ZeroPolicy::Fixed),
-    ("adaptive", ZeroPolicy::Adaptive),
-];
 pub(crate) const GRACE_RANGE: (Duration, Duration) = (secs(1), HOUR);
 pub(crate) const QUEUE_DEADLINE_RANGE: (Duration, Duration) = (secs(1), HOUR);
 /// Range of the response and idle timeouts: an LLM's prefill of a long prompt can take minutes,
@@ -67,6 +75,9 @@ impl Default for ActivatorConfig {
             wake_resend_interval: secs(10),
             response_timeout: secs(600),
             idle_timeout: secs(300),
+            load_balancing: LoadBalancing::LeastRequest,
+            prefix_length: 256,
+            prefix_load_factor: 1.25,
         }
     }
 }
@@ -171,17 +182,6 @@ fn apply(cfg: &mut GlobalConfig, good: &GlobalConfig, key: &str, v: &str) -> Res
         ),
         "aggregation" => set(&mut s.aggregation, g.aggregation, one_of(v, AGGREGATIONS)),
         "sizing" => set(&mut s.sizing, g.sizing, one_of(v, SIZINGS)),
-        "tick-interval" => set(
-            &mut cfg.tick_interval,
-            good.tick_interval,
-            duration_in(v, millis(100), secs(60)),
-        ),
-        "scrape-interval" => set(
-            &mut cfg.scrape_interval,
-            good.scrape_interval,
-            duration_in(v, millis(100), secs(60)),
-        ),
-        "scrape-timeout" => set(
         "scale-to-zero-policy" => set(
             &mut s.scale_to_zero_policy,
             g.scale_to_zero_policy,
@@ -207,6 +207,17 @@ fn apply(cfg: &mut GlobalConfig, good: &GlobalConfig, key: &str, v: &str) -> Res
             g.adaptive.prewarm_margin,
             duration_in(v, Duration::ZERO, HOUR),
         ),
+        "tick-interval" => set(
+            &mut cfg.tick_interval,
+            good.tick_interval,
+            duration_in(v, millis(100), secs(60)),
+        ),
+        "scrape-interval" => set(
+            &mut cfg.scrape_interval,
+            good.scrape_interval,
+            duration_in(v, millis(100), secs(60)),
+        ),
+        "scrape-timeout" => set(
             &mut cfg.scrape_timeout,
             good.scrape_timeout,
             duration_in(v, millis(10), secs(60)),
@@ -241,6 +252,21 @@ fn apply(cfg: &mut GlobalConfig, good: &GlobalConfig, key: &str, v: &str) -> Res
             ga.max_routing_body_bytes,
             // 1Gi fits usize on every supported target (32-bit included).
             bytes_in(v, 1 << 10, 1 << 30).map(|n| n as usize),
+        ),
+        "activator-load-balancing" => set(
+            &mut a.load_balancing,
+            ga.load_balancing,
+            one_of(v, LOAD_BALANCINGS),
+        ),
+        "activator-prefix-length" => set(
+            &mut a.prefix_length,
+            ga.prefix_length,
+            int(v, 1, PREFIX_LENGTH_MAX),
+        ),
+        "activator-prefix-load-factor" => set(
+            &mut a.prefix_load_factor,
+            ga.prefix_load_factor,
+            number(v, 1.0, 10.0),
         ),
         "activator-wake-resend-interval" => set(
             &mut a.wake_resend_interval,

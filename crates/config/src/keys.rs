@@ -47,6 +47,8 @@ pub(crate) const AGGREGATION: &str = "linear or weighted-exponential";
 pub(crate) const SIZING: &str = "demand or knative";
 pub(crate) const ZERO_POLICY: &str = "fixed or adaptive";
 pub(crate) const METRIC_SOURCE: &str = "activator or pod";
+pub(crate) const LOAD_BALANCING: &str = "least-request or prefix-hash";
+pub(crate) const PREFIX_LENGTH: &str = "1..=65536";
 pub(crate) const HOSTNAMES: &str =
     "comma-separated DNS-1123 subdomains (lowercase host names without port)";
 pub(crate) const SERVICE: &str = "a DNS-1035 label: 1-63 characters of a-z, 0-9 and '-', starting with a letter and ending with a letter or digit";
@@ -181,8 +183,6 @@ pub const CONFIGMAP_KEYS: &[KeyDoc] = &[
         "How the concurrency to carry is estimated (metric concurrency): demand sizes for arrival rate x measured service time plus what drains the queue within the panic window, so requests queued during a cold start are not read as sustained load; knative sizes for the average of requests held (queued + in flight), as Knative's KPA.",
     ),
     k(
-        "tick-interval",
-    k(
         "scale-to-zero-policy",
         "fixed",
         ZERO_POLICY,
@@ -212,6 +212,8 @@ pub const CONFIGMAP_KEYS: &[KeyDoc] = &[
         HOUR_OR_LESS,
         "Adaptive policy: a pre-warmed pod is asked for this long before the next request is expected; the pod start (scheduling, image, model load) must fit in it.",
     ),
+    k(
+        "tick-interval",
         "2s",
         "100ms..=1m",
         "How often the autoscaler makes scaling decisions.",
@@ -263,6 +265,24 @@ pub const CONFIGMAP_KEYS: &[KeyDoc] = &[
         "1Mi",
         "1Ki..=1Gi",
         "Max body bytes buffered to read an OpenAI-style model field; larger bodies get 413.",
+    ),
+    k(
+        "activator-load-balancing",
+        "least-request",
+        LOAD_BALANCING,
+        "How the activator spreads a model's requests over its pods: the fewest in flight, or (OpenAI bodies) requests sharing a prompt prefix to one pod while it stays within activator-prefix-load-factor times the mean load (consistent hashing with bounded loads); requests without a prompt go least-request.",
+    ),
+    k(
+        "activator-prefix-length",
+        "256",
+        PREFIX_LENGTH,
+        "Prefix-hash balancing: how many characters of the prompt (messages' contents in order, or prompt) make the key.",
+    ),
+    k(
+        "activator-prefix-load-factor",
+        "1.25",
+        "1..=10",
+        "Prefix-hash balancing: the bound c; a pod takes a request by its prefix only if it then holds at most ceil(c x the mean requests in flight per ready pod), else the next pod in the prefix's order does.",
     ),
     k(
         "activator-wake-resend-interval",
@@ -347,6 +367,12 @@ pub const ANNOTATIONS: &[KeyDoc] = &[
         "Idle time before scaling to zero.",
     ),
     k(
+        "zeroscale.dev/scale-to-zero-policy",
+        "ConfigMap scale-to-zero-policy",
+        ZERO_POLICY,
+        "fixed (the grace period) or adaptive (learned from this model's idle gaps, with the ConfigMap's adaptive-* knobs).",
+    ),
+    k(
         "zeroscale.dev/initial-scale",
         "ConfigMap initial-scale",
         SCALE,
@@ -366,12 +392,6 @@ pub const ANNOTATIONS: &[KeyDoc] = &[
     ),
     k(
         "zeroscale.dev/model-name",
-    k(
-        "zeroscale.dev/scale-to-zero-policy",
-        "ConfigMap scale-to-zero-policy",
-        ZERO_POLICY,
-        "fixed (the grace period) or adaptive (learned from this model's idle gaps, with the ConfigMap's adaptive-* knobs).",
-    ),
         "a KServe predictor's InferenceService name, else the Deployment name",
         crate::parse::MODEL_NAME_RULE,
         "Model name the activator routes by (path, OpenAI body model field).",
@@ -417,6 +437,18 @@ pub const ANNOTATIONS: &[KeyDoc] = &[
         "ConfigMap activator-idle-timeout",
         ACTIVATOR_TIMEOUT,
         "Longest pause without a byte in a request or answer body (stream) of this model before it is cut.",
+    ),
+    k(
+        "zeroscale.dev/load-balancing",
+        "ConfigMap activator-load-balancing",
+        LOAD_BALANCING,
+        "How the activator spreads this model's requests over its pods (see the ConfigMap key).",
+    ),
+    k(
+        "zeroscale.dev/prefix-length",
+        "ConfigMap activator-prefix-length",
+        PREFIX_LENGTH,
+        "Prefix-hash balancing: characters of the prompt that make the key.",
     ),
     k(
         "zeroscale.dev/metric-source",

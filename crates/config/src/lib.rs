@@ -111,6 +111,23 @@ pub struct ActivatorConfig {
     /// How long a request or answer body (a stream) may go without a byte before it is cut
     /// (default 5 minutes).
     pub idle_timeout: Duration,
+    /// How requests are spread over a model's pods (`activator-load-balancing`).
+    pub load_balancing: LoadBalancing,
+    /// Characters of the prompt that make the key of prefix-hash balancing
+    /// (`activator-prefix-length`, 256).
+    pub prefix_length: u32,
+    /// The bound `c` of prefix-hash balancing: no pod above `c` times the mean load
+    /// (`activator-prefix-load-factor`, 1.25).
+    pub prefix_load_factor: f64,
+}
+
+/// How the activator spreads a model's requests over its pods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadBalancing {
+    /// The pod with the fewest requests in flight.
+    LeastRequest,
+    /// Requests sharing a prompt prefix go to one pod, within a bound on its load.
+    PrefixHash,
 }
 
 /// The global configuration: built-in defaults overlaid with the ConfigMap's data.
@@ -177,6 +194,10 @@ pub struct DeploymentSettings {
     pub response_timeout: Duration,
     /// Longest pause within a request or answer body for this model.
     pub idle_timeout: Duration,
+    /// How the activator spreads requests over the pods (`zeroscale.dev/load-balancing`).
+    pub load_balancing: LoadBalancing,
+    /// Characters of the prompt that make the prefix-hash key (`zeroscale.dev/prefix-length`).
+    pub prefix_length: u32,
     /// Concurrency source.
     pub metric_source: MetricSource,
     /// The capacity pool it belongs to (`zeroscale.dev/pool`, a pool of the ConfigMap).

@@ -101,6 +101,9 @@ fn every_key_is_applied() {
         ("activator-wake-resend-interval", "3s"),
         ("activator-response-timeout", "20m"),
         ("activator-idle-timeout", "90s"),
+        ("activator-load-balancing", "prefix-hash"),
+        ("activator-prefix-length", "64"),
+        ("activator-prefix-load-factor", "1.5"),
     ]);
     let s = &c.scaling;
     assert_eq!(s.metric, Metric::Rps);
@@ -136,6 +139,12 @@ fn every_key_is_applied() {
     assert_eq!(c.activator.wake_resend_interval, Duration::from_secs(3));
     assert_eq!(c.activator.response_timeout, Duration::from_secs(1200));
     assert_eq!(c.activator.idle_timeout, Duration::from_secs(90));
+    assert_eq!(
+        c.activator.load_balancing,
+        zeroscale_config::LoadBalancing::PrefixHash
+    );
+    assert_eq!(c.activator.prefix_length, 64);
+    assert_eq!(c.activator.prefix_load_factor, 1.5);
 }
 
 #[test]

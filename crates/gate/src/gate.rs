@@ -10,14 +10,14 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::balance::{self, Slot};
+use crate::balance::{self, Balance, Slot};
 use crate::metrics::{GateMetrics, PodGauge};
 
 /// A pod's connections, as the gate keeps them: made by the caller for each new pod
@@ -43,6 +43,8 @@ pub struct Limits {
     pub response_timeout: Duration,
     /// Longest pause within a request or answer body (a cut stream after the head).
     pub idle_timeout: Duration,
+    /// How requests are spread over the pods.
+    pub balance: Balance,
 }
 
 impl Limits {
@@ -61,6 +63,7 @@ impl Limits {
             queue_deadline,
             response_timeout: d.response_timeout,
             idle_timeout: d.idle_timeout,
+            balance: Balance::LeastRequest,
         }
     }
 }
@@ -109,6 +112,8 @@ struct Pod<M: GateMetrics, P> {
     /// Refused a connection: takes no new request for a moment ([`EJECT_FOR`]).
     ejected: bool,
     in_flight: u32,
+    /// [`balance::pod_hash`] of the address.
+    hash: u64,
     gauge: M::Pod,
 }
 
@@ -136,6 +141,8 @@ struct Assigned<P> {
 struct Waiter<P> {
     id: u64,
     bytes: u64,
+    /// The request's prefix key, for prefix-hash balancing.
+    key: Option<u64>,
     tx: oneshot::Sender<Assigned<P>>,
 }
 
@@ -156,6 +163,9 @@ pub struct Gate<M: GateMetrics, P> {
     /// The limits' timeouts in nanoseconds, readable per request without the lock.
     response_timeout: AtomicU64,
     idle_timeout: AtomicU64,
+    /// The prefix length of prefix-hash balancing, 0 for least-request: read per request to
+    /// decide whether to take a prefix, without the lock.
+    prefix_chars: AtomicU32,
 }
 
 impl<M: GateMetrics, P> std::fmt::Debug for Gate<M, P> {
@@ -181,6 +191,7 @@ impl<M: GateMetrics, P: Pool> Gate<M, P> {
         Arc::new(Self {
             response_timeout: AtomicU64::new(nanos(limits.response_timeout)),
             idle_timeout: AtomicU64::new(nanos(limits.idle_timeout)),
+            prefix_chars: AtomicU32::new(prefix_chars(limits.balance)),
             state: Mutex::new(State {
                 limits,
                 pods: Vec::new(),
@@ -209,6 +220,8 @@ impl<M: GateMetrics, P: Pool> Gate<M, P> {
             .store(nanos(limits.response_timeout), Ordering::Relaxed);
         self.idle_timeout
             .store(nanos(limits.idle_timeout), Ordering::Relaxed);
+        self.prefix_chars
+            .store(prefix_chars(limits.balance), Ordering::Relaxed);
         let mut st = self.lock();
         st.limits = limits;
         self.dispatch(&mut st);
@@ -225,6 +238,12 @@ impl<M: GateMetrics, P: Pool> Gate<M, P> {
             Duration::from_nanos(self.response_timeout.load(Ordering::Relaxed)),
             Duration::from_nanos(self.idle_timeout.load(Ordering::Relaxed)),
         )
+    }
+
+    /// How many characters of a prompt make the key of prefix-hash balancing; 0 when the
+    /// model balances by least requests (then a request's prompt is not read). Lock-free.
+    pub fn prefix_chars(&self) -> u32 {
+        self.prefix_chars.load(Ordering::Relaxed)
     }
 
     /// Replaces the endpoints, keeping in-flight counts (and pools) of pods that stay; a new pod
@@ -263,6 +282,7 @@ impl<M: GateMetrics, P: Pool> Gate<M, P> {
                     gone: false,
                     ejected: false,
                     in_flight: 0,
+                    hash: balance::pod_hash(ep.addr),
                     gauge: self.metrics.pod(ep.addr),
                 });
             }
@@ -322,7 +342,7 @@ impl<M: GateMetrics, P: Pool> Gate<M, P> {
         if st.closed || !st.queue.is_empty() {
             return None;
         }
-        let a = self.take_slot(&mut st)?;
+        let a = self.take_slot(&mut st, None)?;
         Some(Permit {
             gate: self.clone(),
             addr: a.addr,
@@ -332,12 +352,22 @@ impl<M: GateMetrics, P: Pool> Gate<M, P> {
 
     /// Admits a request whose body accounts for `bytes`: a permit now, or a place in the queue.
     pub fn admit(self: &Arc<Self>, bytes: u64) -> Result<Admit<M, P>, QueueError> {
+        self.admit_keyed(bytes, None)
+    }
+
+    /// [`Gate::admit`] for a request with prefix `key` ([`balance::PrefixKey`]): under
+    /// prefix-hash balancing its pod is chosen by the key, now or when it leaves the queue.
+    pub fn admit_keyed(
+        self: &Arc<Self>,
+        bytes: u64,
+        key: Option<u64>,
+    ) -> Result<Admit<M, P>, QueueError> {
         let mut st = self.lock();
         if st.closed {
             return Err(QueueError::Closed);
         }
         if st.queue.is_empty()
-            && let Some(a) = self.take_slot(&mut st)
+            && let Some(a) = self.take_slot(&mut st, key)
         {
             return Ok(Admit::Ready(Permit {
                 gate: self.clone(),
@@ -360,7 +390,7 @@ impl<M: GateMetrics, P: Pool> Gate<M, P> {
         let id = st.next_id;
         st.next_id += 1;
         let (tx, rx) = oneshot::channel();
-        st.queue.push_back(Waiter { id, bytes, tx });
+        st.queue.push_back(Waiter { id, bytes, key, tx });
         st.queued_bytes += bytes;
         self.metrics.queued(1);
         let now = Instant::now();
@@ -376,9 +406,19 @@ impl<M: GateMetrics, P: Pool> Gate<M, P> {
         }))
     }
 
-    /// Picks a pod with room and counts the request on it.
-    fn take_slot(&self, st: &mut State<M, P>) -> Option<Assigned<P>> {
-        let i = balance::pick(&st.pods, st.limits.container_concurrency, st.cursor)?;
+    /// Picks a pod with room (by `key` under prefix-hash balancing) and counts the request on it.
+    fn take_slot(&self, st: &mut State<M, P>, key: Option<u64>) -> Option<Assigned<P>> {
+        let limit = st.limits.container_concurrency;
+        let i = match (st.limits.balance, key) {
+            (Balance::PrefixHash { load_factor, .. }, Some(key)) => {
+                let pods = &st.pods;
+                balance::pick_keyed_by(pods.len(), limit, key, load_factor, |i| {
+                    let p = &pods[i];
+                    p.eligible().then_some((p.in_flight, p.hash))
+                })?
+            }
+            _ => balance::pick(&st.pods, limit, st.cursor)?,
+        };
         st.cursor = st.cursor.wrapping_add(1);
         let p = &mut st.pods[i];
         p.in_flight += 1;
@@ -404,8 +444,10 @@ impl<M: GateMetrics, P: Pool> Gate<M, P> {
 
     /// Serves waiters in order while a pod has room.
     fn dispatch(&self, st: &mut State<M, P>) {
-        while !st.queue.is_empty() {
-            let Some(a) = self.take_slot(st) else { break };
+        while let Some(key) = st.queue.front().map(|w| w.key) {
+            let Some(a) = self.take_slot(st, key) else {
+                break;
+            };
             let w = st.queue.pop_front().expect("checked non-empty");
             st.queued_bytes -= w.bytes;
             self.metrics.queued(-1);
@@ -591,6 +633,13 @@ impl<M: GateMetrics, P: Pool> Ticket<M, P> {
             addr: assigned.addr,
             pool: assigned.pool,
         })
+    }
+}
+
+fn prefix_chars(s: Balance) -> u32 {
+    match s {
+        Balance::LeastRequest => 0,
+        Balance::PrefixHash { prefix_chars, .. } => prefix_chars,
     }
 }
 

@@ -11,5 +11,6 @@ pub mod balance;
 mod gate;
 mod metrics;
 
+pub use balance::Balance;
 pub use gate::{Admit, EJECT_FOR, Endpoint, Gate, Limits, Permit, Pool, QueueError, Ticket};
 pub use metrics::{Counts, GateMetrics, NoGauge, PodGauge};

@@ -540,6 +540,7 @@ fn naive(world: &World) -> BTreeMap<ModelKey, (ModelSpec, Vec<Endpoint>)> {
                 queue_deadline: settings.queue_deadline,
                 response_timeout: settings.response_timeout,
                 idle_timeout: settings.idle_timeout,
+                balance: crate::queue::strategy(&settings, &global.activator),
             },
             key: key.clone(),
         };

@@ -10,6 +10,7 @@ use anyhow::Context;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use zeroscale_activator::queue::Balance;
 use zeroscale_activator::server::{self, Admin, ServerOptions};
 use zeroscale_activator::table::NoWake;
 use zeroscale_activator::{Endpoint, Limits, Metrics, ModelKey, ModelSpec, Proxy, Table};
@@ -91,6 +92,30 @@ pub async fn run(o: Opts, workers: usize) -> anyhow::Result<()> {
     if let Some(b) = o.backend {
         table.set_endpoints(&sample, vec![endpoint(b)]);
     }
+    // Body-routed chat models on the same backend, one per balancing strategy: their difference
+    // is what prefix-hash adds per request (BENCHMARKS.md, "Prefix-hash balancing").
+    for (name, balance) in [
+        ("chat", Balance::LeastRequest),
+        (
+            "chat-prefix",
+            Balance::PrefixHash {
+                prefix_chars: ActivatorConfig::default().prefix_length,
+                load_factor: ActivatorConfig::default().prefix_load_factor,
+            },
+        ),
+    ] {
+        let chat = add_model(
+            &table,
+            name,
+            Limits {
+                balance,
+                ..limits.clone()
+            },
+        );
+        if let Some(b) = o.backend {
+            table.set_endpoints(&chat, vec![endpoint(b)]);
+        }
+    }
     add_model(&table, "idle", limits);
     let listener = TcpListener::bind(o.listen)
         .await
@@ -103,6 +128,7 @@ pub async fn run(o: Opts, workers: usize) -> anyhow::Result<()> {
         Admin {
             registry: Arc::new(registry),
             ready: Arc::new(AtomicBool::new(true)),
+            feed: proxy.metrics().feed().clone(),
         },
         std::future::pending::<()>(),
     ));

@@ -423,8 +423,10 @@ impl Decider {
         }
         let idle_for = (!busy && fresh).then(|| now.saturating_duration_since(self.last_busy));
         // The adaptive policy replaces the grace period by what the model's gaps say.
-        let idle_plan =
-            (p.scale_to_zero_policy == ZeroPolicy::Adaptive).then(|| self.idle.plan(&p.adaptive));
+        // Planned only when the windows want no pod (the only case it decides), so a busy
+        // model never pays the pass over the bins.
+        let idle_plan = (p.scale_to_zero_policy == ZeroPolicy::Adaptive && want == 0)
+            .then(|| self.idle.plan(&p.adaptive));
         let grace = match idle_plan {
             None | Some(IdlePlan::Fixed { .. }) => p.scale_to_zero_grace_period,
             Some(IdlePlan::KeepAlive { keep_alive, .. }) => keep_alive,

@@ -25,10 +25,25 @@
 //!   for an HTTP/1.0 client without one.
 //! - An answer is refused (502) when its framing is ambiguous (two different `Content-Length`s,
 //!   one that is not a number) or its head is over [`RESPONSE_HEAD_BYTES`]. Nothing is added to
-//!   an answer (no `Date`, no `Server`): the pod's head is passed on minus the hop-by-hop part.
+//!   an answer (no `Date`, no `Server`): the pod's head is passed on minus the hop-by-hop part,
+//!   with one exception: an answer to a request that waited for its model to wake gets
+//!   [`COLD_START_HEADER`] ([`add_cold_start`]; ConfigMap `activator-cold-start-header`).
 
 use http::StatusCode;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+/// The header that tells a client its request waited for the model to wake, and how long
+/// (`zeroscale-cold-start: 5.21s`).
+pub const COLD_START_HEADER: &str = "zeroscale-cold-start";
+
+/// Adds [`COLD_START_HEADER`] to an answer's headers: `waited` in seconds with two decimals.
+/// It replaces a pod's header of that name, so the figure is always the activator's.
+pub fn add_cold_start(headers: &mut HeaderMap, waited: std::time::Duration) {
+    let value = format!("{:.2}s", waited.as_secs_f64());
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(HeaderName::from_static(COLD_START_HEADER), v);
+    }
+}
 
 /// Headers that concern one connection only (RFC 9110 7.6.1), never forwarded as they are.
 pub const HOP_BY_HOP: [&str; 9] = [

@@ -208,6 +208,7 @@ pub struct Metrics {
     in_flight: Sparse<ModelLabels, Gauge>,
     queued: Sparse<ModelLabels, Gauge>,
     queue_wait: Sparse<ModelLabels, Histogram>,
+    cold_start: Sparse<ModelLabels, Histogram>,
     wake_signals: Sparse<ModelLabels, Counter>,
     wake_failures: Sparse<ModelLabels, Counter>,
     abandoned: Sparse<ModelLabels, Counter>,
@@ -233,6 +234,7 @@ impl Metrics {
             in_flight: Sparse::new(retention.clone()),
             queued: Sparse::new(retention.clone()),
             queue_wait: Sparse::new(retention.clone()),
+            cold_start: Sparse::new(retention.clone()),
             wake_signals: Sparse::new(retention.clone()),
             wake_failures: Sparse::new(retention.clone()),
             abandoned: Sparse::new(retention.clone()),
@@ -268,6 +270,11 @@ impl Metrics {
             "zeroscale_activator_queue_wait_seconds",
             "Time spent in the queue",
             m.queue_wait.clone(),
+        );
+        registry.register(
+            "zeroscale_activator_cold_start_seconds",
+            "From the first request queued while the model had no ready pod (the one that asked for the wake) to its forward to a pod",
+            m.cold_start.clone(),
         );
         registry.register(
             "zeroscale_activator_wake_signals",
@@ -345,6 +352,7 @@ impl Metrics {
             abandoned: self
                 .abandoned
                 .get_or_insert_with(&labels, a, Counter::default),
+            cold_start: Arc::default(),
             integral,
             codes: Arc::new(std::array::from_fn(|_| OnceLock::new())),
             failures: Arc::default(),
@@ -404,6 +412,8 @@ pub struct ModelMetrics {
     pub wake_failures: Counter,
     /// Queued requests whose client went away.
     pub abandoned: Counter,
+    /// Cold starts, resolved at the first: a model that never waited for a wake has no series.
+    cold_start: Arc<OnceLock<Histogram>>,
     /// Counters of [`CACHED_CODES`], resolved on first use (no zero series for unseen codes).
     codes: Arc<[OnceLock<Counter>; CACHED_CODES.len()]>,
     /// Failure counters, resolved on first use: a model that never fails has no such series.
@@ -452,6 +462,18 @@ impl GateMetrics for ModelMetrics {
 
     fn abandoned(&self) {
         self.abandoned.inc();
+    }
+
+    fn cold_start(&self, waited: Duration) {
+        self.cold_start
+            .get_or_init(|| {
+                self.root.cold_start.get_or_insert_with(
+                    &self.labels,
+                    &self.integral,
+                    wait_histogram,
+                )
+            })
+            .observe(waited.as_secs_f64());
     }
 
     fn pod(&self, addr: std::net::SocketAddr) -> PodInFlight {
@@ -603,6 +625,7 @@ impl ModelMetrics {
         r.in_flight.remove(&self.labels);
         r.queued.remove(&self.labels);
         r.queue_wait.remove(&self.labels);
+        r.cold_start.remove(&self.labels);
         r.wake_signals.remove(&self.labels);
         r.wake_failures.remove(&self.labels);
         r.abandoned.remove(&self.labels);

@@ -1,7 +1,7 @@
 //! The request path, top to bottom: route, count, admit (or queue), forward, stream back.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use http::header::{self, HeaderMap};
 use http::uri::PathAndQuery;
@@ -27,6 +27,8 @@ pub struct Proxy {
     table: Arc<Table>,
     metrics: Arc<Metrics>,
     max_routing_body_bytes: AtomicUsize,
+    /// Answers to requests that waited for a wake say so ([`forward::COLD_START_HEADER`]).
+    cold_start_header: AtomicBool,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -46,6 +48,9 @@ impl Proxy {
             table,
             metrics,
             max_routing_body_bytes: AtomicUsize::new(max_routing_body_bytes),
+            cold_start_header: AtomicBool::new(
+                zeroscale_config::ActivatorConfig::default().cold_start_header,
+            ),
         })
     }
 
@@ -57,6 +62,11 @@ impl Proxy {
     /// The routing table.
     pub fn table(&self) -> &Arc<Table> {
         &self.table
+    }
+
+    /// Turns the cold-start header on or off (ConfigMap `activator-cold-start-header`).
+    pub fn set_cold_start_header(&self, on: bool) {
+        self.cold_start_header.store(on, Ordering::Relaxed);
     }
 
     /// Changes the body-routing limit (ConfigMap reload).
@@ -413,9 +423,14 @@ impl Proxy {
             Ok(a) => a,
             Err(e) => return Err(backend_failed(model, &permit, e.to_string())),
         };
-        let mut headers = HeaderMap::with_capacity(parts.headers.len());
+        let mut headers = HeaderMap::with_capacity(parts.headers.len() + 1);
         answer.forward(parts.headers.iter(), &mut headers);
         drop(answer);
+        if let Some(waited) = permit.cold_wait()
+            && self.cold_start_header.load(Ordering::Relaxed)
+        {
+            forward::add_cold_start(&mut headers, waited);
+        }
         parts.headers = headers;
         Ok(Response::from_parts(
             parts,

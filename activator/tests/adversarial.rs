@@ -18,8 +18,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::Full;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -591,18 +589,6 @@ impl Fixture {
             Err(e) => Err(format!("{what}: {e}{leaked}")),
         }
     }
-}
-
-/// The admin port's `/metrics` text.
-async fn metrics_text(act: &Activator) -> String {
-    let a = send(
-        &client(),
-        get(&format!("http://{}/metrics", act.admin))
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
-    String::from_utf8_lossy(&a.body).to_string()
 }
 
 /// Sum of the samples of `name` whose labels include all of `labels`; None when there is none.

@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
 use support::*;
 use tokio::net::TcpListener;
 use zeroscale_activator::queue::Balance;
@@ -319,4 +320,78 @@ async fn prefix_hash_keeps_a_prefix_on_one_pod_until_the_bound() {
     })
     .await;
     assert_eq!(counts, vec![4, 4, 4]);
+}
+
+/// The `zeroscale_activator_cold_start_seconds_count` sample of model `iris`, from `/metrics`.
+async fn cold_starts_counted(act: &Activator) -> Option<String> {
+    metrics_text(act)
+        .await
+        .lines()
+        .find(|l| {
+            l.starts_with("zeroscale_activator_cold_start_seconds_count{")
+                && l.contains("deployment=\"iris\"")
+        })
+        .map(|l| l.rsplit(' ').next().unwrap_or("").to_string())
+}
+
+#[tokio::test]
+async fn answers_to_requests_that_waited_for_a_wake_say_how_long() {
+    let rec = WakeRecorder::start().await;
+    let waker = Waker::new(&rec.url, Duration::from_secs(3600)).unwrap();
+    let act = Activator::start(Arc::new(waker), ServerOptions::default()).await;
+    let k = act.model("ns", "iris", 0, 100, LONG);
+    let model = act.table.get(&k).unwrap();
+    let c = client();
+    let predict = |c: &hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>| {
+        let (c, url) = (c.clone(), act.url("/v1/models/iris:predict"));
+        tokio::spawn(async move {
+            send(&c, post(&url).body(json(r#"{"instances":[[1]]}"#)).unwrap()).await
+        })
+    };
+    // A model that never went cold has no cold-start series.
+    assert_eq!(cold_starts_counted(&act).await, None);
+    let tasks: Vec<_> = (0..3).map(|_| predict(&c)).collect();
+    until("all queued", || model.gate().queued() == 3).await;
+    until("wake sent", || !rec.calls().is_empty()).await;
+    // They wait at least this long, whatever the machine's speed.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    act.table
+        .set_endpoints(&k, vec![model_server("iris", Options::default()).await]);
+    for t in tasks {
+        let a = t.await.unwrap();
+        assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+        let v = a.headers["zeroscale-cold-start"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let secs = v.strip_suffix('s').expect("seconds");
+        assert_eq!(secs.split_once('.').map(|(_, d)| d.len()), Some(2), "{v}");
+        assert!(secs.parse::<f64>().unwrap() >= 0.2, "{v}");
+    }
+    // One cold start: the request that asked for the wake.
+    assert_eq!(cold_starts_counted(&act).await.as_deref(), Some("1"));
+    // A request that found a ready pod: no header.
+    let a = predict(&c).await.unwrap();
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(
+        a.headers.get("zeroscale-cold-start").is_none(),
+        "{:?}",
+        a.headers
+    );
+
+    // Turned off (ConfigMap activator-cold-start-header: false): counted, not told.
+    act.proxy.set_cold_start_header(false);
+    act.table.set_endpoints(&k, vec![]);
+    let t = predict(&c);
+    until("queued", || model.gate().queued() == 1).await;
+    act.table
+        .set_endpoints(&k, vec![model_server("iris", Options::default()).await]);
+    let a = t.await.unwrap();
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    assert!(
+        a.headers.get("zeroscale-cold-start").is_none(),
+        "{:?}",
+        a.headers
+    );
+    assert_eq!(cold_starts_counted(&act).await.as_deref(), Some("2"));
 }

@@ -356,6 +356,18 @@ impl Activator {
     }
 }
 
+/// The admin port's `/metrics` text.
+pub async fn metrics_text(act: &Activator) -> String {
+    let a = send(
+        &client(),
+        get(&format!("http://{}/metrics", act.admin))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    String::from_utf8_lossy(&a.body).to_string()
+}
+
 pub fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()
 }

@@ -78,6 +78,7 @@ impl Default for ActivatorConfig {
             load_balancing: LoadBalancing::LeastRequest,
             prefix_length: 256,
             prefix_load_factor: 1.25,
+            cold_start_header: true,
         }
     }
 }
@@ -267,6 +268,11 @@ fn apply(cfg: &mut GlobalConfig, good: &GlobalConfig, key: &str, v: &str) -> Res
             &mut a.prefix_load_factor,
             ga.prefix_load_factor,
             number(v, 1.0, 10.0),
+        ),
+        "activator-cold-start-header" => set(
+            &mut a.cold_start_header,
+            ga.cold_start_header,
+            parse_bool(v),
         ),
         "activator-wake-resend-interval" => set(
             &mut a.wake_resend_interval,

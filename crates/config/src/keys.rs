@@ -285,6 +285,12 @@ pub const CONFIGMAP_KEYS: &[KeyDoc] = &[
         "Prefix-hash balancing: the bound c; a pod takes a request by its prefix only if it then holds at most ceil(c x the mean requests in flight per ready pod), else the next pod in the prefix's order does.",
     ),
     k(
+        "activator-cold-start-header",
+        "true",
+        BOOL,
+        "Answers to requests that waited for their model to wake carry zeroscale-cold-start: the wait, e.g. 5.21s; false leaves answers as the pod sent them.",
+    ),
+    k(
         "activator-wake-resend-interval",
         "10s",
         "100ms..=10m",

@@ -119,6 +119,9 @@ pub struct ActivatorConfig {
     /// The bound `c` of prefix-hash balancing: no pod above `c` times the mean load
     /// (`activator-prefix-load-factor`, 1.25).
     pub prefix_load_factor: f64,
+    /// Answers to requests that waited for a wake carry `zeroscale-cold-start`
+    /// (`activator-cold-start-header`, true).
+    pub cold_start_header: bool,
 }
 
 /// How the activator spreads a model's requests over its pods.

@@ -104,6 +104,7 @@ fn every_key_is_applied() {
         ("activator-load-balancing", "prefix-hash"),
         ("activator-prefix-length", "64"),
         ("activator-prefix-load-factor", "1.5"),
+        ("activator-cold-start-header", "false"),
     ]);
     let s = &c.scaling;
     assert_eq!(s.metric, Metric::Rps);
@@ -145,6 +146,7 @@ fn every_key_is_applied() {
     );
     assert_eq!(c.activator.prefix_length, 64);
     assert_eq!(c.activator.prefix_load_factor, 1.5);
+    assert!(!c.activator.cold_start_header);
 }
 
 #[test]

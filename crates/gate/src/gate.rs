@@ -347,6 +347,7 @@ impl<M: GateMetrics, P: Pool> Gate<M, P> {
             gate: self.clone(),
             addr: a.addr,
             pool: a.pool,
+            cold_wait: None,
         })
     }
 
@@ -373,6 +374,7 @@ impl<M: GateMetrics, P: Pool> Gate<M, P> {
                 gate: self.clone(),
                 addr: a.addr,
                 pool: a.pool,
+                cold_wait: None,
             }));
         }
         let has_ready = st.pods.iter().any(Slot::eligible);
@@ -402,6 +404,7 @@ impl<M: GateMetrics, P: Pool> Gate<M, P> {
             wait_limit: st.limits.queue_deadline,
             enqueued: now,
             needs_wake: first && !has_ready,
+            cold: !has_ready,
             done: false,
         }))
     }
@@ -507,6 +510,9 @@ pub struct Permit<M: GateMetrics, P: Pool> {
     gate: Arc<Gate<M, P>>,
     addr: SocketAddr,
     pool: Arc<P>,
+    /// How long the request waited for a wake: it was queued while the model had no eligible
+    /// pod. `None` for a request that found a pod, or queued only behind busy ones.
+    cold_wait: Option<Duration>,
 }
 
 impl<M: GateMetrics, P: Pool> std::fmt::Debug for Permit<M, P> {
@@ -524,6 +530,12 @@ impl<M: GateMetrics, P: Pool> Permit<M, P> {
     /// The model's metric handles.
     pub fn metrics(&self) -> &M {
         self.gate.metrics()
+    }
+
+    /// How long this request waited for its model to wake (it was queued while the model had
+    /// no eligible pod), else `None`.
+    pub fn cold_wait(&self) -> Option<Duration> {
+        self.cold_wait
     }
 
     /// The pod's connections.
@@ -565,6 +577,7 @@ impl<M: GateMetrics, P: Pool> Permit<M, P> {
             gate: gate.clone(),
             addr: p.addr,
             pool: p.pool.clone(),
+            cold_wait: None,
         })
     }
 }
@@ -584,6 +597,8 @@ pub struct Ticket<M: GateMetrics, P: Pool> {
     wait_limit: Duration,
     enqueued: Instant,
     needs_wake: bool,
+    /// Queued while the model had no eligible pod: it waits for a wake.
+    cold: bool,
     done: bool,
 }
 
@@ -627,11 +642,16 @@ impl<M: GateMetrics, P: Pool> Ticket<M, P> {
             }
         };
         self.done = true;
-        self.gate.metrics.waited(self.enqueued.elapsed());
+        let waited = self.enqueued.elapsed();
+        self.gate.metrics.waited(waited);
+        if self.needs_wake {
+            self.gate.metrics.cold_start(waited);
+        }
         Ok(Permit {
             gate: self.gate.clone(),
             addr: assigned.addr,
             pool: assigned.pool,
+            cold_wait: self.cold.then_some(waited),
         })
     }
 }
@@ -657,6 +677,7 @@ impl<M: GateMetrics, P: Pool> Ticket<M, P> {
             gate: self.gate.clone(),
             addr: a.addr,
             pool: a.pool,
+            cold_wait: None,
         })
     }
 }
@@ -739,6 +760,29 @@ mod tests {
             Admit::Ready(p) => p,
             Admit::Queued(_) => panic!("expected ready"),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_that_waited_for_a_wake_know_how_long() {
+        let g = gate(1, 10, 1000);
+        let first = queued(g.admit(0).unwrap());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let second = queued(g.admit(0).unwrap());
+        tokio::time::advance(Duration::from_secs(3)).await;
+        g.set(&[ep(1, true), ep(2, true)]);
+        let (a, b) = (first.wait().await.unwrap(), second.wait().await.unwrap());
+        assert_eq!(a.cold_wait(), Some(Duration::from_secs(5)));
+        assert_eq!(b.cold_wait(), Some(Duration::from_secs(3)));
+        // One cold start: the request that asked for the wake.
+        assert_eq!(g.metrics().cold_starts(), 1);
+        // Queued behind busy pods, not a wake: no cold wait.
+        let behind = queued(g.admit(0).unwrap());
+        drop(a);
+        let c = behind.wait().await.unwrap();
+        assert_eq!(c.cold_wait(), None);
+        drop(c);
+        assert_eq!(ready(g.admit(0).unwrap()).cold_wait(), None);
+        assert_eq!(g.metrics().cold_starts(), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -25,6 +25,9 @@ pub trait GateMetrics: Send + Sync + std::fmt::Debug + 'static {
     fn waited(&self, waited: Duration);
     /// A waiting request's caller went away before it was served.
     fn abandoned(&self);
+    /// The first request queued while the model had no eligible pod (the one that asked for
+    /// the wake) left the queue with a pod after waiting this long: the cold start it saw.
+    fn cold_start(&self, _waited: Duration) {}
     /// The gauge of a pod that joined the gate.
     fn pod(&self, addr: SocketAddr) -> Self::Pod;
     /// The pod's IP is no longer in the gate (no pod with that IP is left).
@@ -41,6 +44,7 @@ pub struct Counts {
     waited: AtomicU64,
     abandoned: AtomicU64,
     ejected: AtomicU64,
+    cold_starts: AtomicU64,
 }
 
 impl Counts {
@@ -68,6 +72,11 @@ impl Counts {
     pub fn ejected(&self) -> u64 {
         self.ejected.load(Ordering::Relaxed)
     }
+
+    /// Cold starts seen (requests that asked for a wake and were then served).
+    pub fn cold_starts(&self) -> u64 {
+        self.cold_starts.load(Ordering::Relaxed)
+    }
 }
 
 /// A pod gauge that counts nothing (pods of [`Counts`]).
@@ -89,6 +98,9 @@ impl GateMetrics for Counts {
     }
     fn waited(&self, _waited: Duration) {
         self.waited.fetch_add(1, Ordering::Relaxed);
+    }
+    fn cold_start(&self, _waited: Duration) {
+        self.cold_starts.fetch_add(1, Ordering::Relaxed);
     }
     fn abandoned(&self) {
         self.abandoned.fetch_add(1, Ordering::Relaxed);

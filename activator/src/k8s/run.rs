@@ -157,6 +157,9 @@ pub async fn run(client: Client, cfg: WatchConfig, targets: Targets) {
             targets
                 .proxy
                 .set_max_routing_body_bytes(g.activator.max_routing_body_bytes);
+            targets
+                .proxy
+                .set_cold_start_header(g.activator.cold_start_header);
             if let Some(w) = &targets.waker {
                 w.set_resend_interval(g.activator.wake_resend_interval);
             }

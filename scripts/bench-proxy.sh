@@ -6,7 +6,8 @@
 #     closed loop with wrk (throughput, latency) and open loop at a fixed rate (latency);
 #  2. memory: 10,000 requests queued on a model with no endpoints, then a 30,000-client flood
 #     against a queue of 10,000;
-#  3. endpoint Ready -> first queued request forwarded.
+#  3. endpoint Ready -> first queued request forwarded;
+#  4. (PARTS=balance only) prefix-hash balancing against least-request on a chat body.
 #
 # BASE_BIN=path/to/activator-bench (built from another commit, e.g. before a refactor) adds its
 # activator as target `base` to the proxy runs and the alternating rounds, side by side with this
@@ -173,6 +174,54 @@ EOF
   echo "# nginx worker RSS: $(for p in $(pgrep -P $NPID); do grep VmHWM /proc/$p/status | tr -s ' '; done)"
   stop $NPID; stop $APID; stop $BPID
   [[ -z $BASE_BIN ]] || stop "$BASE_PID"
+fi
+
+# Prefix-hash balancing against least-request (PARTS=balance, not in the default parts): one chat
+# body (a system prompt of about 600 characters and a question) routed by its model field to
+# `chat` (least-request) or `chat-prefix` (prefix-hash, 256 characters, c 1.25), each on a
+# backend of its own; alternating closed-loop wrk rounds. With the server core saturated, 1/rps is the CPU
+# time per request (activator and backend), so the difference of 1/rps is what reading the
+# prompt prefix and the keyed pick add.
+if [[ " $PARTS " == *" balance "* ]]; then
+  SYSTEM=$(printf 'You are a careful assistant for the zeroscale project. %.0s' $(seq 1 11))
+  for m in chat chat-prefix; do
+    cat >"$WORK/$m.lua" <<EOF
+wrk.method = "POST"
+wrk.body = '{"model":"$m","messages":[{"role":"system","content":"$SYSTEM"},{"role":"user","content":"How do I scale a model to zero?"}]}'
+wrk.headers["Content-Type"] = "application/json"
+EOF
+  done
+  echo "# system prompt: ${#SYSTEM} characters"
+  # One backend per model: the sample model answers only for its own name.
+  CHAT=127.0.0.1:28084 CHAT_PREFIX=127.0.0.1:28085
+  taskset -c "$SERVER_CPU" "$BIN" --threads 1 backend --listen $CHAT --model chat &
+  PIDS+=($!); B1=$!
+  taskset -c "$SERVER_CPU" "$BIN" --threads 1 backend --listen $CHAT_PREFIX --model chat-prefix &
+  PIDS+=($!); B2=$!
+  taskset -c "$SERVER_CPU" "$BIN" --threads "$WORKERS" activator \
+    --listen $ACT --admin $ACT_ADMIN --chat-backends $CHAT $CHAT_PREFIX &
+  PIDS+=($!); APID=$!
+  wait_port $CHAT; wait_port $CHAT_PREFIX; wait_port $ACT
+  for m in chat chat-prefix; do
+    code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'content-type: application/json' \
+      --data "{\"model\":\"$m\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}" \
+      "http://$ACT/v1/chat/completions")
+    [[ $code == 200 ]] || { echo "model $m answered $code" >&2; exit 1; }
+  done
+  for r in $(seq 1 "$ROUNDS"); do
+    for m in chat chat-prefix; do
+      taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d1s -s "$WORK/$m.lua" "http://$ACT/v1/chat/completions" >/dev/null
+      out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DUR}s" --latency -s "$WORK/$m.lua" \
+        "http://$ACT/v1/chat/completions")
+      rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+      p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
+      p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
+      errs=$(grep -E 'Non-2xx|Socket errors' <<<"$out" | tr -s ' ' | tr '\n' ' ' || true)
+      echo "balance round=$r model=$m conns=$CONNS rps=$rps us_per_request=$(awk -v r="$rps" 'BEGIN {printf "%.2f", 1e6 / r}') p50=$p50 p99=$p99 $errs"
+    done
+    load
+  done
+  stop $APID; stop $B1; stop $B2
 fi
 
 if [[ " $PARTS " == *" memory "* ]]; then

@@ -28,6 +28,10 @@ pub struct Opts {
     /// The endpoint of model `sample` (none: the model is at zero).
     #[arg(long)]
     backend: Option<SocketAddr>,
+    /// The endpoint of models `chat` and `chat-prefix` (a backend serving `chat` and one
+    /// serving `chat-prefix`, in that order).
+    #[arg(long, num_args = 2)]
+    chat_backends: Vec<SocketAddr>,
     /// Queue depth of every model (default: the global default).
     #[arg(long)]
     queue_depth: Option<usize>,
@@ -94,7 +98,7 @@ pub async fn run(o: Opts, workers: usize) -> anyhow::Result<()> {
     }
     // Body-routed chat models on the same backend, one per balancing strategy: their difference
     // is what prefix-hash adds per request (BENCHMARKS.md, "Prefix-hash balancing").
-    for (name, balance) in [
+    for (i, (name, balance)) in [
         ("chat", Balance::LeastRequest),
         (
             "chat-prefix",
@@ -103,7 +107,10 @@ pub async fn run(o: Opts, workers: usize) -> anyhow::Result<()> {
                 load_factor: ActivatorConfig::default().prefix_load_factor,
             },
         ),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let chat = add_model(
             &table,
             name,
@@ -112,7 +119,7 @@ pub async fn run(o: Opts, workers: usize) -> anyhow::Result<()> {
                 ..limits.clone()
             },
         );
-        if let Some(b) = o.backend {
+        if let Some(&b) = o.chat_backends.get(i) {
             table.set_endpoints(&chat, vec![endpoint(b)]);
         }
     }

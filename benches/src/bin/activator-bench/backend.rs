@@ -15,13 +15,14 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use zeroscale_testkit::sample_model::{self, Options};
 
-pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
+pub async fn run(listen: SocketAddr, model: String) -> anyhow::Result<()> {
     let l = TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
     let opts = Options {
         pod_name: "bench-backend".into(),
-        ..Options::default() // model "sample", no load delay, zero service time
+        model_name: model,
+        ..Options::default() // no load delay, zero service time
     };
     tokio::select! {
         r = sample_model::serve(l, opts) => r?,

@@ -39,6 +39,9 @@ enum Role {
         /// Listen address.
         #[arg(long)]
         listen: SocketAddr,
+        /// The model it serves (it answers 404 for others).
+        #[arg(long, default_value = "sample")]
+        model: String,
     },
     /// A bare hyper server that holds every request (memory baseline).
     Hold {
@@ -70,7 +73,7 @@ fn main() -> anyhow::Result<()> {
     };
     rt.block_on(async move {
         match args.role {
-            Role::Backend { listen } => backend::run(listen).await,
+            Role::Backend { listen, model } => backend::run(listen, model).await,
             Role::Hold { listen } => backend::hold(listen).await,
             Role::Activator(o) => activator::run(o, args.threads).await,
             Role::Load(o) => load::run(o).await,

@@ -456,6 +456,16 @@ impl GateMetrics for ModelMetrics {
         self.integral.in_flight(delta);
     }
 
+    fn started(&self, at: tokio::time::Instant) {
+        self.in_flight.inc();
+        self.integral.in_flight_at(1, at);
+    }
+
+    fn finished(&self, served: Duration, at: tokio::time::Instant) {
+        self.in_flight.dec();
+        self.integral.finished_at(served, at);
+    }
+
     fn waited(&self, waited: Duration) {
         self.queue_wait.observe(waited.as_secs_f64());
     }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use zeroscale_config::DeploymentKey;
-use zeroscale_config::feed::{FeedKey, FeedModel, FeedPage};
+use zeroscale_config::feed::{FeedDemand, FeedKey, FeedModel, FeedPage};
 
 /// How long a removed model is remembered for readers whose cursor predates its removal. A
 /// reader with an older cursor gets a full page instead (which says the same by absence).
@@ -35,6 +35,14 @@ struct CellState {
     in_flight: i64,
     queued: i64,
     answered: u64,
+    /// Requests taken for the model (every one routed to it, refused ones included).
+    arrivals: u64,
+    /// Accumulated request-nanoseconds of requests at pods (`in_flight`, over the same clock
+    /// as `acc_nanos`).
+    pod_nanos: u128,
+    /// Requests pods finished, and their summed nanoseconds at the pod.
+    served: u64,
+    service_nanos: u128,
     /// Generation of the last change.
     stamp: u64,
     /// When a request was last taken or let go (`None`: never).
@@ -76,6 +84,14 @@ pub struct CellSnapshot {
     pub queued: u64,
     /// Requests answered.
     pub answered: u64,
+    /// Requests taken (refused ones included).
+    pub arrivals: u64,
+    /// The integral of the requests at pods up to the instant, in request-nanoseconds.
+    pub pod_nanos: u128,
+    /// Requests pods finished.
+    pub served: u64,
+    /// Their summed time at the pod, in nanoseconds.
+    pub service_nanos: u128,
     /// Generation of the last change.
     pub stamp: u64,
 }
@@ -95,6 +111,10 @@ impl ConcurrencyIntegral {
                 in_flight: 0,
                 queued: 0,
                 answered: 0,
+                arrivals: 0,
+                pod_nanos: 0,
+                served: 0,
+                service_nanos: 0,
                 stamp: 0,
                 last_active: None,
             }),
@@ -120,16 +140,18 @@ impl ConcurrencyIntegral {
         // `saturating_duration_since`: a caller's `now` older than the last change adds nothing.
         let dt = now.saturating_duration_since(st.last);
         st.acc_nanos += u128::from(st.count) * dt.as_nanos();
+        st.pod_nanos += u128::from(st.in_flight.max(0) as u64) * dt.as_nanos();
         if now > st.last {
             st.last = now;
         }
     }
 
-    /// One more request held from `now` on.
+    /// One more request held from `now` on: an arrival.
     pub fn inc_at(&self, now: Instant) {
         self.change(|st| {
             Self::advance(st, now);
             st.count += 1;
+            st.arrivals += 1;
             st.last_active = Some(st.last_active.map_or(now, |t| t.max(now)));
         });
     }
@@ -148,9 +170,27 @@ impl ConcurrencyIntegral {
         self.change(|st| st.queued += delta);
     }
 
-    /// The in-flight count changed by `delta`.
+    /// The in-flight count changed by `delta`, now.
     pub fn in_flight(&self, delta: i64) {
-        self.change(|st| st.in_flight += delta);
+        self.in_flight_at(delta, Instant::now());
+    }
+
+    /// The in-flight count changed by `delta` at `now`.
+    pub fn in_flight_at(&self, delta: i64, now: Instant) {
+        self.change(|st| {
+            Self::advance(st, now);
+            st.in_flight += delta;
+        });
+    }
+
+    /// A request a pod had for `service` ended at `now`: one fewer in flight, one more served.
+    pub fn finished_at(&self, service: Duration, now: Instant) {
+        self.change(|st| {
+            Self::advance(st, now);
+            st.in_flight -= 1;
+            st.served += 1;
+            st.service_nanos += service.as_nanos();
+        });
     }
 
     /// One request answered.
@@ -178,6 +218,10 @@ impl ConcurrencyIntegral {
         let dt = now.saturating_duration_since(st.last);
         CellSnapshot {
             total_nanos: st.acc_nanos + u128::from(st.count) * dt.as_nanos(),
+            pod_nanos: st.pod_nanos + u128::from(st.in_flight.max(0) as u64) * dt.as_nanos(),
+            arrivals: st.arrivals,
+            served: st.served,
+            service_nanos: st.service_nanos,
             held: st.count,
             in_flight: st.in_flight.max(0) as u64,
             queued: st.queued.max(0) as u64,
@@ -243,6 +287,12 @@ impl Default for StatFeed {
     fn default() -> Self {
         Self::new(random_instance(), Instant::now())
     }
+}
+
+/// Nanoseconds as the feed's whole microseconds (truncated: the same cumulative value always
+/// truncates the same way, so differences stay exact to the microsecond).
+fn micros(nanos: u128) -> u64 {
+    u64::try_from(nanos / 1000).unwrap_or(u64::MAX)
 }
 
 /// A random instance id: the standard library's per-process hash keys, which the OS seeds.
@@ -359,10 +409,16 @@ impl StatFeed {
                     namespace: key.namespace.clone(),
                     deployment: key.deployment.clone(),
                     incarnation: cell.0.incarnation,
-                    concurrency_us: u64::try_from(s.total_nanos / 1000).unwrap_or(u64::MAX),
+                    concurrency_us: micros(s.total_nanos),
                     requests: s.answered,
                     in_flight: s.in_flight,
                     queued: s.queued,
+                    demand: Some(FeedDemand {
+                        arrivals: s.arrivals,
+                        pod_us: micros(s.pod_nanos),
+                        served: s.served,
+                        service_us: micros(s.service_nanos),
+                    }),
                 });
             }
         }
@@ -414,6 +470,40 @@ mod tests {
         // nothing held: the integral stays put.
         assert_eq!(c.total_at(ms(10_000)), Duration::from_millis(5500));
         assert!((c.seconds_at(ms(10_000)) - 5.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn demand_counts_arrivals_time_at_pods_and_served_requests() {
+        let t0 = Instant::now();
+        let c = ConcurrencyIntegral::new_at(t0);
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        // Two arrive; one is refused at once (never at a pod), one waits 1 s in the queue,
+        // then 2 s at a pod.
+        c.inc_at(ms(0));
+        c.inc_at(ms(0));
+        c.dec_at(ms(0));
+        c.queued(1);
+        c.queued(-1);
+        c.in_flight_at(1, ms(1000));
+        let busy = c.snapshot_at(ms(2000));
+        assert_eq!(
+            (busy.arrivals, busy.pod_nanos, busy.served),
+            (2, 1_000_000_000, 0)
+        );
+        c.finished_at(Duration::from_secs(2), ms(3000));
+        c.dec_at(ms(3000));
+        let s = c.snapshot_at(ms(5000));
+        assert_eq!(s.arrivals, 2);
+        assert_eq!(
+            s.pod_nanos, 2_000_000_000,
+            "queue time excluded, nothing after the end"
+        );
+        assert_eq!((s.served, s.service_nanos), (1, 2_000_000_000));
+        assert_eq!(
+            s.total_nanos, 3_000_000_000,
+            "the held integral includes the queue"
+        );
+        assert_eq!(s.in_flight, 0);
     }
 
     #[test]
@@ -477,6 +567,13 @@ mod tests {
         assert_eq!(
             (done.models[0].concurrency_us, done.models[0].requests),
             (2_500_000, 1)
+        );
+        assert_eq!(
+            done.models[0].demand,
+            Some(FeedDemand {
+                arrivals: 1,
+                ..FeedDemand::default()
+            })
         );
         let quiet = feed.read(Some((7, done.generation)), t0 + Duration::from_secs(5));
         assert!(quiet.models.is_empty(), "{quiet:?}");

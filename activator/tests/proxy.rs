@@ -1075,6 +1075,14 @@ async fn admin_endpoints(relay: bool) {
         fm.concurrency_us > 0 && (fm.concurrency_us as f64 - v * 1e6).abs() <= 1.0,
         "{fm:?} vs {v}"
     );
+    // Demand figures: nothing is in flight, so the one request finished (in the same count
+    // as the in-flight gauge), and all its time at the pod is its service time.
+    let dm = fm.demand.expect("demand figures");
+    assert_eq!((dm.arrivals, dm.served), (1, 1), "{dm:?}");
+    assert!(
+        dm.service_us > 0 && dm.pod_us.abs_diff(dm.service_us) <= 1,
+        "{dm:?}"
+    );
     let idle = page(feed::query(first.instance, first.generation)).await;
     assert!(!idle.full && idle.models.is_empty(), "{idle:?}");
     assert_eq!(
@@ -1087,6 +1095,10 @@ async fn admin_endpoints(relay: bool) {
     assert_eq!(busy.models.len(), 1, "{busy:?}");
     assert_eq!(busy.models[0].requests, 2);
     assert!(busy.models[0].concurrency_us > fm.concurrency_us);
+    let dm2 = busy.models[0].demand.expect("demand figures");
+    assert_eq!(dm2.arrivals, 2, "{dm2:?}");
+    assert_eq!(dm2.served + busy.models[0].in_flight, 2, "{dm2:?}");
+    assert!(dm2.pod_us > dm.pod_us, "{dm2:?}");
 }
 
 async fn drain_timeout_answers_waiting_requests_with_503(relay: bool) {

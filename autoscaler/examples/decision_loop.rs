@@ -131,6 +131,7 @@ fn main() {
                         rps: c * 2.0,
                         in_flight,
                         queued: 0,
+                        ..Default::default()
                     },
                 );
             }
@@ -140,6 +141,7 @@ fn main() {
             complete: true,
             models,
             failures: vec![],
+            demand: false,
         };
         index.record_round(&round);
         round_wall.push(started.elapsed());

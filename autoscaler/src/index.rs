@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use zeroscale_config::{ConfigError, DeploymentSettings, GlobalConfig, MetricSource};
-use zeroscale_scaling::{DataState, Decider, Decision, Observation, Sample};
+use zeroscale_scaling::{DataState, Decider, Decision, Demand, Observation, Sample, Sizing};
 
 use crate::DeploymentKey;
 use crate::scrape::Round;
@@ -159,7 +159,8 @@ impl Managed {
     /// second and the next second stays empty, which would read as a dip in load. So the
     /// sample also goes into every whole second since the previous sample that it covers
     /// (bounded by the stable window), which is what it measured.
-    fn record(&mut self, at: Instant, sample: Sample) {
+    /// `demand`: the figures of demand sizing, when the source reports them.
+    fn record(&mut self, at: Instant, sample: Sample, demand: Option<Demand>) {
         let step = Duration::from_secs(1);
         if let Some(prev) = self.last_sample
             && at > prev
@@ -168,12 +169,12 @@ impl Managed {
             let mut fill = prev + step;
             let mut n = 0;
             while fill < at && n < limit {
-                self.decider.record(fill, sample);
+                self.decider.record_with(fill, sample, demand);
                 fill += step;
                 n += 1;
             }
         }
-        self.decider.record(at, sample);
+        self.decider.record_with(at, sample, demand);
         self.last_sample = Some(self.last_sample.map_or(at, |p| p.max(at)));
     }
 }
@@ -489,12 +490,16 @@ impl Index {
             m.queued = sample.queued;
             m.last_round = Some(round.at);
             if round.complete {
+                // Absent from a round that reports them, a model's figures are zero.
+                let demand = (round.demand && m.settings.scaling.sizing == Sizing::Demand)
+                    .then_some(sample.demand);
                 m.record(
                     round.at,
                     Sample {
                         concurrency: sample.concurrency,
                         rps: sample.rps,
                     },
+                    demand,
                 );
                 m.data = DataState::Fresh;
             } else {
@@ -522,6 +527,7 @@ impl Index {
                         concurrency: v,
                         rps: 0.0,
                     },
+                    None,
                 );
                 m.in_flight = v.max(0.0).ceil() as u64;
                 m.queued = 0;
@@ -737,18 +743,24 @@ mod tests {
 
     const ON: (&str, &str) = ("zeroscale.dev/enabled", "true");
 
-    /// An index with every source listed and a fast policy: 6s window, 5s grace.
-    fn synced(t0: Instant) -> Index {
-        let mut index = Index::default();
+    /// Applies the fast policy of [`synced`] plus `extra` keys as the ConfigMap.
+    fn fast_policy_with(index: &mut Index, extra: &[(&str, &str)]) {
         let cm: BTreeMap<String, String> = [
             ("stable-window", "6s"),
             ("panic-window-percentage", "50"),
             ("scale-to-zero-grace-period", "5s"),
         ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .iter()
+        .chain(extra)
+        .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         assert!(index.apply_configmap(Some(&cm)).is_empty());
+    }
+
+    /// An index with every source listed and a fast policy: 6s window, 5s grace.
+    fn synced(t0: Instant) -> Index {
+        let mut index = Index::default();
+        fast_policy_with(&mut index, &[]);
         for s in [
             Source::ConfigMap,
             Source::Deployments(None),
@@ -772,6 +784,7 @@ mod tests {
             complete,
             models,
             failures: vec![],
+            demand: false,
         }
     }
 
@@ -781,6 +794,7 @@ mod tests {
             rps: 0.0,
             in_flight,
             queued,
+            ..Default::default()
         })
     }
 
@@ -822,6 +836,50 @@ mod tests {
         assert!(index.tick(t0).skipped_unsynced);
         index.end_relist(&Source::Deployments(None));
         assert_eq!(index.tick(t0).intents.len(), 1);
+    }
+
+    #[test]
+    fn the_feeds_demand_figures_reach_the_decider() {
+        let t0 = Instant::now();
+        let demand_of = |index: &mut Index, reported: bool| {
+            for s in 0..6 {
+                let at = t0 + Duration::from_secs(s);
+                let mut r = round(
+                    at,
+                    true,
+                    Some(ModelSample {
+                        concurrency: 2.0,
+                        rps: 4.0,
+                        in_flight: 2,
+                        queued: 0,
+                        demand: Demand {
+                            arrivals: 4.0,
+                            in_service: 2.0,
+                            served: 4.0,
+                            service_seconds: 2.0,
+                        },
+                    }),
+                );
+                r.demand = reported;
+                index.record_round(&r);
+            }
+            let out = index.tick(t0 + Duration::from_secs(6));
+            out.reports[0].decision.inputs.demand
+        };
+        let mut index = synced(t0);
+        index.apply_deployment(dep(&[ON], 1, 1), t0);
+        let d = demand_of(&mut index, true).expect("sized from demand");
+        assert!((d.stable_arrivals - 4.0).abs() < 1e-6, "{d:?}");
+        assert_eq!(d.service_time, Some(0.5));
+        // A round from activators without the figures: Knative sizing.
+        let mut index = synced(t0);
+        index.apply_deployment(dep(&[ON], 1, 1), t0);
+        assert_eq!(demand_of(&mut index, false), None);
+        // sizing: knative ignores them.
+        let mut index = synced(t0);
+        fast_policy_with(&mut index, &[("sizing", "knative")]);
+        index.apply_deployment(dep(&[ON], 1, 1), t0);
+        assert_eq!(demand_of(&mut index, true), None);
     }
 
     #[test]
@@ -1319,6 +1377,7 @@ mod tests {
                 rps: 1.0,
                 in_flight: 1,
                 queued: 0,
+                ..Default::default()
             });
             index.record_round(&round(now, true, sample));
             for intent in index.tick(now).intents {

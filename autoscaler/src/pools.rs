@@ -542,6 +542,7 @@ mod tests {
                 complete: true,
                 models,
                 failures: Vec::new(),
+                demand: false,
             });
             let out = self.index.tick(self.now);
             self.reports = out.pools.clone();

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use zeroscale_config::feed::{FeedModel, FeedPage};
+use zeroscale_config::feed::{FeedDemand, FeedModel, FeedPage};
 
 use super::{ModelSample, Round, ScrapeError};
 use crate::DeploymentKey;
@@ -33,6 +33,7 @@ struct Seen {
     requests: u64,
     in_flight: u64,
     queued: u64,
+    demand: Option<FeedDemand>,
 }
 
 impl From<&FeedModel> for Seen {
@@ -43,6 +44,7 @@ impl From<&FeedModel> for Seen {
             requests: m.requests,
             in_flight: m.in_flight,
             queued: m.queued,
+            demand: m.demand,
         }
     }
 }
@@ -55,6 +57,9 @@ struct Source {
     uptime_ns: u64,
     at: Instant,
     models: HashMap<DeploymentKey, Seen>,
+    /// The last page that listed a model listed one without demand figures (an activator
+    /// older than them).
+    legacy: bool,
 }
 
 /// Turns each replica's pages into rates and sums them into rounds.
@@ -94,6 +99,7 @@ impl FeedDeriver {
         let mut models: HashMap<DeploymentKey, ModelSample> = HashMap::new();
         let mut failures = Vec::new();
         let mut complete = !reads.is_empty();
+        let mut demand = true;
         let present: std::collections::HashSet<&str> =
             reads.iter().map(|r| r.endpoint.as_str()).collect();
         self.sources.retain(|k, _| present.contains(k.as_str()));
@@ -108,6 +114,7 @@ impl FeedDeriver {
             };
             let previous = self.sources.remove(&read.endpoint);
             let source = Self::apply(previous, &page, read.at, &mut models);
+            demand &= !source.legacy;
             self.sources.insert(read.endpoint, source);
         }
         Round {
@@ -115,6 +122,7 @@ impl FeedDeriver {
             complete,
             models,
             failures,
+            demand,
         }
     }
 
@@ -132,6 +140,7 @@ impl FeedDeriver {
             }
             Some(p) => Basis::Same(page.uptime_ns.saturating_sub(p.uptime_ns) as f64 / 1e9),
         };
+        let was_legacy = previous.as_ref().is_some_and(|p| p.legacy);
         let mut held = match (previous, &basis) {
             (Some(p), Basis::Same(_)) => p.models,
             _ => HashMap::new(),
@@ -156,6 +165,7 @@ impl FeedDeriver {
                     let s = out.entry(key.clone()).or_default();
                     s.in_flight += seen.in_flight;
                     s.queued += seen.queued;
+                    s.demand.in_service += seen.in_flight as f64;
                 }
             }
             HashMap::new()
@@ -184,18 +194,37 @@ impl FeedDeriver {
                     };
                     s.concurrency += us as f64 / 1e6 / dt;
                     s.rps += requests as f64 / dt;
+                    if let Some(d) = now.demand {
+                        // The same rule as the integral: increases since the last page of this
+                        // incarnation, else the whole value (counters started since).
+                        let t = then.and_then(|t| t.demand).unwrap_or_default();
+                        let inc = |n: u64, t: u64| n.saturating_sub(t) as f64;
+                        s.demand.arrivals += inc(d.arrivals, t.arrivals) / dt;
+                        s.demand.in_service += inc(d.pod_us, t.pod_us) / 1e6 / dt;
+                        s.demand.served += inc(d.served, t.served) / dt;
+                        s.demand.service_seconds += inc(d.service_us, t.service_us) / 1e6 / dt;
+                    }
                 }
                 // No time between the two pages to average over: the gauges stand in.
-                _ => s.concurrency += (now.in_flight + now.queued) as f64,
+                _ => {
+                    s.concurrency += (now.in_flight + now.queued) as f64;
+                    s.demand.in_service += now.in_flight as f64;
+                }
             }
             held.insert(key, now);
         }
+        let legacy = if page.models.is_empty() {
+            was_legacy
+        } else {
+            page.models.iter().any(|m| m.demand.is_none())
+        };
         Source {
             instance: page.instance,
             generation: page.generation,
             uptime_ns: page.uptime_ns,
             at,
             models: held,
+            legacy,
         }
     }
 }
@@ -217,6 +246,7 @@ mod tests {
             requests,
             in_flight: fl,
             queued: q,
+            demand: None,
         }
     }
 
@@ -306,6 +336,89 @@ mod tests {
         assert_eq!((s.in_flight, s.queued), (0, 0));
         assert!(!r.models.contains_key(&key("idle")));
         assert_eq!(d.cursor("a"), Some((1, 6)));
+    }
+
+    fn with_demand(
+        mut m: FeedModel,
+        arrivals: u64,
+        pod_s: f64,
+        served: u64,
+        svc_s: f64,
+    ) -> FeedModel {
+        m.demand = Some(FeedDemand {
+            arrivals,
+            pod_us: (pod_s * 1e6).round() as u64,
+            served,
+            service_us: (svc_s * 1e6).round() as u64,
+        });
+        m
+    }
+
+    /// The round's demand rates of model `a`: arrivals, in service, served, service seconds.
+    fn rates(r: &Round) -> [f64; 4] {
+        let d = r.models[&key("a")].demand;
+        [d.arrivals, d.in_service, d.served, d.service_seconds]
+    }
+
+    fn near(a: [f64; 4], b: [f64; 4]) -> bool {
+        a.iter().zip(b).all(|(x, y)| close(*x, y))
+    }
+
+    #[test]
+    fn demand_rates_survive_lost_and_repeated_pages_and_a_restart() {
+        let t0 = Instant::now();
+        let s = |n: u64| t0 + Duration::from_secs(n);
+        let mut d = FeedDeriver::default();
+        let a = |arr, pod, srv, svc| with_demand(model("a", 1, 0.0, 0, 0, 0), arr, pod, srv, svc);
+        let first = page(7, 1, 10.0, true, vec![a(5, 1.0, 4, 0.8)]);
+        let r = d.round(s(0), vec![ok("x", s(0), first)]);
+        assert!(r.demand);
+        // Two seconds later (activator clock): 10 more arrivals, 3 s more at pods, 6 more
+        // served taking 2.4 s in all.
+        let p2 = page(7, 2, 12.0, false, vec![a(15, 4.0, 10, 3.2)]);
+        let r = d.round(s(2), vec![ok("x", s(2), p2.clone())]);
+        assert!(near(rates(&r), [5.0, 1.5, 3.0, 1.2]), "{:?}", rates(&r));
+        // The same page again: no time between them, nothing counted twice.
+        let r = d.round(s(3), vec![ok("x", s(3), p2)]);
+        assert!(near(rates(&r), [0.0; 4]), "{:?}", rates(&r));
+        // A page lost (the read failed), then one 4 s after the last applied covers the gap.
+        let r = d.round(s(4), vec![failed("x", s(4))]);
+        assert!(!r.complete);
+        let p4 = page(7, 4, 16.0, false, vec![a(23, 6.0, 18, 5.2)]);
+        let r = d.round(s(6), vec![ok("x", s(6), p4)]);
+        assert!(near(rates(&r), [2.0, 0.5, 2.0, 0.5]), "{:?}", rates(&r));
+        // The activator restarts: its counters start from zero, over the reader's 2 s.
+        let p = page(8, 1, 1.0, true, vec![a(4, 1.0, 2, 0.6)]);
+        let r = d.round(s(8), vec![ok("x", s(8), p)]);
+        assert!(near(rates(&r), [2.0, 0.5, 1.0, 0.3]), "{:?}", rates(&r));
+    }
+
+    #[test]
+    fn a_replica_without_demand_figures_turns_them_off_for_the_round() {
+        let t0 = Instant::now();
+        let mut d = FeedDeriver::default();
+        let new = with_demand(model("a", 1, 1.0, 1, 0, 0), 1, 1.0, 1, 1.0);
+        let old = model("a", 1, 1.0, 1, 0, 0);
+        let r = d.round(
+            t0,
+            vec![
+                ok("x", t0, page(7, 1, 1.0, true, vec![new])),
+                ok("y", t0, page(9, 1, 1.0, true, vec![old])),
+            ],
+        );
+        assert!(!r.demand);
+        // An empty page from the old replica keeps it old.
+        let later = t0 + Duration::from_secs(1);
+        let r = d.round(
+            later,
+            vec![
+                ok("x", later, page(7, 2, 2.0, false, vec![])),
+                ok("y", later, page(9, 2, 2.0, false, vec![])),
+            ],
+        );
+        assert!(!r.demand);
+        let r = d.round(later, vec![ok("x", later, page(7, 3, 2.0, false, vec![]))]);
+        assert!(r.demand, "the old replica left");
     }
 
     #[test]

@@ -93,6 +93,9 @@ pub struct ModelSample {
     pub in_flight: u64,
     /// Requests queued now.
     pub queued: u64,
+    /// The demand figures since the previous scrape, as rates (meaningful when the round's
+    /// [`Round::demand`] is set).
+    pub demand: zeroscale_scaling::Demand,
 }
 
 /// What one scrape round of every activator replica yielded.
@@ -107,6 +110,9 @@ pub struct Round {
     pub models: HashMap<DeploymentKey, ModelSample>,
     /// Replicas that failed, with the reason.
     pub failures: Vec<(String, String)>,
+    /// Every replica that answered reports the demand figures (activators older than them do
+    /// not: the models are then sized as Knative does).
+    pub demand: bool,
 }
 
 /// An HTTP client for scrapes (plain HTTP: activators and pods are in-cluster).

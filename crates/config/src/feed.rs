@@ -74,6 +74,28 @@ pub struct FeedModel {
     /// Requests waiting for capacity, now.
     #[serde(rename = "q")]
     pub queued: u64,
+    /// The figures demand sizing needs (absent from an activator older than them: the reader
+    /// then sizes as Knative does).
+    #[serde(rename = "dm", default, skip_serializing_if = "Option::is_none")]
+    pub demand: Option<FeedDemand>,
+}
+
+/// One model's demand figures, all cumulative (a difference of two pages is exact).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedDemand {
+    /// Requests taken for the model: every one routed to it, refused ones included.
+    #[serde(rename = "arr")]
+    pub arrivals: u64,
+    /// The integral over time of the requests at pods (forwarded and not yet answered; queue
+    /// time excluded), in request-microseconds.
+    #[serde(rename = "pod")]
+    pub pod_us: u64,
+    /// Requests pods finished.
+    #[serde(rename = "srv")]
+    pub served: u64,
+    /// The summed time those requests spent at the pod, in microseconds.
+    #[serde(rename = "svc")]
+    pub service_us: u64,
 }
 
 impl FeedModel {

@@ -136,6 +136,8 @@ impl<M: GateMetrics, P> Slot for Pod<M, P> {
 struct Assigned<P> {
     addr: SocketAddr,
     pool: Arc<P>,
+    /// When the request was counted on the pod.
+    at: Instant,
 }
 
 struct Waiter<P> {
@@ -348,6 +350,7 @@ impl<M: GateMetrics, P: Pool> Gate<M, P> {
             addr: a.addr,
             pool: a.pool,
             cold_wait: None,
+            granted: a.at,
         })
     }
 
@@ -375,6 +378,7 @@ impl<M: GateMetrics, P: Pool> Gate<M, P> {
                 addr: a.addr,
                 pool: a.pool,
                 cold_wait: None,
+                granted: a.at,
             }));
         }
         let has_ready = st.pods.iter().any(Slot::eligible);
@@ -426,15 +430,24 @@ impl<M: GateMetrics, P: Pool> Gate<M, P> {
         let p = &mut st.pods[i];
         p.in_flight += 1;
         p.gauge.inc();
-        self.metrics.in_flight(1);
+        let at = Instant::now();
+        self.metrics.started(at);
         Some(Assigned {
             addr: p.addr,
             pool: p.pool.clone(),
+            at,
         })
     }
 
-    fn put_slot(&self, st: &mut State<M, P>, addr: SocketAddr) {
-        self.metrics.in_flight(-1);
+    /// `served`: when the request was counted on the pod and when it ended, if it reached it
+    /// (a slot handed back unused is no served request).
+    fn put_slot(&self, st: &mut State<M, P>, addr: SocketAddr, served: Option<(Instant, Instant)>) {
+        match served {
+            Some((from, to)) => self
+                .metrics
+                .finished(to.saturating_duration_since(from), to),
+            None => self.metrics.in_flight(-1),
+        }
         if let Some(i) = st.pods.iter().position(|p| p.addr == addr) {
             let p = &mut st.pods[i];
             p.in_flight = p.in_flight.saturating_sub(1);
@@ -457,7 +470,7 @@ impl<M: GateMetrics, P: Pool> Gate<M, P> {
             if let Err(a) = w.tx.send(a) {
                 // The ticket is dropped only after it left the queue (its Drop takes this
                 // lock), so this is unreachable in practice; give the slot back regardless.
-                self.put_slot(st, a.addr);
+                self.put_slot(st, a.addr, None);
             }
         }
     }
@@ -484,9 +497,9 @@ impl<M: GateMetrics, P: Pool> Gate<M, P> {
         });
     }
 
-    fn release(&self, addr: SocketAddr) {
+    fn release(&self, addr: SocketAddr, served: (Instant, Instant)) {
         let mut st = self.lock();
-        self.put_slot(&mut st, addr);
+        self.put_slot(&mut st, addr, Some(served));
         self.dispatch(&mut st);
     }
 
@@ -513,6 +526,8 @@ pub struct Permit<M: GateMetrics, P: Pool> {
     /// How long the request waited for a wake: it was queued while the model had no eligible
     /// pod. `None` for a request that found a pod, or queued only behind busy ones.
     cold_wait: Option<Duration>,
+    /// When the request was counted on the pod: its time there is reported when it ends.
+    granted: Instant,
 }
 
 impl<M: GateMetrics, P: Pool> std::fmt::Debug for Permit<M, P> {
@@ -572,19 +587,23 @@ impl<M: GateMetrics, P: Pool> Permit<M, P> {
         let p = &mut st.pods[i];
         p.in_flight += 1;
         p.gauge.inc();
-        gate.metrics.in_flight(1);
+        let at = Instant::now();
+        gate.metrics.started(at);
         Some(Permit {
             gate: gate.clone(),
             addr: p.addr,
             pool: p.pool.clone(),
             cold_wait: None,
+            granted: at,
         })
     }
 }
 
 impl<M: GateMetrics, P: Pool> Drop for Permit<M, P> {
     fn drop(&mut self) {
-        self.gate.release(self.addr);
+        // One instant for the service time and the metrics' clock, so both say the same.
+        let now = Instant::now();
+        self.gate.release(self.addr, (self.granted, now));
     }
 }
 
@@ -652,6 +671,7 @@ impl<M: GateMetrics, P: Pool> Ticket<M, P> {
             addr: assigned.addr,
             pool: assigned.pool,
             cold_wait: self.cold.then_some(waited),
+            granted: assigned.at,
         })
     }
 }
@@ -678,6 +698,7 @@ impl<M: GateMetrics, P: Pool> Ticket<M, P> {
             addr: a.addr,
             pool: a.pool,
             cold_wait: None,
+            granted: a.at,
         })
     }
 }
@@ -695,7 +716,7 @@ impl<M: GateMetrics, P: Pool> Drop for Ticket<M, P> {
         // Already served: the slot sits in the channel; hand it back.
         if let Ok(a) = self.rx.try_recv() {
             self.gate.metrics.abandoned();
-            self.gate.put_slot(&mut st, a.addr);
+            self.gate.put_slot(&mut st, a.addr, None);
             self.gate.dispatch(&mut st);
         }
     }

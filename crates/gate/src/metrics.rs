@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 /// The in-flight count of one pod, as exported.
 pub trait PodGauge: Send + Sync + 'static {
     /// One more request on the pod.
@@ -21,6 +23,16 @@ pub trait GateMetrics: Send + Sync + std::fmt::Debug + 'static {
     fn queued(&self, delta: i64);
     /// Requests counted on a pod changed by `delta`.
     fn in_flight(&self, delta: i64);
+    /// A request was counted on a pod at `at` (the instant its permit's service time starts
+    /// from). The default counts only that.
+    fn started(&self, _at: Instant) {
+        self.in_flight(1);
+    }
+    /// A request the pod had for `served` ended at `at` (its permit was dropped): one fewer
+    /// counted on a pod. The default counts only that.
+    fn finished(&self, _served: Duration, _at: Instant) {
+        self.in_flight(-1);
+    }
     /// A request left the queue with a pod after waiting this long.
     fn waited(&self, waited: Duration);
     /// A waiting request's caller went away before it was served.

@@ -189,7 +189,10 @@ impl App {
                 writer,
                 watcher(deployments, watch_config())
                     .backoff(WatchBackoff::default())
-                    .modify(slim),
+                    .modify(|d| {
+                        slim(d);
+                        crate::controller::keep_scaling_fields(d);
+                    }),
             );
             let s = scope.clone();
             tasks.push(tokio::spawn(forward(

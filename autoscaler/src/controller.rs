@@ -106,6 +106,37 @@ fn observe<T>(health: &Health, what: &str, item: &Result<T, watcher::Error>) {
     }
 }
 
+/// Drops from a watched Deployment what the autoscaler never reads, before the store keeps it:
+/// of the pod spec only each container's name and resources stay (what a replica counts in a
+/// pool), of the status only the counts (not the conditions). [`view`] and the wake path read
+/// the rest: metadata, replicas, the selector (cold-start stages), ready replicas. At 10,000
+/// Deployments the containers' commands, env, probes and images are most of the store.
+pub fn keep_scaling_fields(d: &mut Deployment) {
+    use k8s_openapi::api::core::v1::{Container, PodSpec};
+    fn keep(c: &Container) -> Container {
+        Container {
+            name: c.name.clone(),
+            resources: c.resources.clone(),
+            ..Default::default()
+        }
+    }
+    if let Some(spec) = d.spec.as_mut()
+        && let Some(pod) = spec.template.spec.as_mut()
+    {
+        *pod = PodSpec {
+            containers: pod.containers.iter().map(keep).collect(),
+            init_containers: pod
+                .init_containers
+                .as_ref()
+                .map(|cs| cs.iter().map(keep).collect()),
+            ..Default::default()
+        };
+    }
+    if let Some(status) = d.status.as_mut() {
+        status.conditions = None;
+    }
+}
+
 fn view(d: &Deployment) -> Option<DeploymentView> {
     Some(DeploymentView {
         key: DeploymentKey::new(d.metadata.namespace.clone()?, d.metadata.name.clone()?),
@@ -382,5 +413,47 @@ impl ControlLoop {
                 .instrument(span),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deployments_trimmed_as_the_store_keeps_them_look_the_same() {
+        let d: Deployment = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "ns", "name": "llama",
+                         "annotations": {"zeroscale.dev/enabled": "true", "zeroscale.dev/pool": "a100"}},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": "llama"}},
+                "template": {
+                    "metadata": {"labels": {"app": "llama"}},
+                    "spec": {
+                        "initContainers": [{"name": "fetch", "image": "x", "resources": {"requests": {"cpu": "2"}}}],
+                        "containers": [{
+                            "name": "model", "image": "vllm", "command": ["serve"],
+                            "env": [{"name": "A", "value": "b"}],
+                            "resources": {"requests": {"nvidia.com/gpu": "2"}, "limits": {"nvidia.com/gpu": "2"}},
+                        }],
+                    },
+                },
+            },
+            "status": {"replicas": 2, "readyReplicas": 1,
+                       "conditions": [{"type": "Available", "status": "False"}]},
+        }))
+        .unwrap();
+        let mut t = d.clone();
+        keep_scaling_fields(&mut t);
+        assert_eq!(view(&d), view(&t));
+        let spec = t.spec.as_ref().unwrap();
+        assert_eq!(spec.selector, d.spec.as_ref().unwrap().selector);
+        let pod = spec.template.spec.as_ref().unwrap();
+        assert_eq!(pod.containers[0].command, None);
+        assert_eq!(pod.containers[0].image, None);
+        assert_eq!(pod.init_containers.as_ref().unwrap()[0].name, "fetch");
+        assert_eq!(t.status.as_ref().unwrap().conditions, None);
+        assert_eq!(t.status.as_ref().unwrap().ready_replicas, Some(1));
     }
 }

@@ -133,6 +133,16 @@ impl ServicesAndSlices<'_> {
     }
 }
 
+/// Drops from a watched Deployment what routing never reads: its status and its pod spec (the
+/// pod template's labels, which [`selects`] matches, and the metadata stay). Stored Deployments
+/// then cost their labels and annotations, not their containers (issue 14: 10,000 models).
+pub(super) fn keep_routing_fields(d: &mut Deployment) {
+    d.status = None;
+    if let Some(spec) = d.spec.as_mut() {
+        spec.template.spec = None;
+    }
+}
+
 pub(super) fn pod_labels(d: &Deployment) -> Option<&BTreeMap<String, String>> {
     d.spec
         .as_ref()

@@ -18,6 +18,7 @@ use zeroscale_kube::watch::{WatchBackoff, forward, scoped_api, slim};
 
 use super::apply;
 use super::index::Index;
+use super::resolve::keep_routing_fields;
 use super::store::{Change, Kind, Scope};
 use crate::proxy::Proxy;
 use crate::table::Table;
@@ -47,13 +48,15 @@ pub struct WatchConfig {
     pub instance: Option<String>,
 }
 
-/// Starts one watcher; its events go to the sync task, tagged by `wrap`.
+/// Starts one watcher; its events go to the sync task, tagged by `wrap`. Each object is
+/// slimmed and then `trim`med (what this kind's routing does not read) before it is stored.
 fn watch<K>(
     api: Api<K>,
     cfg: watcher::Config,
     scope: Scope,
     tx: &mpsc::Sender<Change>,
     wrap: fn(Scope, Box<watcher::Event<K>>) -> Change,
+    trim: fn(&mut K),
 ) where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     <K as Resource>::DynamicType: Default,
@@ -67,7 +70,10 @@ fn watch<K>(
     tokio::spawn(async move {
         let stream = watcher(api, cfg)
             .backoff(WatchBackoff::default())
-            .modify(slim);
+            .modify(move |o| {
+                slim(o);
+                trim(o);
+            });
         forward(
             &what,
             stream,
@@ -98,6 +104,7 @@ pub async fn run(client: Client, cfg: WatchConfig, targets: Targets) {
             scope.clone(),
             &tx,
             Change::Deployment,
+            keep_routing_fields,
         );
         index.expect(Kind::Service, scope.clone());
         watch(
@@ -106,6 +113,7 @@ pub async fn run(client: Client, cfg: WatchConfig, targets: Targets) {
             scope.clone(),
             &tx,
             Change::Service,
+            |_| {},
         );
         index.expect(Kind::EndpointSlice, scope.clone());
         watch(
@@ -116,6 +124,7 @@ pub async fn run(client: Client, cfg: WatchConfig, targets: Targets) {
             scope.clone(),
             &tx,
             Change::EndpointSlice,
+            |_| {},
         );
     }
     let cm_scope = Some(cfg.namespace.clone());
@@ -129,6 +138,7 @@ pub async fn run(client: Client, cfg: WatchConfig, targets: Targets) {
         cm_scope,
         &tx,
         Change::ConfigMap,
+        |_| {},
     );
     drop(tx);
     let events = Publisher::new(

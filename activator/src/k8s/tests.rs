@@ -835,3 +835,60 @@ fn a_name_conflict_is_reported_once_however_many_watch_events_touch_it() {
     }
     assert!(reports.iter().all(|r| r.loser.namespace != "team-9"));
 }
+
+#[test]
+fn deployments_trimmed_as_the_watch_stores_them_route_the_same() {
+    use k8s_openapi::api::apps::v1::DeploymentStatus;
+    use k8s_openapi::api::core::v1::{Container, PodSpec};
+    let full: Vec<Arc<Deployment>> = ["llama", "mistral"]
+        .iter()
+        .map(|name| {
+            let mut d = (*deployment(
+                "ns",
+                name,
+                &[("zeroscale.dev/enabled", "true")],
+                &[("app", name)],
+            ))
+            .clone();
+            let spec = d.spec.as_mut().unwrap();
+            spec.replicas = Some(2);
+            spec.template.spec = Some(PodSpec {
+                containers: vec![Container {
+                    name: "model".into(),
+                    image: Some("zeroscale/sample-model:dev".into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+            d.status = Some(DeploymentStatus {
+                ready_replicas: Some(2),
+                ..Default::default()
+            });
+            Arc::new(d)
+        })
+        .collect();
+    let trimmed: Vec<Arc<Deployment>> = full
+        .iter()
+        .map(|d| {
+            let mut d = (**d).clone();
+            super::resolve::keep_routing_fields(&mut d);
+            assert!(d.status.is_none() && d.spec.as_ref().unwrap().template.spec.is_none());
+            Arc::new(d)
+        })
+        .collect();
+    let svcs = vec![
+        service("ns", "llama", &[("app", "llama")], &[("http", 80)]),
+        service("ns", "mistral", &[("app", "mistral")], &[("http", 80)]),
+    ];
+    let slices = vec![slice(
+        "ns",
+        "llama",
+        &[("http", 8000)],
+        &[("10.0.0.1", Some(true), None)],
+    )];
+    let g = GlobalConfig::default();
+    let a = desired(&full, &svcs, &slices, &g);
+    let b = desired(&trimmed, &svcs, &slices, &g);
+    assert_eq!(a.models.len(), 2);
+    assert_eq!(format!("{:?}", a.models), format!("{:?}", b.models));
+}

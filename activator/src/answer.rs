@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::body::{BoxError, IdleTimer};
@@ -39,6 +40,9 @@ pub enum RespBody {
         /// Cuts a stream that pauses too long.
         timer: IdleTimer,
     },
+    /// A body made elsewhere: a held stream's heartbeats, then its pod's stream
+    /// (`hold`, above this module). Boxed so that this module need not know it.
+    Boxed(UnsyncBoxBody<Bytes, BoxError>),
 }
 
 impl RespBody {
@@ -58,6 +62,7 @@ impl Body for RespBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RespBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            RespBody::Boxed(b) => Pin::new(b).poll_frame(cx),
             RespBody::Proxied {
                 inner,
                 guard,
@@ -90,6 +95,7 @@ impl Body for RespBody {
         match self {
             RespBody::Full(b) => b.is_none(),
             RespBody::Proxied { inner, .. } => inner.is_end_stream(),
+            RespBody::Boxed(b) => b.is_end_stream(),
         }
     }
 
@@ -98,6 +104,7 @@ impl Body for RespBody {
             RespBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             RespBody::Full(None) => SizeHint::with_exact(0),
             RespBody::Proxied { inner, .. } => inner.size_hint(),
+            RespBody::Boxed(b) => b.size_hint(),
         }
     }
 }

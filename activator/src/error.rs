@@ -102,18 +102,7 @@ impl ProxyError {
 /// retrying later can help.
 pub fn rescue(err: &ProxyError) -> Response<RespBody> {
     let status = err.status();
-    let message = match err {
-        ProxyError::NoRoute | ProxyError::UnknownModel(_) => format!("{err}: {ADDRESSING_HINT}"),
-        _ => err.to_string(),
-    };
-    let body = serde_json::json!({
-        "error": {
-            "code": status.as_u16(),
-            "type": err.reason(),
-            "message": message,
-        }
-    });
-    let mut resp = Response::new(RespBody::full(Bytes::from(body.to_string())));
+    let mut resp = Response::new(RespBody::full(Bytes::from(error_json(err))));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -139,6 +128,24 @@ pub fn rescue(err: &ProxyError) -> Response<RespBody> {
         );
     }
     resp
+}
+
+/// The JSON body of `err`'s answer: `{"error":{"code","type","message"}}`. Also the data of a
+/// held stream's final `error` event (module `hold`), so both say the same.
+pub fn error_json(err: &ProxyError) -> String {
+    let status = err.status();
+    let message = match err {
+        ProxyError::NoRoute | ProxyError::UnknownModel(_) => format!("{err}: {ADDRESSING_HINT}"),
+        _ => err.to_string(),
+    };
+    serde_json::json!({
+        "error": {
+            "code": status.as_u16(),
+            "type": err.reason(),
+            "message": message,
+        }
+    })
+    .to_string()
 }
 
 impl ProxyError {

@@ -3,7 +3,7 @@
 //! Routes each request to its model's ready pods ([`route`], [`table`]), holds requests while a
 //! model has no capacity ([`queue`], over the `zeroscale-gate` crate) and tells the autoscaler at
 //! once ([`wake`]), balances among pods over pooled connections ([`upstream`]), forwards on the
-//! fast lane ([`relay`]) or through hyper ([`proxy`], [`answer`], [`body`]) under one policy
+//! fast lane ([`relay`]) or through hyper ([`proxy`], [`answer`], [`body`], [`hold`]) under one policy
 //! ([`forward`]), and counts concurrency ([`metrics`]). Errors become HTTP answers in one place
 //! ([`error::rescue`]). [`k8s`] feeds the table from Deployments, Services and EndpointSlices;
 //! the rest knows nothing of Kubernetes. [`App`] wires it all from a [`Config`].
@@ -16,6 +16,7 @@ pub mod error;
 pub mod forward;
 pub mod handoff;
 pub mod head;
+pub mod hold;
 pub mod k8s;
 pub mod metrics;
 pub mod park;

@@ -73,6 +73,13 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
+/// What became of a held stream ([`Metrics::held_stream`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `relayed`, `pod_error`, `client_gone` or an error type such as `queue_deadline`.
+    pub outcome: &'static str,
+}
+
 /// Reason label of requests rejected before a model was known.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
@@ -214,6 +221,7 @@ pub struct Metrics {
     abandoned: Sparse<ModelLabels, Counter>,
     pod_in_flight: Sparse<PodLabels, Gauge>,
     rejected: Family<ReasonLabels, Counter>,
+    held_streams: Family<OutcomeLabels, Counter>,
     relayed: Counter,
     client_gone: Sparse<ModelLabels, Counter>,
     timeouts: Sparse<KindLabels, Counter>,
@@ -240,6 +248,7 @@ impl Metrics {
             abandoned: Sparse::new(retention.clone()),
             pod_in_flight: Sparse::new(retention.clone()),
             rejected: Family::default(),
+            held_streams: Family::default(),
             relayed: Counter::default(),
             client_gone: Sparse::new(retention.clone()),
             timeouts: Sparse::new(retention.clone()),
@@ -300,6 +309,11 @@ impl Metrics {
             "zeroscale_activator_rejected_requests",
             "Requests rejected before a model was chosen, by reason",
             m.rejected.clone(),
+        );
+        registry.register(
+            "zeroscale_activator_held_streams",
+            "Streamed requests answered 200 while their model woke and held open with heartbeats, by what followed: outcome=relayed (the pod's stream), pod_error (the pod answered non-2xx), client_gone, or the type of the final error event (queue_deadline, backend_failed, response_timeout, unavailable, ...)",
+            m.held_streams.clone(),
         );
         registry.register(
             "zeroscale_activator_relayed_requests",
@@ -375,6 +389,21 @@ impl Metrics {
     /// Counts a request rejected before it reached a model.
     pub fn rejected(&self, reason: &'static str) {
         self.rejected.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// Counts a held stream's outcome (module `hold`). Not per model: a held stream is rare
+    /// and its model's own series (requests, queue_abandoned, client_gone) say which.
+    pub fn held_stream(&self, outcome: &'static str) {
+        self.held_streams
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// Held streams with `outcome` so far (for tests).
+    pub fn held_streams_count(&self, outcome: &'static str) -> u64 {
+        self.held_streams
+            .get_or_create(&OutcomeLabels { outcome })
+            .get()
     }
 
     /// Counts a request the relay forwards.
@@ -475,6 +504,9 @@ impl GateMetrics for ModelMetrics {
     }
 
     fn cold_start(&self, waited: Duration) {
+        // The feed keeps the latest one for `kubectl zeroscale status` past the series' life.
+        self.integral
+            .cold_start_at(waited, tokio::time::Instant::now());
         self.cold_start
             .get_or_init(|| {
                 self.root.cold_start.get_or_insert_with(

@@ -157,6 +157,8 @@ async fn peek(stream: &TcpStream, table: &Table, peer: &Peer) -> io::Result<Opti
 fn addressed(parsed: &relay::Parsed) -> Option<&Arc<Model>> {
     match parsed {
         relay::Parsed::Plan(p) => Some(p.model()),
+        // hyper's path holds it (module `hold`), which needs hyper to have read it.
+        relay::Parsed::HandOff(Some(c)) if c.held_stream => None,
         relay::Parsed::HandOff(Some(c)) => c.model.as_ref(),
         relay::Parsed::HandOff(None) | relay::Parsed::Partial | relay::Parsed::Refuse(_) => None,
     }

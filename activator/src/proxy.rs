@@ -1,7 +1,8 @@
 //! The request path, top to bottom: route, count, admit (or queue), forward, stream back.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use http::header::{self, HeaderMap};
 use http::uri::PathAndQuery;
@@ -14,6 +15,7 @@ use crate::answer::{Guard, RespBody};
 use crate::body::{IdleTimeout, IdleTimer, ReqBody};
 use crate::error::{ProxyError, rescue};
 use crate::forward;
+use crate::hold;
 use crate::metrics::{Event, Held, Metrics, ModelMetrics};
 use crate::park::Parked;
 use crate::peer::Peer;
@@ -29,6 +31,8 @@ pub struct Proxy {
     max_routing_body_bytes: AtomicUsize,
     /// Answers to requests that waited for a wake say so ([`forward::COLD_START_HEADER`]).
     cold_start_header: AtomicBool,
+    /// Time between a held stream's heartbeats, in nanoseconds ([`hold`]).
+    stream_heartbeat_interval: AtomicU64,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -51,6 +55,9 @@ impl Proxy {
             cold_start_header: AtomicBool::new(
                 zeroscale_config::ActivatorConfig::default().cold_start_header,
             ),
+            stream_heartbeat_interval: AtomicU64::new(nanos(
+                zeroscale_config::ActivatorConfig::default().stream_heartbeat_interval,
+            )),
         })
     }
 
@@ -67,6 +74,14 @@ impl Proxy {
     /// Turns the cold-start header on or off (ConfigMap `activator-cold-start-header`).
     pub fn set_cold_start_header(&self, on: bool) {
         self.cold_start_header.store(on, Ordering::Relaxed);
+    }
+
+    /// Changes the time between a held stream's heartbeats (ConfigMap
+    /// `activator-stream-heartbeat-interval`; at least a millisecond).
+    pub fn set_stream_heartbeat_interval(&self, every: Duration) {
+        let every = nanos(every).max(1_000_000);
+        self.stream_heartbeat_interval
+            .store(every, Ordering::Relaxed);
     }
 
     /// Changes the body-routing limit (ConfigMap reload).
@@ -128,7 +143,7 @@ impl Proxy {
         }
         // Boxed: routing (which may collect a body) is short, but its state would otherwise be
         // part of what every queued request carries (1,632 bytes with it boxed, 2,264 without).
-        let (model, req, bytes, key) = match Box::pin(self.route(req, routed)).await {
+        let (model, req, bytes, key, body_streams) = match Box::pin(self.route(req, routed)).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(error = %e, "request rejected");
@@ -149,7 +164,21 @@ impl Proxy {
             Some(outcome) => outcome.map_err(ProxyError::from),
             None => match self.table.admit_keyed(&model, bytes, key) {
                 Ok(Admit::Ready(p)) => Ok(p),
-                Ok(Admit::Queued(t)) => t.wait().await.map_err(ProxyError::from),
+                // A streamed request of a model that holds streams waits as long as the
+                // model's delay, then gets its 200 and waits on inside the answer's body.
+                Ok(Admit::Queued(t)) => match model.gate().hold_streams() {
+                    Some(after) if body_streams || asks_for_events(req.headers()) => {
+                        let since = tokio::time::Instant::now();
+                        match Box::pin(hold::wait_or_hold(t, after)).await {
+                            hold::Held::Waited(r) => r.map_err(ProxyError::from),
+                            hold::Held::Hold(wait) => {
+                                model.gate().metrics().answered(StatusCode::OK.as_u16());
+                                return self.hold(model, req, bytes, peer, held, since, wait);
+                            }
+                        }
+                    }
+                    _ => t.wait().await.map_err(ProxyError::from),
+                },
                 Err(e) => Err(e.into()),
             },
         };
@@ -176,18 +205,48 @@ impl Proxy {
         resp
     }
 
+    /// Answers a held streamed request at once ([`hold`]): its wait for a slot and its exchange
+    /// with the pod go on inside the answer's body, which hyper drops if the client leaves
+    /// (taking the request out of the queue, or away from the pod, as for any request).
+    #[allow(clippy::too_many_arguments)]
+    fn hold(
+        self: Arc<Self>,
+        model: Arc<Model>,
+        req: Request<ReqBody>,
+        bytes: u64,
+        peer: Peer,
+        held: Held,
+        since: tokio::time::Instant,
+        wait: hold::Wait,
+    ) -> Response<RespBody> {
+        let every = Duration::from_nanos(self.stream_heartbeat_interval.load(Ordering::Relaxed));
+        let metrics = self.metrics.clone();
+        let name = model.name();
+        tracing::debug!(model = %model.key(), "streamed request held open while its model wakes");
+        let exchange: hold::Exchange = Box::pin(async move {
+            let permit = wait.await?;
+            // As in `respond`: a client that leaves while the pod works is counted.
+            let watch = ClientGone(Some(model.gate().metrics()));
+            let sent = self.send(&model, req, bytes, peer, held, permit).await;
+            watch.disarm();
+            sent
+        });
+        hold::answer(name, since, every, exchange, metrics)
+    }
+
     /// Finds the model; returns the request with its body ready to send, the bytes it
     /// accounts for in the queue: the buffered body when routing by body, else 0 (a streamed
     /// body is not read while the request waits: it stays with the client, held back by TCP
     /// flow control, so only the queue's count bounds it), and its prompt's prefix key when
     /// the model balances by prefix (the body is then read even when the Host or the path
-    /// named the model).
+    /// named the model), and whether a body read for routing asked for a stream
+    /// (`"stream": true`; a body not read says nothing: then only `Accept` does).
     /// A head the relay routed already comes with its model (`routed`).
     async fn route(
         &self,
         req: Request<Incoming>,
         routed: Option<Arc<Model>>,
-    ) -> Result<(Arc<Model>, Request<ReqBody>, u64, Option<u64>), ProxyError> {
+    ) -> Result<(Arc<Model>, Request<ReqBody>, u64, Option<u64>, bool), ProxyError> {
         let declared = content_length(req.headers());
         let addressed = match routed {
             Some(m) => Addressed::Model(m),
@@ -212,16 +271,17 @@ impl Proxy {
                 let (parts, bytes) = read_body(req, limit).await?;
                 // The model is named already: a body that is not OpenAI JSON is the pod's to
                 // judge, and goes by least requests.
-                let key = route::route_body(&bytes)
-                    .ok()
-                    .and_then(|(b, _)| b.prefix_key(m.gate().prefix_chars()));
+                let (key, streams) = match route::route_body(&bytes) {
+                    Ok((b, _)) => (b.prefix_key(m.gate().prefix_chars()), b.streams()),
+                    Err(_) => (None, false),
+                };
                 let n = bytes.len() as u64;
                 let req = Request::from_parts(parts, ReqBody::Full(Some(bytes)));
-                Ok((m, req, n, key))
+                Ok((m, req, n, key, streams))
             }
             Addressed::Model(m) => {
                 let idle = IdleTimer::new(m.gate().timeouts().1);
-                Ok((m, req.map(|b| ReqBody::Stream(b, idle)), 0, None))
+                Ok((m, req.map(|b| ReqBody::Stream(b, idle)), 0, None, false))
             }
             Addressed::Unknown(name) => Err(ProxyError::UnknownModel(name)),
             Addressed::Body => {
@@ -236,9 +296,10 @@ impl Proxy {
                     .ok_or(ProxyError::UnknownModel(name))?;
                 let chars = m.gate().prefix_chars();
                 let key = (chars > 0).then(|| body.prefix_key(chars)).flatten();
+                let streams = body.streams();
                 let n = bytes.len() as u64;
                 let req = Request::from_parts(parts, ReqBody::Full(Some(bytes)));
-                Ok((m, req, n, key))
+                Ok((m, req, n, key, streams))
             }
             Addressed::Nothing => Err(ProxyError::NoRoute),
         }
@@ -515,6 +576,17 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// The request asks for server-sent events by its `Accept` header ([`route::accepts_event_stream`]).
+fn asks_for_events(h: &HeaderMap) -> bool {
+    h.get_all(header::ACCEPT)
+        .iter()
+        .any(|v| route::accepts_event_stream(v.as_bytes()))
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn content_length(h: &HeaderMap) -> u64 {

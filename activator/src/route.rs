@@ -100,6 +100,9 @@ pub struct BodyRoute<'a> {
     messages: Option<&'a RawValue>,
     #[serde(borrow)]
     prompt: Option<&'a RawValue>,
+    /// Left raw: a `stream` that is not a boolean is the pod's to refuse, not a routing error.
+    #[serde(borrow)]
+    stream: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -118,6 +121,11 @@ struct Part<'a> {
 struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
 
 impl BodyRoute<'_> {
+    /// `"stream": true`: the client asked for server-sent events (module `hold`).
+    pub fn streams(&self) -> bool {
+        self.stream.is_some_and(|s| s.get() == "true")
+    }
+
     /// The prefix-hash key of the first `chars` characters of the prompt: the text contents of
     /// `messages` one after another (a string content, or the `text` of each part of an array
     /// content), else `prompt` (a string, or the first of an array of strings). `None` when
@@ -163,6 +171,15 @@ impl BodyRoute<'_> {
     }
 }
 
+/// An `Accept` value that asks for server-sent events (`text/event-stream`, any case, among
+/// other media types or with parameters).
+pub fn accepts_event_stream(accept: &[u8]) -> bool {
+    const SSE: &[u8] = b"text/event-stream";
+    accept
+        .windows(SSE.len())
+        .any(|w| w.eq_ignore_ascii_case(SSE))
+}
+
 /// The `model` field of an OpenAI-style JSON body.
 pub fn model_from_body(body: &Bytes) -> Result<String, BodyError> {
     route_body(body).map(|r| r.1)
@@ -187,6 +204,27 @@ pub fn route_body(body: &Bytes) -> Result<(BodyRoute<'_>, String), BodyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stream_is_asked_for_by_the_body_or_by_accept() {
+        let streams = |b: &'static str| {
+            route_body(&Bytes::from_static(b.as_bytes())).map(|(r, _)| r.streams())
+        };
+        assert_eq!(streams(r#"{"model":"m","stream":true}"#), Ok(true));
+        assert_eq!(streams(r#"{"stream": true ,"model":"m"}"#), Ok(true));
+        assert_eq!(streams(r#"{"model":"m","stream":false}"#), Ok(false));
+        assert_eq!(streams(r#"{"model":"m"}"#), Ok(false));
+        // Not a boolean: not a stream, and still routed (the pod judges it).
+        assert_eq!(streams(r#"{"model":"m","stream":"true"}"#), Ok(false));
+        assert_eq!(streams(r#"{"model":"m","stream":{"a":1}}"#), Ok(false));
+        assert!(accepts_event_stream(b"text/event-stream"));
+        assert!(accepts_event_stream(
+            b"application/json, Text/Event-Stream; q=0.9"
+        ));
+        assert!(!accepts_event_stream(b"application/json"));
+        assert!(!accepts_event_stream(b"text/event"));
+        assert!(!accepts_event_stream(b""));
+    }
 
     #[test]
     fn kserve_paths() {

@@ -361,12 +361,17 @@ pub const ADMIN_ROUTES: &[admin::Route] = &[
     },
 ];
 
-/// The answer of `GET /v1/feed?instance=I&since=G`: one page as JSON.
+/// The answer of `GET /v1/feed?instance=I&since=G` (or a status read, `?ns=N&dep=D`): one
+/// page as JSON.
 pub fn feed_answer(
     feed: &StatFeed,
     query: Option<&str>,
 ) -> http::Response<http_body_util::Full<bytes::Bytes>> {
-    let page = feed.read(feed::parse_query(query), tokio::time::Instant::now());
+    let now = tokio::time::Instant::now();
+    let page = match feed::FeedFilter::parse(query) {
+        Some(filter) => feed.read_filtered(&filter, now),
+        None => feed.read(feed::parse_query(query), now),
+    };
     match serde_json::to_vec(&page) {
         Ok(body) => admin::respond(http::StatusCode::OK, "application/json", body),
         Err(e) => admin::respond(

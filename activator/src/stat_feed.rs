@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use zeroscale_config::DeploymentKey;
-use zeroscale_config::feed::{FeedDemand, FeedKey, FeedModel, FeedPage};
+use zeroscale_config::feed::{FeedColdStart, FeedDemand, FeedFilter, FeedKey, FeedModel, FeedPage};
 
 /// How long a removed model is remembered for readers whose cursor predates its removal. A
 /// reader with an older cursor gets a full page instead (which says the same by absence).
@@ -47,6 +47,10 @@ struct CellState {
     stamp: u64,
     /// When a request was last taken or let go (`None`: never).
     last_active: Option<Instant>,
+    /// When a request was last taken (`None`: never).
+    last_arrival: Option<Instant>,
+    /// The latest cold start: when its last held request got a pod, and the longest wait.
+    cold_start: Option<(Instant, Duration)>,
 }
 
 #[derive(Debug)]
@@ -94,6 +98,10 @@ pub struct CellSnapshot {
     pub service_nanos: u128,
     /// Generation of the last change.
     pub stamp: u64,
+    /// When a request last arrived.
+    pub last_arrival: Option<Instant>,
+    /// The latest cold start: when it ended, and its longest wait.
+    pub cold_start: Option<(Instant, Duration)>,
 }
 
 impl ConcurrencyIntegral {
@@ -117,6 +125,8 @@ impl ConcurrencyIntegral {
                 service_nanos: 0,
                 stamp: 0,
                 last_active: None,
+                last_arrival: None,
+                cold_start: None,
             }),
             generation,
             incarnation,
@@ -153,6 +163,7 @@ impl ConcurrencyIntegral {
             st.count += 1;
             st.arrivals += 1;
             st.last_active = Some(st.last_active.map_or(now, |t| t.max(now)));
+            st.last_arrival = Some(st.last_arrival.map_or(now, |t| t.max(now)));
         });
     }
 
@@ -193,6 +204,20 @@ impl ConcurrencyIntegral {
         });
     }
 
+    /// A request that waited `waited` for the model to wake got a pod at `now`. Requests held
+    /// through the same wake overlap it: one whose wait began before the latest cold start
+    /// ended belongs to it (the longest wait is kept, which is the first request's, the cold
+    /// start a client saw); one that began later starts a new cold start.
+    pub fn cold_start_at(&self, waited: Duration, now: Instant) {
+        self.change(|st| {
+            let began = now.checked_sub(waited).unwrap_or(now);
+            st.cold_start = Some(match st.cold_start {
+                Some((end, longest)) if began <= end => (end.max(now), longest.max(waited)),
+                _ => (now, waited),
+            });
+        });
+    }
+
     /// One request answered.
     pub fn answered(&self) {
         self.change(|st| st.answered += 1);
@@ -227,6 +252,8 @@ impl ConcurrencyIntegral {
             queued: st.queued.max(0) as u64,
             answered: st.answered,
             stamp: st.stamp,
+            last_arrival: st.last_arrival,
+            cold_start: st.cold_start,
         }
     }
 
@@ -377,6 +404,59 @@ impl StatFeed {
         self.len() == 0
     }
 
+    /// `t` on the clock of [`FeedPage::uptime_ns`].
+    fn uptime_ns(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.started).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn model(
+        &self,
+        key: &DeploymentKey,
+        cell: &ConcurrencyIntegral,
+        s: &CellSnapshot,
+    ) -> FeedModel {
+        FeedModel {
+            namespace: key.namespace.clone(),
+            deployment: key.deployment.clone(),
+            incarnation: cell.0.incarnation,
+            concurrency_us: micros(s.total_nanos),
+            requests: s.answered,
+            in_flight: s.in_flight,
+            queued: s.queued,
+            demand: Some(FeedDemand {
+                arrivals: s.arrivals,
+                pod_us: micros(s.pod_nanos),
+                served: s.served,
+                service_us: micros(s.service_nanos),
+            }),
+            last_request_ns: s.last_arrival.map(|t| self.uptime_ns(t)),
+            cold_start: s.cold_start.map(|(at, wait)| FeedColdStart {
+                at_ns: self.uptime_ns(at),
+                wait_us: micros(wait.as_nanos()),
+            }),
+        }
+    }
+
+    /// A status read (`kubectl zeroscale`): every model `filter` takes, at `now`. It hands
+    /// out no cursor (generation 0) and moves none, so it cannot disturb the autoscaler's reads.
+    pub fn read_filtered(&self, filter: &FeedFilter, now: Instant) -> FeedPage {
+        let reg = self.registry();
+        let models = reg
+            .cells
+            .iter()
+            .filter(|(k, _)| filter.matches(&k.namespace, &k.deployment))
+            .map(|(k, c)| self.model(k, c, &c.snapshot_at(now)))
+            .collect();
+        FeedPage {
+            instance: self.instance,
+            generation: 0,
+            full: true,
+            uptime_ns: self.uptime_ns(now),
+            models,
+            removed: Vec::new(),
+        }
+    }
+
     /// One page for a reader whose last page had `cursor` (`(instance, generation)`), at `now`.
     pub fn read(&self, cursor: Option<(u64, u64)>, now: Instant) -> FeedPage {
         let mut reg = self.registry();
@@ -405,21 +485,7 @@ impl StatFeed {
                 Some(since) => s.stamp > since || s.held > 0,
             };
             if listed {
-                models.push(FeedModel {
-                    namespace: key.namespace.clone(),
-                    deployment: key.deployment.clone(),
-                    incarnation: cell.0.incarnation,
-                    concurrency_us: micros(s.total_nanos),
-                    requests: s.answered,
-                    in_flight: s.in_flight,
-                    queued: s.queued,
-                    demand: Some(FeedDemand {
-                        arrivals: s.arrivals,
-                        pod_us: micros(s.pod_nanos),
-                        served: s.served,
-                        service_us: micros(s.service_nanos),
-                    }),
-                });
+                models.push(self.model(key, cell, &s));
             }
         }
         let removed = match since {
@@ -438,8 +504,7 @@ impl StatFeed {
             instance: self.instance,
             generation,
             full: since.is_none(),
-            uptime_ns: u64::try_from(now.saturating_duration_since(self.started).as_nanos())
-                .unwrap_or(u64::MAX),
+            uptime_ns: self.uptime_ns(now),
             models,
             removed,
         }
@@ -577,6 +642,76 @@ mod tests {
         );
         let quiet = feed.read(Some((7, done.generation)), t0 + Duration::from_secs(5));
         assert!(quiet.models.is_empty(), "{quiet:?}");
+    }
+
+    #[test]
+    fn the_feed_keeps_the_last_request_and_the_latest_cold_start_for_status_reads() {
+        let t0 = Instant::now();
+        let s = |n: u64| t0 + Duration::from_secs(n);
+        let (feed, cells) = feed_with(&["a", "b"], t0);
+        let first = feed.read(None, t0);
+        assert!(
+            first
+                .models
+                .iter()
+                .all(|m| m.last_request_ns.is_none() && m.cold_start.is_none())
+        );
+        // A wake at 10 s held three requests (arrived at 10, 12, 14 s) until 20 s; the longest
+        // wait is the cold start. A request at 100 s that waited 5 s is a new one.
+        for (arrived, waited) in [(10, 10), (12, 8), (14, 6)] {
+            cells[0].inc_at(s(arrived));
+            cells[0].cold_start_at(Duration::from_secs(waited), s(20));
+        }
+        let at = |page: &FeedPage, d: &str| page.models.iter().find(|m| m.deployment == d).cloned();
+        let p = feed.read_filtered(&FeedFilter::default(), s(30));
+        let a = at(&p, "a").unwrap();
+        assert_eq!(
+            p.uptime_ns - a.last_request_ns.unwrap(),
+            16_000_000_000,
+            "age 16 s"
+        );
+        assert_eq!(
+            a.cold_start,
+            Some(FeedColdStart {
+                at_ns: 20_000_000_000,
+                wait_us: 10_000_000
+            })
+        );
+        assert_eq!(at(&p, "b").unwrap().last_request_ns, None);
+        cells[0].inc_at(s(95));
+        cells[0].cold_start_at(Duration::from_secs(5), s(100));
+        let later = feed.read_filtered(&FeedFilter::default(), s(100));
+        assert_eq!(
+            at(&later, "a").unwrap().cold_start,
+            Some(FeedColdStart {
+                at_ns: 100_000_000_000,
+                wait_us: 5_000_000
+            })
+        );
+        // A status read lists only what it asks for, hands out no cursor and leaves the
+        // autoscaler's deltas as they were: its next page still lists the change to a.
+        let only_b = feed.read_filtered(
+            &FeedFilter {
+                namespace: Some("models".into()),
+                deployment: Some("b".into()),
+            },
+            s(100),
+        );
+        assert_eq!(
+            (names(&only_b), only_b.generation, only_b.full),
+            (vec!["b"], 0, true)
+        );
+        let other_ns = FeedFilter {
+            namespace: Some("elsewhere".into()),
+            deployment: None,
+        };
+        assert!(feed.read_filtered(&other_ns, s(100)).models.is_empty());
+        let delta = feed.read(Some((7, first.generation)), s(101));
+        assert_eq!(names(&delta), ["a"]);
+        assert_eq!(
+            delta.models[0].cold_start,
+            at(&later, "a").unwrap().cold_start
+        );
     }
 
     #[test]

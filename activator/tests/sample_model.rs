@@ -281,13 +281,15 @@ async fn prefix_hash_keeps_a_prefix_on_one_pod_until_the_bound() {
         served.insert(a.served_by());
     }
     assert_eq!(served.len(), 1, "one prefix went to {served:?}");
-    // Different prefixes are spread: 24 of them over 3 pods do not all hash to one.
+    // Different prefixes are spread: 24 of them over 3 pods do not all hash to one. They
+    // differ in their first characters: the key is the first 16 (a suffix after them, as in
+    // "persona number 07", would make only 3 keys, all on one pod 1 run in 9).
     let mut served = std::collections::HashSet::new();
     for i in 0..24 {
         let req = post(&act.url("/v1/chat/completions"));
         let a = send(
             &c,
-            req.body(chat("llama", &format!("persona number {i:02}"), "hi"))
+            req.body(chat("llama", &format!("{i:02} persona"), "hi"))
                 .unwrap(),
         )
         .await;

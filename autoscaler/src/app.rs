@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use futures::TryStreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -183,17 +184,19 @@ impl App {
             let what = format!("deployments/{in_scope}");
             let c = watch_client(&client, &health, &what);
             let deployments: Api<Deployment> = scoped_api(c, scope.as_deref());
-            let (reader, writer) = reflector::store();
+            let (reader, mut writer) = reflector::store();
             stores.push((scope.clone(), reader));
-            let stream = reflect(
-                writer,
-                watcher(deployments, watch_config())
-                    .backoff(WatchBackoff::default())
-                    .modify(|d| {
-                        slim(d);
-                        crate::controller::keep_scaling_fields(d);
-                    }),
-            );
+            // The store (the wake cache) keeps a smaller copy than the control loop gets:
+            // kube-runtime's `reflector` with the stored copy cut first.
+            let stream = watcher(deployments, watch_config())
+                .backoff(WatchBackoff::default())
+                .modify(|d| {
+                    slim(d);
+                    crate::controller::keep_scaling_fields(d);
+                })
+                .inspect_ok(move |ev| {
+                    writer.apply_watcher_event(&crate::controller::wake_cache_event(ev))
+                });
             let s = scope.clone();
             tasks.push(tokio::spawn(forward(
                 what,
@@ -302,6 +305,14 @@ impl App {
             stopped(),
         )));
 
+        // The learned state, read once at start (every replica: a standby keeps learning).
+        tasks.push(tokio::spawn(crate::learned_store::load(
+            client.clone(),
+            settings.namespace.clone(),
+            settings.api_timeout,
+            tx.clone(),
+        )));
+
         let wake_supervisor = Arc::new(Notify::new());
         tasks.push(tokio::spawn(lease::poll_lease(
             client.clone(),
@@ -332,6 +343,10 @@ impl App {
             pod_targets,
             cold_starts: Default::default(),
             client: client.clone(),
+            flusher: crate::learned::Flusher::new(
+                GlobalConfig::default().learned_state_flush_interval,
+                now(),
+            ),
         };
         drop(tx);
 

@@ -49,6 +49,16 @@ pub(crate) enum Input {
     Applied(DeploymentKey, u32, bool),
     /// A wake signal for a pooled Deployment (the wake API leaves those to the tick).
     Wake(DeploymentKey, u64),
+    /// A learned-state shard was read ([`crate::learned_store::load`]).
+    LearnedLoaded(crate::learned_store::Loaded),
+    /// A learned-state shard write ended: shard, digest of what was written, result.
+    LearnedWritten(usize, u64, Result<(), crate::learned_store::StoreError>),
+}
+
+impl From<crate::learned_store::Loaded> for Input {
+    fn from(l: crate::learned_store::Loaded) -> Self {
+        Input::LearnedLoaded(l)
+    }
 }
 
 impl From<Scraped> for Input {
@@ -137,6 +147,34 @@ pub fn keep_scaling_fields(d: &mut Deployment) {
     }
 }
 
+/// The copy of a watched Deployment the wake cache keeps (`server::DeploymentCache`): what
+/// [`crate::wake::plan`] reads, its metadata and `spec.replicas`. The control loop gets the
+/// event's own object ([`keep_scaling_fields`]), which [`view`] and the cold-start stages read;
+/// the cache need not hold a second copy of the pod template (at 10,000 Deployments its
+/// containers alone, 2 KB each in memory, were 20 MiB).
+pub fn wake_cache_fields(d: &Deployment) -> Deployment {
+    use k8s_openapi::api::apps::v1::DeploymentSpec;
+    Deployment {
+        metadata: d.metadata.clone(),
+        spec: d.spec.as_ref().map(|s| DeploymentSpec {
+            replicas: s.replicas,
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// A watch event as the wake cache stores it: its objects cut to [`wake_cache_fields`].
+pub(crate) fn wake_cache_event(ev: &Event<Deployment>) -> Event<Deployment> {
+    match ev {
+        Event::Apply(d) => Event::Apply(wake_cache_fields(d)),
+        Event::Delete(d) => Event::Delete(wake_cache_fields(d)),
+        Event::Init => Event::Init,
+        Event::InitApply(d) => Event::InitApply(wake_cache_fields(d)),
+        Event::InitDone => Event::InitDone,
+    }
+}
+
 fn view(d: &Deployment) -> Option<DeploymentView> {
     Some(DeploymentView {
         key: DeploymentKey::new(d.metadata.namespace.clone()?, d.metadata.name.clone()?),
@@ -202,8 +240,10 @@ pub(crate) struct ControlLoop {
     pub(crate) pod_targets: Arc<RwLock<Vec<PodTarget>>>,
     /// Wakes on their way to a first Ready pod.
     pub(crate) cold_starts: crate::coldstart::Tracker,
-    /// For listing a woken Deployment's pods (cold-start stages).
+    /// For listing a woken Deployment's pods (cold-start stages) and writing learned state.
     pub(crate) client: Client,
+    /// When each learned-state shard is written ([`crate::learned`]).
+    pub(crate) flusher: crate::learned::Flusher,
 }
 
 impl ControlLoop {
@@ -325,6 +365,41 @@ impl ControlLoop {
                 self.index.record_pod_metric(&key, at, value)
             }
             Input::Applied(key, to, ok) => self.index.scale_done(&key, to, ok),
+            Input::LearnedLoaded(crate::learned_store::Loaded { shard, data }) => {
+                self.flusher.loaded(shard, data.is_some());
+                let data = data.unwrap_or_default();
+                let entries = data.len();
+                self.index.restore_learned(data);
+                tracing::debug!(
+                    configmap = %crate::learned::shard_name(shard),
+                    entries, "learned state read"
+                );
+                if self.flusher.all_loaded() {
+                    tracing::info!("learned state read from every shard");
+                }
+            }
+            Input::LearnedWritten(shard, digest, result) => {
+                let name = crate::learned::shard_name(shard);
+                let ok = result.is_ok();
+                let label = result.as_ref().err().map_or("success", |e| e.result());
+                self.metrics.learned_write(label);
+                let log = self.flusher.written(shard, digest, ok);
+                match result {
+                    Ok(()) if log => {
+                        tracing::info!(configmap = %name, "learned state written again")
+                    }
+                    Ok(()) => tracing::debug!(configmap = %name, "learned state written"),
+                    Err(e) if log => tracing::warn!(
+                        configmap = %name, error = %e,
+                        "writing learned state failed; retried at its next turn (every {}), \
+                         not logged again until it succeeds",
+                        zeroscale_config::format_duration(self.index.global().learned_state_flush_interval)
+                    ),
+                    Err(e) => {
+                        tracing::debug!(configmap = %name, error = %e, "writing learned state failed again")
+                    }
+                }
+            }
             Input::Wake(key, queued) => {
                 self.index.wake_requested(&key, queued);
                 // The leader admits it at once rather than at the next tick.
@@ -365,9 +440,48 @@ impl ControlLoop {
         }
     }
 
+    /// The learned-state shards whose turn it is: written by the leader when changed, each
+    /// on its own task (the loop never waits for the API server).
+    fn flush_learned(&mut self) {
+        let at = now();
+        self.metrics
+            .learned_restored
+            .inc_by(self.index.take_restored());
+        self.flusher
+            .set_interval(self.index.global().learned_state_flush_interval, at);
+        let leading = self.health.may_write_at(at);
+        for shard in self.flusher.due(at, leading, self.index.is_synced()) {
+            let (data, dropped) = crate::learned::shard_data(self.index.learned_shard(shard));
+            if dropped > 0 {
+                self.metrics.learned_dropped.inc_by(dropped as u64);
+                tracing::warn!(
+                    configmap = %crate::learned::shard_name(shard), dropped,
+                    "learned state over {} bytes: the models with the fewest gaps left out",
+                    crate::learned::SHARD_BYTES_LIMIT
+                );
+            }
+            let digest = crate::learned::digest(&data);
+            if self.flusher.turn(shard, digest, at) == crate::learned::Flush::Unchanged {
+                continue;
+            }
+            let (client, tx, health) = (self.client.clone(), self.tx.clone(), self.health.clone());
+            let ns = self.settings.namespace.clone();
+            let timeout = self.settings.api_timeout;
+            tokio::spawn(async move {
+                // Checked again right before the write, as for scale patches.
+                if !health.may_write_at(now()) {
+                    return;
+                }
+                let result = crate::learned_store::write(client, &ns, shard, data, timeout).await;
+                let _ = tx.send(Input::LearnedWritten(shard, digest, result)).await;
+            });
+        }
+    }
+
     fn tick(&mut self) {
         let span = tracing::debug_span!("tick", managed = tracing::field::Empty);
         let _g = span.enter();
+        self.flush_learned();
         let targets = self.index.pod_targets();
         if *self.pod_targets.read().unwrap_or_else(|e| e.into_inner()) != targets {
             *self.pod_targets.write().unwrap_or_else(|e| e.into_inner()) = targets;
@@ -455,5 +569,29 @@ mod tests {
         assert_eq!(pod.init_containers.as_ref().unwrap()[0].name, "fetch");
         assert_eq!(t.status.as_ref().unwrap().conditions, None);
         assert_eq!(t.status.as_ref().unwrap().ready_replicas, Some(1));
+
+        // The wake cache's copy plans the same wake, at 0 replicas and at 2, with no pod
+        // template.
+        let req = crate::wake::WakeRequest {
+            namespace: "ns".into(),
+            deployment: "llama".into(),
+            queued: 1,
+        };
+        let g = GlobalConfig::default();
+        let mut idle = t.clone();
+        idle.spec.as_mut().unwrap().replicas = Some(0);
+        idle.metadata.resource_version = Some("7".into());
+        for d in [&t, &idle] {
+            let c = wake_cache_fields(d);
+            assert_eq!(c.spec.as_ref().unwrap().template.spec, None);
+            assert_eq!(
+                crate::wake::plan(&req, Some(&c), &g).unwrap(),
+                crate::wake::plan(&req, Some(d), &g).unwrap()
+            );
+        }
+        let Event::Apply(c) = wake_cache_event(&Event::Apply(d.clone())) else {
+            panic!("an Apply stays an Apply");
+        };
+        assert_eq!(c, wake_cache_fields(&d));
     }
 }

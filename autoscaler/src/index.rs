@@ -179,6 +179,19 @@ impl Managed {
     }
 }
 
+/// Restores a stored histogram into `decider` when it decodes with the decider's histogram
+/// range (another range means other bins: dropped).
+fn restore(decider: &mut Decider, settings: &DeploymentSettings, text: &str) -> bool {
+    let range = settings.scaling.adaptive.histogram_range;
+    match zeroscale_scaling::idle::IdleHistogram::decode(text, range) {
+        Some(h) => {
+            decider.restore_idle_histogram(h);
+            true
+        }
+        None => false,
+    }
+}
+
 struct Entry {
     view: DeploymentView,
     managed: Option<Managed>,
@@ -195,6 +208,13 @@ pub struct Index {
     relisted: HashMap<Option<String>, std::collections::HashSet<DeploymentKey>>,
     /// What capacity pools remember across ticks.
     pools: crate::pools::Book,
+    /// Learned idle histograms read from the shards ([`crate::learned`]): storage key ->
+    /// encoded histogram. Kept only until the index is synced (a model not listed by then is
+    /// gone or no longer opted in), for deciders created meanwhile and for deciders whose
+    /// histogram range the ConfigMap changes when it is listed after them.
+    stored: HashMap<String, String>,
+    /// Deciders given a stored histogram since [`Index::take_restored`].
+    restored: u64,
 }
 
 impl Default for Index {
@@ -220,6 +240,8 @@ impl Index {
             unsynced,
             relisted: HashMap::new(),
             pools: crate::pools::Book::default(),
+            stored: HashMap::new(),
+            restored: 0,
         }
     }
 
@@ -356,8 +378,12 @@ impl Index {
                             hpa,
                         });
                     }
+                    let mut decider = Decider::new(settings.scaling.clone(), now, newly_enabled);
+                    if let Some(text) = self.stored.get(&crate::learned::storage_key(&key)) {
+                        self.restored += u64::from(restore(&mut decider, &settings, text));
+                    }
                     entry.managed = Some(Managed {
-                        decider: Decider::new(settings.scaling.clone(), now, newly_enabled),
+                        decider,
                         settings,
                         in_flight: 0,
                         queued: 0,
@@ -372,6 +398,52 @@ impl Index {
             }
         }
         notices
+    }
+
+    /// One shard's stored learned state was read: each histogram goes to its model's decider
+    /// if that has learned no gap yet (gaps learned live are never overwritten; a histogram of
+    /// another bin width is dropped). Until the index is synced the data is also kept for
+    /// deciders created later (normally the shards are read before the Deployments are listed).
+    pub fn restore_learned(&mut self, data: BTreeMap<String, String>) {
+        let data: HashMap<String, String> = data.into_iter().collect();
+        if data.is_empty() {
+            return;
+        }
+        for (key, entry) in &mut self.deployments {
+            let Some(m) = &mut entry.managed else {
+                continue;
+            };
+            if m.decider.idle_histogram().gaps() == 0
+                && let Some(text) = data.get(&crate::learned::storage_key(key))
+            {
+                self.restored += u64::from(restore(&mut m.decider, &m.settings, text));
+            }
+        }
+        if !self.is_synced() {
+            self.stored.extend(data);
+        }
+    }
+
+    /// How many deciders were given a stored histogram since the last call.
+    pub fn take_restored(&mut self) -> u64 {
+        std::mem::take(&mut self.restored)
+    }
+
+    /// What shard `shard` should hold now: every managed Deployment of that shard with a gap
+    /// learned (deleted and opted-out Deployments are not managed, so they drop out).
+    pub fn learned_shard(&self, shard: usize) -> Vec<crate::learned::Stored> {
+        self.deployments
+            .iter()
+            .filter(|(k, _)| crate::learned::shard_of(k) == shard)
+            .filter_map(|(k, e)| {
+                let h = e.managed.as_ref()?.decider.idle_histogram();
+                (h.gaps() > 0).then(|| crate::learned::Stored {
+                    key: crate::learned::storage_key(k),
+                    gaps: h.gaps(),
+                    value: h.encode(),
+                })
+            })
+            .collect()
     }
 
     /// A Deployment was deleted.
@@ -434,13 +506,20 @@ impl Index {
             return notices;
         }
         self.global = global;
-        for entry in self.deployments.values_mut() {
+        for (key, entry) in &mut self.deployments {
             if let Some(m) = &mut entry.managed {
                 // Annotation errors were already reported when the annotations were read.
                 let (settings, _) =
                     DeploymentSettings::resolve(&self.global, &entry.view.annotations);
                 m.decider.set_params(settings.scaling.clone());
                 m.settings = settings;
+                // A histogram range changed before the first sync: the stored histogram was
+                // written with the configured range, not the default it was tried with.
+                if m.decider.idle_histogram().gaps() == 0
+                    && let Some(text) = self.stored.get(&crate::learned::storage_key(key))
+                {
+                    self.restored += u64::from(restore(&mut m.decider, &m.settings, text));
+                }
             }
         }
         notices
@@ -559,6 +638,10 @@ impl Index {
                 ..Default::default()
             };
         }
+        if !self.stored.is_empty() {
+            // Synced: a stored model not seen by now is gone.
+            self.stored = HashMap::new();
+        }
         // Data older than a few scrape intervals means scrapes stopped arriving.
         let stale_after = (self.global.scrape_interval * 3).max(Duration::from_secs(3));
         let hpa_targets: std::collections::HashSet<&DeploymentKey> = self.hpas.values().collect();
@@ -579,6 +662,7 @@ impl Index {
                         spec: entry.view.spec_replicas,
                         decision: None,
                         busy: true,
+                        demand: true,
                         pinned: true,
                         pending: false,
                         per_replica: entry
@@ -623,6 +707,7 @@ impl Index {
                     busy: data != DataState::Fresh
                         || m.in_flight + m.queued > 0
                         || decision.inputs.panic_average > 0.0,
+                    demand: m.in_flight + m.queued > 0,
                     pinned: m.settings.scaling.min_scale > 0,
                     pending: m.pending,
                     per_replica: entry
@@ -817,6 +902,138 @@ mod tests {
             }
         }
         all
+    }
+
+    /// A round a second; traffic in one second every `period` seconds, `calls` times:
+    /// `calls - 1` gaps.
+    fn periodic_calls(index: &mut Index, from: Instant, period: u64, calls: u64) {
+        for s in 1..=period * calls {
+            let sample = if s % period == 0 {
+                busy(1.0, 1, 0)
+            } else {
+                busy(0.0, 0, 0)
+            };
+            index.record_round(&round(from + Duration::from_secs(s), true, sample));
+        }
+    }
+
+    fn unsynced_with_policy() -> Index {
+        let mut index = Index::default();
+        fast_policy_with(&mut index, &[]);
+        index
+    }
+
+    fn end_lists(index: &mut Index) {
+        for s in [
+            Source::ConfigMap,
+            Source::Deployments(None),
+            Source::Hpas(None),
+        ] {
+            index.end_relist(&s);
+        }
+        assert!(index.is_synced());
+    }
+
+    #[test]
+    fn learned_gaps_are_stored_and_restored_by_the_next_index() {
+        let t0 = Instant::now();
+        let mut a = synced(t0);
+        a.apply_deployment(dep(&[ON], 1, 1), t0);
+        let shard = crate::learned::shard_of(&key());
+        assert!(
+            a.learned_shard(shard).is_empty(),
+            "nothing learned, nothing stored"
+        );
+        periodic_calls(&mut a, t0, 120, 6);
+        let stored = a.learned_shard(shard);
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].key, "models.llama");
+        assert_eq!(stored[0].gaps, 5);
+        let (data, dropped) = crate::learned::shard_data(stored);
+        assert_eq!(dropped, 0);
+        let other = (shard + 1) % crate::learned::SHARDS;
+        assert!(a.learned_shard(other).is_empty());
+
+        // A restart: the shard is read before the Deployments are listed.
+        let mut b = unsynced_with_policy();
+        b.restore_learned(data.clone());
+        assert_eq!(b.take_restored(), 0, "no decider yet");
+        b.apply_deployment(dep(&[ON], 1, 1), t0);
+        assert_eq!(b.take_restored(), 1);
+        end_lists(&mut b);
+        let h = |i: &Index| {
+            i.deployments[&key()]
+                .managed
+                .as_ref()
+                .unwrap()
+                .decider
+                .idle_histogram()
+                .clone()
+        };
+        assert_eq!(h(&b), h(&a));
+        assert_eq!(b.learned_shard(shard), a.learned_shard(shard));
+
+        // Read after the list: restored into a decider that has learned nothing yet ...
+        let mut c = synced(t0);
+        c.apply_deployment(dep(&[ON], 1, 1), t0);
+        c.restore_learned(data.clone());
+        assert_eq!(c.take_restored(), 1);
+        assert_eq!(h(&c), h(&a));
+        // ... but never over gaps learned live.
+        let mut d = synced(t0);
+        d.apply_deployment(dep(&[ON], 1, 1), t0);
+        periodic_calls(&mut d, t0, 30, 3);
+        d.restore_learned(data.clone());
+        assert_eq!(d.take_restored(), 0);
+        assert_eq!(h(&d).gaps(), 2);
+
+        // Another histogram range: other bins, dropped.
+        let mut e = Index::default();
+        fast_policy_with(&mut e, &[("adaptive-histogram-range", "1h")]);
+        e.restore_learned(data.clone());
+        e.apply_deployment(dep(&[ON], 1, 1), t0);
+        end_lists(&mut e);
+        assert_eq!(h(&e).gaps(), 0);
+
+        // The Deployments listed before the ConfigMap that sets the range the histogram was
+        // stored with: restored when the ConfigMap arrives.
+        let mut hour = synced(t0);
+        fast_policy_with(&mut hour, &[("adaptive-histogram-range", "1h")]);
+        hour.apply_deployment(dep(&[ON], 1, 1), t0);
+        periodic_calls(&mut hour, t0, 120, 4);
+        let (hour_data, _) = crate::learned::shard_data(hour.learned_shard(shard));
+        let mut f = Index::default();
+        f.restore_learned(hour_data);
+        f.apply_deployment(dep(&[ON], 1, 1), t0);
+        assert_eq!(
+            (h(&f).gaps(), f.take_restored()),
+            (0, 0),
+            "the default range: other bins"
+        );
+        fast_policy_with(&mut f, &[("adaptive-histogram-range", "1h")]);
+        assert_eq!((h(&f).gaps(), f.take_restored()), (3, 1));
+
+        // A deleted (or opted-out) model drops out of the next flush.
+        a.apply_deployment(dep(&[], 1, 1), t0);
+        assert!(a.learned_shard(shard).is_empty());
+        b.delete_deployment(&key());
+        assert!(b.learned_shard(shard).is_empty());
+    }
+
+    #[test]
+    fn stored_state_of_models_not_listed_is_forgotten_once_synced() {
+        let t0 = Instant::now();
+        let gone: BTreeMap<String, String> =
+            [("models.gone".to_owned(), "v1 60000 0 3:12".to_owned())].into();
+        let mut index = unsynced_with_policy();
+        index.restore_learned(gone.clone());
+        assert_eq!(index.stored.len(), 1);
+        end_lists(&mut index);
+        index.tick(t0);
+        assert!(index.stored.is_empty());
+        // Read once synced: not kept at all.
+        index.restore_learned(gone);
+        assert!(index.stored.is_empty());
     }
 
     #[test]

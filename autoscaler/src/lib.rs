@@ -6,6 +6,8 @@
 //! - [`index`]: the pure domain core, fed by events, returning scale intents on each tick;
 //! - [`scrape`]: activator (and pod) metrics, parsed and turned into samples; [`scrapers`]:
 //!   the two loops that scrape the endpoints the EndpointSlices list, every interval;
+//! - [`learned`]: the adaptive policy's learned state kept across failover and restarts in
+//!   sharded ConfigMaps (what and when, pure); [`learned_store`]: reading and writing them;
 //! - [`pools`]: capacity pools: pooled Deployments' decisions admitted by
 //!   [`zeroscale_pool`] (the leader is their only writer);
 //! - [`apply`]: the small controller that patches scales (leader only) and records Events;
@@ -30,6 +32,8 @@ pub mod config;
 pub mod controller;
 pub mod health;
 pub mod index;
+pub mod learned;
+pub mod learned_store;
 pub mod lease;
 pub mod metrics;
 pub mod pools;

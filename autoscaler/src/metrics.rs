@@ -76,6 +76,9 @@ pub struct Metrics {
     pub stable_concurrency: Family<DeploymentLabels, FloatGauge>,
     /// Panic-window average concurrency.
     pub panic_concurrency: Family<DeploymentLabels, FloatGauge>,
+    /// The concurrency the ready pods are sized for (target x utilization per pod x ready
+    /// pods): the line the stable average crosses when more pods are wanted.
+    pub target_concurrency: Family<DeploymentLabels, FloatGauge>,
     /// What panic mode compares with panic-threshold-percentage: the pods the panic window
     /// wants (rounded up) as a percentage of the ready pods.
     pub panic_percentage: Family<DeploymentLabels, FloatGauge>,
@@ -107,6 +110,12 @@ pub struct Metrics {
     pub pools: crate::pools::PoolMetrics,
     /// Wake to first Ready pod, per Deployment and stage.
     pub cold_starts: crate::coldstart::ColdStartMetrics,
+    /// Learned-state shard writes by result (`success`, `failure`, `timeout`).
+    pub learned_writes: Family<ResultLabels, Counter>,
+    /// Models' learned state left out of a full shard.
+    pub learned_dropped: Counter,
+    /// Models whose learned state was restored from the shards.
+    pub learned_restored: Counter,
 }
 
 impl Default for Metrics {
@@ -117,6 +126,7 @@ impl Default for Metrics {
             panic_mode: Default::default(),
             stable_concurrency: Default::default(),
             panic_concurrency: Default::default(),
+            target_concurrency: Default::default(),
             panic_percentage: Default::default(),
             panic_threshold_percentage: Default::default(),
             decisions: Default::default(),
@@ -132,6 +142,9 @@ impl Default for Metrics {
             managed_deployments: Default::default(),
             pools: Default::default(),
             cold_starts: Default::default(),
+            learned_writes: Default::default(),
+            learned_dropped: Default::default(),
+            learned_restored: Default::default(),
         }
     }
 }
@@ -182,6 +195,11 @@ impl Metrics {
             "panic_concurrency",
             "Panic-window average concurrency",
             self.panic_concurrency.clone(),
+        );
+        r.register(
+            "target_concurrency",
+            "Target x utilization per pod x ready pods: above it the stable window wants more pods (same unit as stable_concurrency)",
+            self.target_concurrency.clone(),
         );
         r.register(
             "panic_percentage",
@@ -244,6 +262,21 @@ impl Metrics {
             "Opted-in Deployments",
             self.managed_deployments.clone(),
         );
+        r.register(
+            "learned_state_writes",
+            "Learned-state ConfigMap shard writes, by result",
+            self.learned_writes.clone(),
+        );
+        r.register(
+            "learned_state_dropped",
+            "Models' learned state left out of a shard that was full",
+            self.learned_dropped.clone(),
+        );
+        r.register(
+            "learned_state_restored",
+            "Models whose learned state was restored from the shards",
+            self.learned_restored.clone(),
+        );
         self.pools.register(r);
         self.cold_starts.register(r);
     }
@@ -266,6 +299,10 @@ impl Metrics {
         self.panic_concurrency
             .get_or_create(&labels)
             .set(report.decision.inputs.panic_average);
+        let inputs = &report.decision.inputs;
+        self.target_concurrency
+            .get_or_create(&labels)
+            .set(inputs.target_per_pod * f64::from(inputs.ready_pods));
         self.panic_percentage
             .get_or_create(&labels)
             .set(report.decision.inputs.panic_percentage);
@@ -282,6 +319,7 @@ impl Metrics {
         self.panic_mode.remove(&labels);
         self.stable_concurrency.remove(&labels);
         self.panic_concurrency.remove(&labels);
+        self.target_concurrency.remove(&labels);
         self.panic_percentage.remove(&labels);
         self.panic_threshold_percentage.remove(&labels);
         self.cold_starts.forget(key);
@@ -290,6 +328,15 @@ impl Metrics {
     /// Counts a patch outcome.
     pub fn patch_result(&self, result: &str) {
         self.patches
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a learned-state shard write's outcome.
+    pub fn learned_write(&self, result: &str) {
+        self.learned_writes
             .get_or_create(&ResultLabels {
                 result: result.to_owned(),
             })
@@ -379,7 +426,7 @@ mod tests {
         metrics.observe_report(&Report {
             key: DeploymentKey::new("ns", "m"),
             actual: 1,
-            decision,
+            decision: decision.clone(),
             in_panic: true,
         });
         let mut text = String::new();
@@ -390,5 +437,20 @@ mod tests {
         ] {
             assert!(text.contains(want), "no `{want}` in\n{text}");
         }
+        // The target line: 8 x 0.7 per pod x 1 ready pod; the stable average (6) is above it,
+        // which is why the stable window wants 2 pods.
+        let target = metrics
+            .target_concurrency
+            .get_or_create(&DeploymentLabels::from(&DeploymentKey::new("ns", "m")))
+            .get();
+        assert!((target - 5.6).abs() < 1e-9, "{target}");
+        assert_eq!(decision.inputs.stable_wanted, 2);
+        metrics.forget(&DeploymentKey::new("ns", "m"));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            !text.contains("zeroscale_autoscaler_target_concurrency{"),
+            "{text}"
+        );
     }
 }

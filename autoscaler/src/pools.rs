@@ -138,7 +138,9 @@ pub fn waiting_message(report: &PoolReport) -> String {
     format!(
         "Waiting for room in pool {}: {} of {} held by models that are busy or woke less than pool-min-residency ago; served first when room frees",
         report.pool,
-        report.capacity.show(report.used_milli),
+        report
+            .capacity
+            .show(report.used_milli + report.granted_milli),
         report.capacity,
     )
 }
@@ -157,6 +159,9 @@ pub struct Candidate {
     pub decision: Option<Decision>,
     /// Requests in flight or queued, traffic within the panic window, or data not fresh.
     pub busy: bool,
+    /// Requests in flight or queued now (a wake signal counts as queued): new demand, which
+    /// is what brings an evicted model back.
+    pub demand: bool,
     /// min-scale above zero: never evicted.
     pub pinned: bool,
     /// A scale change handed out earlier is not finished.
@@ -188,6 +193,8 @@ pub struct PoolReport {
     pub capacity: PoolCapacity,
     /// Held now (thousandths).
     pub used_milli: u64,
+    /// Granted this tick to wakes and scale-ups (thousandths), on top of `used_milli`.
+    pub granted_milli: u64,
     /// Wakes waiting for room, in service order.
     pub waiting: Vec<DeploymentKey>,
     /// Of those, the ones that started waiting this tick (told once, by an Event).
@@ -201,6 +208,12 @@ struct Track {
     waiting_since: Option<Instant>,
     /// The count a patch handed out by the pools will set.
     pending_to: Option<u32>,
+    /// Scaled to zero by an eviction and not asked for since. Its own decider may still want
+    /// a replica (the requests it served are still in its stable window, and its grace period
+    /// has not run out), but that load was served; only new demand brings it back. Without
+    /// this, an evicted model would count as a waiting wake at once and evict another in turn,
+    /// and the pool would cycle through its idle models every `pool-min-residency`.
+    evicted: bool,
 }
 
 /// What the pools remember across ticks, per pooled Deployment.
@@ -250,6 +263,7 @@ impl Book {
                         resident_since: now,
                         waiting_since: None,
                         pending_to: None,
+                        evicted: false,
                     });
                     if !c.pending {
                         t.pending_to = None;
@@ -257,11 +271,16 @@ impl Book {
                     if c.busy {
                         t.last_used = now;
                     }
+                    if c.demand || c.spec > 0 && t.pending_to.is_none() && !c.pending {
+                        // Asked for again, or running again (another writer, a manual scale).
+                        t.evicted = false;
+                    }
                     let (current, desired, releasing) = match t.pending_to {
                         Some(to) => (c.spec.max(to), to, c.spec.saturating_sub(to)),
                         // Another writer's change in flight: hold what is there.
                         None if c.pending => (c.spec, c.spec, 0),
                         None => match &c.decision {
+                            Some(_) if t.evicted => (c.spec, 0, 0),
                             Some(d) => (c.spec, d.desired, 0),
                             None => (c.spec, c.spec, 0),
                         },
@@ -330,6 +349,9 @@ impl Book {
             for i in &intents {
                 if let Some(t) = self.tracks.get_mut(&i.key) {
                     t.pending_to = Some(i.to);
+                    if matches!(i.note, Some(PoolNote::Evicted { .. })) {
+                        t.evicted = true;
+                    }
                 }
             }
             newly_waiting.retain(|k| plan.waiting.contains(k));
@@ -337,6 +359,7 @@ impl Book {
                 pool: pool.to_owned(),
                 capacity: capacity.clone(),
                 used_milli: plan.used,
+                granted_milli: plan.granted,
                 waiting: plan.waiting,
                 newly_waiting,
             });
@@ -451,6 +474,9 @@ mod tests {
         per_replica: u32,
         log: Vec<ScaleIntent>,
         reports: Vec<PoolReport>,
+        /// Rounds carry the demand figures (as today's activators send them): each request in
+        /// flight or queued arrived this second and one in flight was served in 50 ms.
+        demand: bool,
     }
 
     fn key(name: &str) -> DeploymentKey {
@@ -459,6 +485,16 @@ mod tests {
 
     impl Sim {
         fn new(pools: &str, extra: &[(&str, &str)], resources: PodResources) -> Self {
+            Self::with_config(pools, extra, resources, &[])
+        }
+
+        /// [`Sim::new`] with ConfigMap keys set over its defaults.
+        fn with_config(
+            pools: &str,
+            extra: &[(&str, &str)],
+            resources: PodResources,
+            keys: &[(&str, &str)],
+        ) -> Self {
             let mut index = Index::default();
             let mut cm: BTreeMap<String, String> = [
                 ("stable-window", "6s"),
@@ -471,6 +507,9 @@ mod tests {
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect();
             cm.insert("pools".into(), pools.into());
+            for (k, v) in keys {
+                cm.insert((*k).to_owned(), (*v).to_owned());
+            }
             assert!(index.apply_configmap(Some(&cm)).is_empty());
             let now = Instant::now();
             let mut sim = Sim {
@@ -482,6 +521,7 @@ mod tests {
                 per_replica: 1,
                 log: Vec::new(),
                 reports: Vec::new(),
+                demand: false,
             };
             for s in [Source::ConfigMap, Source::Hpas(None)] {
                 sim.index.begin_relist(s.clone());
@@ -528,10 +568,17 @@ mod tests {
             let models = load
                 .iter()
                 .map(|(name, in_flight, queued)| {
+                    let (f, q) = (*in_flight as f64, *queued as f64);
                     let sample = ModelSample {
-                        concurrency: (*in_flight + *queued) as f64,
+                        concurrency: f + q,
                         in_flight: *in_flight,
                         queued: *queued,
+                        demand: zeroscale_scaling::Demand {
+                            arrivals: f + q,
+                            in_service: f,
+                            served: f,
+                            service_seconds: 0.05 * f,
+                        },
                         ..Default::default()
                     };
                     (key(name), sample)
@@ -542,7 +589,7 @@ mod tests {
                 complete: true,
                 models,
                 failures: Vec::new(),
-                demand: false,
+                demand: self.demand,
             });
             let out = self.index.tick(self.now);
             self.reports = out.pools.clone();
@@ -637,6 +684,71 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![(key("b"), 0)]
         );
+    }
+
+    /// An evicted model whose own decider still wants a replica (its served requests are in
+    /// the stable window, its grace period has not run out) stays at zero until it is asked
+    /// for again: it does not evict the next idle model in turn.
+    #[test]
+    fn an_evicted_model_comes_back_only_for_new_requests() {
+        // A 20 s stable window and a 2 s panic window, as a demo or a quick config has them.
+        let keys = [("stable-window", "20s"), ("panic-window-percentage", "10")];
+        let mut sim = Sim::with_config("small=2", &[], PodResources::default(), &keys);
+        sim.capacity_replicas = 2;
+        sim.demand = true;
+        sim.second(&[("a", 0, 1), ("b", 0, 1)], false);
+        // Both serve for 12 s (past pool-min-residency), then go quiet: after 4 s the panic
+        // window is empty, the stable window is not (for 16 s more).
+        for _ in 0..12 {
+            sim.second(&[("a", 1, 0), ("b", 1, 0)], false);
+        }
+        for _ in 0..4 {
+            assert!(sim.second(&[], false).is_empty());
+        }
+        let evict = sim.second(&[("c", 0, 1)], false);
+        assert_eq!(
+            evict
+                .iter()
+                .map(|i| (i.key.clone(), i.to))
+                .collect::<Vec<_>>(),
+            vec![(key("a"), 0)]
+        );
+        // c gets the room and stays busy; a is not a waiting wake, so b is never evicted for it.
+        for _ in 0..30 {
+            for i in sim.second(&[("c", 1, 0)], false) {
+                assert_eq!((i.key.clone(), i.to), (key("c"), 1), "{i:?}");
+            }
+        }
+        assert_eq!((sim.spec["a"], sim.spec["b"], sim.spec["c"]), (0, 1, 1));
+        // A new request for a: b (idle) makes room, c (busy) keeps its replica.
+        let evict = sim.second(&[("a", 0, 1), ("c", 1, 0)], false);
+        assert_eq!(
+            evict
+                .iter()
+                .map(|i| (i.key.clone(), i.to))
+                .collect::<Vec<_>>(),
+            vec![(key("b"), 0)]
+        );
+        let up = sim.second(&[("a", 0, 1), ("c", 1, 0)], false);
+        assert_eq!(
+            up.iter().map(|i| (i.key.clone(), i.to)).collect::<Vec<_>>(),
+            vec![(key("a"), 1)]
+        );
+    }
+
+    /// Wakes that arrive together into an empty pool: the one left waiting is told what the
+    /// others were granted in the same tick, not the empty pool it saw before them.
+    #[test]
+    fn a_wake_left_waiting_by_grants_of_the_same_tick_counts_them() {
+        let mut sim = Sim::new("small=2", &[], PodResources::default());
+        sim.capacity_replicas = 2;
+        let up = sim.second(&[("a", 0, 1), ("b", 0, 1), ("c", 0, 1)], false);
+        assert_eq!(up.len(), 2, "{up:?}");
+        assert_eq!(sim.reports[0].used_milli, 0);
+        assert_eq!(sim.reports[0].granted_milli, 2000);
+        assert_eq!(sim.reports[0].newly_waiting, vec![key("c")]);
+        let note = waiting_message(&sim.reports[0]);
+        assert!(note.contains("2 replicas of 2 replicas"), "{note}");
     }
 
     #[test]

@@ -24,6 +24,18 @@ fn bench(c: &mut Criterion) {
     g.bench_function("model only (least-request)", |b| {
         b.iter(|| route::model_from_body(black_box(&body)).unwrap())
     });
+    // Held streams (issue 16 part 4) read `"stream"` in the same parse.
+    let streamed = Bytes::from(std::str::from_utf8(&body).unwrap().replacen(
+        r#"{"model":"chat","#,
+        r#"{"model":"chat","stream":true,"#,
+        1,
+    ));
+    g.bench_function("model and stream flag, streamed body (hold-streams)", |b| {
+        b.iter(|| {
+            let (r, m) = route::route_body(black_box(&streamed)).unwrap();
+            (m, r.streams())
+        })
+    });
     g.bench_function("model and 256-character prefix key (prefix-hash)", |b| {
         b.iter(|| {
             let (r, m) = route::route_body(black_box(&body)).unwrap();

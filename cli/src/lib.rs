@@ -1,8 +1,9 @@
 //! `kubectl zeroscale`: what the autoscaler is doing for each opted-in Deployment, and why.
 //!
 //! - [`gather`] reads the state from the API server: opted-in Deployments, the autoscaler's
-//!   `Scaled` Events on them, and the add-on's own `/metrics` pages through the API server's pod
-//!   proxy (every activator replica, summed; the leader autoscaler's window averages).
+//!   `Scaled` Events on them, and the add-on's own pages through the API server's pod proxy
+//!   (every activator replica's stat feed, filtered to the scope and merged; the leader
+//!   autoscaler's `/metrics` for its window averages).
 //! - [`render`] turns it into a table, JSON or YAML (pure).
 //! - [`metrics`] parses the pages (pure).
 //!
@@ -23,8 +24,9 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt as _};
 use zeroscale_config::DeploymentKey;
+use zeroscale_config::feed::{FEED_PATH, FeedFilter, FeedPage};
 
-pub use metrics::ModelFigures;
+pub use metrics::{ColdStart, ModelFigures};
 
 /// The reporting controller of the autoscaler's Events.
 pub const AUTOSCALER: &str = "zeroscale-autoscaler";
@@ -176,7 +178,7 @@ pub async fn gather(client: &Client, scope: &Scope) -> anyhow::Result<Status> {
         }
     }
 
-    let (figures, figures_unavailable) = match read_figures(client, &scope.addon_namespace).await {
+    let (figures, figures_unavailable) = match read_figures(client, scope).await {
         Ok(f) => (f, None),
         Err(e) => (BTreeMap::new(), Some(format!("{e:#}"))),
     };
@@ -210,7 +212,13 @@ fn why(e: kube::Error, ns: &str) -> anyhow::Error {
     }
 }
 
-async fn pages(client: &Client, ns: &str, component: &str) -> anyhow::Result<Vec<String>> {
+/// `path_and_query` on the metrics port of every running pod of `component`.
+async fn pages(
+    client: &Client,
+    ns: &str,
+    component: &str,
+    path_and_query: &str,
+) -> anyhow::Result<Vec<String>> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let lp = ListParams::default().labels(&format!("app.kubernetes.io/name={component}"));
     let list = pods.list(&lp).await.map_err(|e| why(e, ns))?;
@@ -222,7 +230,7 @@ async fn pages(client: &Client, ns: &str, component: &str) -> anyhow::Result<Vec
         }
         let name = p.name_any();
         let req = http::Request::get(format!(
-            "/api/v1/namespaces/{ns}/pods/{name}:{METRICS_PORT}/proxy/metrics"
+            "/api/v1/namespaces/{ns}/pods/{name}:{METRICS_PORT}/proxy{path_and_query}"
         ))
         .body(Vec::new())?;
         let page = client.request_text(req).await.map_err(|e| why(e, ns))?;
@@ -233,13 +241,26 @@ async fn pages(client: &Client, ns: &str, component: &str) -> anyhow::Result<Vec
 
 async fn read_figures(
     client: &Client,
-    ns: &str,
+    scope: &Scope,
 ) -> anyhow::Result<BTreeMap<DeploymentKey, ModelFigures>> {
+    let ns = scope.addon_namespace.as_str();
+    let filter = FeedFilter {
+        namespace: scope.namespace.clone(),
+        deployment: scope.deployment.clone(),
+    };
+    // No filter: every model (a full page, as a reader without a cursor gets).
+    let feed = if filter == FeedFilter::default() {
+        FEED_PATH.to_owned()
+    } else {
+        filter.query()
+    };
     let mut figures = BTreeMap::new();
-    for page in pages(client, ns, "zeroscale-activator").await? {
-        metrics::add_activator(&mut figures, &page);
+    for page in pages(client, ns, "zeroscale-activator", &feed).await? {
+        let page: FeedPage = serde_json::from_str(&page)
+            .map_err(|e| anyhow::anyhow!("an activator's {FEED_PATH} page: {e}"))?;
+        metrics::add_feed(&mut figures, &page);
     }
-    let mut autoscalers = pages(client, ns, "zeroscale-autoscaler").await?;
+    let mut autoscalers = pages(client, ns, "zeroscale-autoscaler", "/metrics").await?;
     autoscalers.retain(|p| metrics::is_leader(p));
     if let Some(leader) = autoscalers.first() {
         metrics::add_autoscaler(&mut figures, leader);

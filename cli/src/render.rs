@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::{ModelStatus, Status};
+use crate::{ModelFigures, ModelStatus, Status};
 
 /// `1m5s`-style age.
 pub fn age(seconds: i64) -> String {
@@ -19,6 +19,28 @@ pub fn age(seconds: i64) -> String {
         (0, _, _) => format!("{h}h{m}m"),
         _ => format!("{d}d{h}h"),
     }
+}
+
+/// A duration in seconds: tenths below a minute (a cold start of 0.8 s is not "0s"), else as
+/// [`age`].
+pub fn duration(seconds: f64) -> String {
+    if seconds < 59.95 {
+        format!("{seconds:.1}s")
+    } else {
+        age(seconds.round() as i64)
+    }
+}
+
+/// The time since the model's latest request: `<none>` when no activator saw one.
+fn last_request(f: &ModelFigures) -> String {
+    f.last_request_age_seconds
+        .map_or("<none>".into(), |a| format!("{} ago", age(a as i64)))
+}
+
+/// The latest cold start's duration: `<none>` when no activator saw one.
+fn cold_start(f: &ModelFigures) -> String {
+    f.last_cold_start
+        .map_or("<none>".into(), |c| duration(c.seconds))
 }
 
 fn num(v: Option<f64>) -> String {
@@ -53,6 +75,8 @@ pub fn table(s: &Status) -> String {
         "QUEUED".to_owned(),
         "STABLE".to_owned(),
         "PANIC".to_owned(),
+        "LAST REQUEST".to_owned(),
+        "COLD START".to_owned(),
         "LAST SCALE".to_owned(),
         "DECISION".to_owned(),
     ]];
@@ -70,6 +94,8 @@ pub fn table(s: &Status) -> String {
             f.map_or("-".into(), |f| num(Some(f.queued))),
             num(f.and_then(|f| f.stable_concurrency)),
             panic,
+            f.map_or("-".into(), last_request),
+            f.map_or("-".into(), cold_start),
             m.decisions
                 .first()
                 .and_then(|d| d.age_seconds)
@@ -123,6 +149,16 @@ pub fn explain(m: &ModelStatus, unavailable: Option<&str>) -> String {
                 },
                 num(f.desired),
             );
+            let _ = writeln!(
+                out,
+                "  last request: {}; last cold start: {}",
+                last_request(f),
+                f.last_cold_start.map_or("<none>".into(), |c| format!(
+                    "{} (ended {} ago)",
+                    duration(c.seconds),
+                    age(c.age_seconds as i64)
+                )),
+            );
         }
         (None, Some(why)) => {
             let _ = writeln!(out, "  now: live figures unavailable: {why}");
@@ -154,7 +190,7 @@ pub fn explain(m: &ModelStatus, unavailable: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Decision, ModelFigures};
+    use crate::{ColdStart, Decision};
 
     fn status() -> Status {
         Status {
@@ -172,6 +208,11 @@ mod tests {
                     stable_concurrency: Some(5.5),
                     panic_concurrency: Some(9.25),
                     in_panic: Some(true),
+                    last_request_age_seconds: Some(192.4),
+                    last_cold_start: Some(ColdStart {
+                        seconds: 4.26,
+                        age_seconds: 3_700.0,
+                    }),
                     ..Default::default()
                 }),
                 decisions: vec![Decision {
@@ -195,11 +236,25 @@ mod tests {
             "7",
             "5.50",
             "9.25 (panic)",
+            "3m12s ago",
+            "4.3s",
             "1m5s ago",
             "Scaled 1 -> 3",
         ] {
             assert!(row.contains(want), "no {want} in {row}");
         }
+        // The columns line up with their headers.
+        let header = t.lines().next().unwrap();
+        let col = |line: &str, at: &str| line.find(at).unwrap();
+        assert_eq!(col(header, "LAST REQUEST"), col(row, "3m12s ago"));
+        assert_eq!(col(header, "COLD START"), col(row, "4.3s"));
+        // A model no activator saw a request for.
+        let mut never = status();
+        let f = never.models[0].figures.as_mut().unwrap();
+        f.last_request_age_seconds = None;
+        f.last_cold_start = None;
+        let row = table(&never).lines().nth(1).unwrap().to_owned();
+        assert_eq!(row.matches("<none>").count(), 2, "{row}");
         let mut s = status();
         s.models[0].figures = None;
         s.figures_unavailable = Some("forbidden".into());
@@ -215,6 +270,10 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("1m5s ago: Scaled 1 -> 3: panic mode"), "{e}");
+        assert!(
+            e.contains("last request: 3m12s ago; last cold start: 4.3s (ended 1h1m ago)"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -223,5 +282,8 @@ mod tests {
         assert_eq!(age(65), "1m5s");
         assert_eq!(age(7260), "2h1m");
         assert_eq!(age(90_000), "1d1h");
+        assert_eq!(duration(0.84), "0.8s");
+        assert_eq!(duration(59.9), "59.9s");
+        assert_eq!(duration(192.4), "3m12s");
     }
 }

@@ -8,7 +8,9 @@
 //!    loaded the model;
 //! 2. **burst**: many concurrent clients for a while: scale-up, panic mode;
 //! 3. **idle**: no traffic until the Deployment is back at 0;
-//! 4. **second cold start**: one request at 0 again.
+//! 4. **second cold start**: one request at 0 again;
+//! 5. **more models than GPUs** ([`pool`]): three models share a capacity pool of two replicas;
+//!    one request to each in turn evicts the least recently used idle one.
 //!
 //! Then a summary table. Every request must be answered 200: [`Summary::lost`] lists the others
 //! and the binary exits non-zero if there are any. Traffic is bounded in count and time.
@@ -30,6 +32,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use zeroscale_testkit::LocalCluster;
 use zeroscale_testkit::addon;
 use zeroscale_testkit::http_client;
+
+pub mod pool;
 
 /// `println!` unless quiet (the e2e test runs the scenario without the live view).
 macro_rules! say {
@@ -64,6 +68,8 @@ pub struct DemoOptions {
     pub request_timeout: Duration,
     /// No live view or progress lines (the summary is still returned).
     pub quiet: bool,
+    /// Play the pool scene ([`pool`]) after the others.
+    pub pool_scene: bool,
 }
 
 impl Default for DemoOptions {
@@ -77,6 +83,7 @@ impl Default for DemoOptions {
             idle_limit: Duration::from_secs(120),
             request_timeout: Duration::from_secs(90),
             quiet: false,
+            pool_scene: true,
         }
     }
 }
@@ -106,11 +113,23 @@ pub struct Summary {
     pub max_replicas: i32,
     /// Scale Events on the Deployment, in order.
     pub events: Vec<String>,
+    /// What the pool scene saw, when it was played.
+    pub pool: Option<pool::PoolStory>,
     /// Wall time of the whole run, setup included.
     pub total: Duration,
 }
 
 impl Summary {
+    /// Every request answered 200 and, in the pool scene, the pool never above its capacity.
+    pub fn passed(&self) -> bool {
+        self.ok == self.sent
+            && self.failures.is_empty()
+            && self
+                .pool
+                .as_ref()
+                .is_none_or(|p| p.peak.0 <= pool::CAPACITY)
+    }
+
     /// The table printed at the end.
     pub fn table(&self) -> String {
         let mut s = String::new();
@@ -162,6 +181,9 @@ impl Summary {
         );
         let _ = writeln!(s, "  replica timeline     {timeline}");
         let _ = writeln!(s, "  scale events         {}", self.events.len());
+        if let Some(p) = &self.pool {
+            s.push_str(&p.table());
+        }
         let _ = writeln!(s, "  total time           {:.0}s", self.total.as_secs_f64());
         for l in &self.lost {
             let _ = writeln!(s, "  LOST: {l}");
@@ -222,11 +244,12 @@ impl Drop for Tasks {
     }
 }
 
-/// One prediction through the activator, routed by `Host: {model}.{namespace}` (and the
-/// KServe path): `Ok(status)` or a short description of what went wrong.
-async fn predict(addr: SocketAddr, timeout: Duration) -> Result<u16, String> {
-    let host = format!("{MODEL}.{MODEL_NAMESPACE}");
-    match tokio::time::timeout(timeout, post_predict(addr, &host, MODEL)).await {
+/// One prediction for `model` (in [`MODEL_NAMESPACE`]) through the activator, routed by
+/// `Host: {model}.{namespace}` (and the KServe path): `Ok(status)` or a short description of
+/// what went wrong.
+async fn predict(addr: SocketAddr, model: &str, timeout: Duration) -> Result<u16, String> {
+    let host = format!("{model}.{MODEL_NAMESPACE}");
+    match tokio::time::timeout(timeout, post_predict(addr, &host, model)).await {
         Ok(Ok((status, _))) => Ok(status),
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
             Err("connection refused".into())
@@ -414,19 +437,7 @@ impl Monitor {
                 .list(&ListParams::default().fields(&format!("involvedObject.name={MODEL}")))
                 .await;
             if let Ok(list) = list {
-                let mut fresh: Vec<_> = list
-                    .items
-                    .into_iter()
-                    .filter(|e| e.reason.as_deref() == Some("Scaled"))
-                    .filter(|e| known_events.insert(e.metadata.name.clone().unwrap_or_default()))
-                    .collect();
-                fresh.sort_by_key(|e| {
-                    e.event_time
-                        .as_ref()
-                        .map(|m| m.0)
-                        .or_else(|| e.first_timestamp.as_ref().map(|m| m.0))
-                });
-                for e in fresh {
+                for e in new_events(list.items, &["Scaled"], &mut known_events) {
                     let message = e.message.unwrap_or_default();
                     say!(self.quiet, "{:>5}  event  {message}", "");
                     lock(&self.seen).events.push(message);
@@ -458,6 +469,10 @@ pub async fn run(cluster: &LocalCluster, opts: &DemoOptions) -> anyhow::Result<S
         ("activator-wake-resend-interval", "2s"),
     ] {
         config.insert(k.to_owned(), v.to_owned());
+    }
+    if opts.pool_scene {
+        config.insert("pools".into(), format!("{}={}", pool::POOL, pool::CAPACITY));
+        config.insert("pool-min-residency".into(), "5s".into());
     }
     say!(
         opts.quiet,
@@ -537,12 +552,22 @@ pub async fn run(cluster: &LocalCluster, opts: &DemoOptions) -> anyhow::Result<S
     // One more line so the last change and Events show.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     drop(monitor);
-    let cold_starts = result.with_context(|| {
+    let logs = || {
         format!(
             "the scenario failed; pod logs are under {}",
             cluster.dir().join("node/pod-logs").display()
         )
-    })?;
+    };
+    let cold_starts = result.with_context(logs)?;
+    let pool = if opts.pool_scene {
+        Some(
+            pool::run(&client, activator, opts, &traffic, started)
+                .await
+                .with_context(logs)?,
+        )
+    } else {
+        None
+    };
 
     let seen = std::mem::take(&mut *lock(&seen));
     let mut lat = std::mem::take(&mut *lock(&traffic.burst_latencies));
@@ -561,6 +586,7 @@ pub async fn run(cluster: &LocalCluster, opts: &DemoOptions) -> anyhow::Result<S
         panic_seen: seen.panic,
         max_replicas: seen.max_replicas,
         events: seen.events,
+        pool,
         total: began.elapsed(),
     })
 }
@@ -586,7 +612,7 @@ async fn cold_start(
     traffic.sent.fetch_add(1, Ordering::Relaxed);
     let t = started.elapsed();
     let t0 = Instant::now();
-    let r = predict(activator, opts.request_timeout).await;
+    let r = predict(activator, MODEL, opts.request_timeout).await;
     let latency = t0.elapsed();
     traffic.record(phase, t, r, latency);
     latency
@@ -637,7 +663,7 @@ async fn scenario(
                 }
                 let t = started.elapsed();
                 let t0 = Instant::now();
-                let r = predict(activator, timeout).await;
+                let r = predict(activator, MODEL, timeout).await;
                 traffic.record("burst", t, r, t0.elapsed());
             }
         }));
@@ -683,6 +709,27 @@ async fn scenario(
     colds.push(("after scale to zero".to_owned(), second));
     *lock(phase) = "done";
     Ok(colds)
+}
+
+/// The events of `items` with one of `reasons` not seen before (by name, remembered in
+/// `known`), oldest first.
+pub(crate) fn new_events(
+    items: Vec<Event>,
+    reasons: &[&str],
+    known: &mut BTreeSet<String>,
+) -> Vec<Event> {
+    let mut fresh: Vec<Event> = items
+        .into_iter()
+        .filter(|e| e.reason.as_deref().is_some_and(|r| reasons.contains(&r)))
+        .filter(|e| known.insert(e.metadata.name.clone().unwrap_or_default()))
+        .collect();
+    fresh.sort_by_key(|e| {
+        e.event_time
+            .as_ref()
+            .map(|m| m.0)
+            .or_else(|| e.first_timestamp.as_ref().map(|m| m.0))
+    });
+    fresh
 }
 
 #[cfg(test)]

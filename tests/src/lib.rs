@@ -43,6 +43,7 @@
 //!   is still alive (leak check by environment marker).
 //! - Pod commands: `command[0]` is looked up on `PATH`, with the workspace's `target/<profile>/`
 //!   first, so `command: ["sample-model"]` runs the freshly built binary.
+//! - [`replay`] replays a trace through the add-on and through `zeroscale-sim` alike (calibration).
 //! - [`traffic`] runs the add-on's binaries as local processes (several activators, one
 //!   autoscaler) and bounded load against them; `ZEROSCALE_BIN_ACTIVATOR=<path>` (any
 //!   `ZEROSCALE_BIN_<NAME>`) makes it run another build, e.g. a saved copy from before a fix.
@@ -50,6 +51,7 @@
 //!   logs in `logs/`, pod logs in `pods/<namespace>_<pod>.log`).
 
 pub mod demo;
+pub mod replay;
 pub mod traffic;
 
 use std::future::Future;

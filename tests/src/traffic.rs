@@ -261,7 +261,8 @@ impl LocalAddon {
     }
 }
 
-async fn wait_ready(p: &Proc, admin: SocketAddr, what: &str) -> anyhow::Result<()> {
+/// Waits until `admin`'s `/readyz` answers 200 (at most 60 s); the error carries `p`'s log tail.
+pub async fn wait_ready(p: &Proc, admin: SocketAddr, what: &str) -> anyhow::Result<()> {
     eventually(
         &format!("{what} ready"),
         Duration::from_secs(60),
@@ -351,6 +352,9 @@ pub struct Outcome {
     /// `Ok((status, pod, body))`: `pod` from `x-pod-name`, `body` only when status is not 200;
     /// `Err` when no HTTP answer came (connect error, reset, timeout).
     pub answer: Result<(u16, String, String), String>,
+    /// The activator's `zeroscale-cold-start` header (`5.21s`: seconds waited), present when the
+    /// request arrived while its model had no ready pod and waited for one.
+    pub cold_wait: Option<f64>,
 }
 
 impl Outcome {
@@ -389,9 +393,13 @@ pub async fn send(
 ) -> Outcome {
     let sent = Instant::now();
     let r = http_client::request(addr, http::Method::POST, path, Some(body), timeout).await;
+    let mut cold_wait = None;
     let answer = match r {
         Ok(r) => {
             let pod = r.header("x-pod-name").unwrap_or("").to_owned();
+            cold_wait = r
+                .header(zeroscale_activator::forward::COLD_START_HEADER)
+                .and_then(|v| v.trim().trim_end_matches('s').parse().ok());
             let text = if r.status == 200 {
                 String::new()
             } else {
@@ -407,6 +415,7 @@ pub async fn send(
         at: sent - start,
         latency: sent.elapsed(),
         answer,
+        cold_wait,
     }
 }
 
@@ -650,9 +659,12 @@ pub struct ReplicaPoint {
     pub spec: i32,
     /// `status.readyReplicas`.
     pub ready: i32,
+    /// Pods of the Deployment (label `app: <name>`) that exist: starting, ready or terminating.
+    pub pods: usize,
 }
 
-/// Polls a Deployment every 100 ms and records every change of `(spec.replicas, readyReplicas)`.
+/// Polls a Deployment and its pods every 100 ms and records every change of
+/// `(spec.replicas, readyReplicas, pods)`.
 pub struct ReplicaWatch {
     stop: Arc<AtomicBool>,
     task: JoinHandle<Vec<ReplicaPoint>>,
@@ -662,6 +674,7 @@ impl ReplicaWatch {
     /// Starts polling.
     pub fn start(client: &Client, ns: &str, name: &str) -> Self {
         let api = Api::<Deployment>::namespaced(client.clone(), ns);
+        let (client, ns) = (client.clone(), ns.to_owned());
         let name = name.to_owned();
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
@@ -676,14 +689,18 @@ impl ReplicaWatch {
                         .as_ref()
                         .and_then(|s| s.ready_replicas)
                         .unwrap_or(0);
+                    let pods = crate::pods_of(&client, &ns, &name)
+                        .await
+                        .map_or_else(|_| points.last().map_or(0, |p| p.pods), |l| l.len());
                     if points
                         .last()
-                        .is_none_or(|p| (p.spec, p.ready) != (spec, ready))
+                        .is_none_or(|p| (p.spec, p.ready, p.pods) != (spec, ready, pods))
                     {
                         points.push(ReplicaPoint {
                             at: start.elapsed(),
                             spec,
                             ready,
+                            pods,
                         });
                     }
                 }

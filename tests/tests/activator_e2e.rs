@@ -9,19 +9,17 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use kube::api::{Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Service;
+use kube::api::PostParams;
 use kube::{Api, Client};
 use serde_json::json;
+use zeroscale_e2e::traffic::{LocalAddon, Proc, free_addr, wait_ready};
 use zeroscale_e2e::{Ctx, eventually, sample_model_deployment, service_for, test};
-use zeroscale_testkit::LocalCluster;
 use zeroscale_testkit::http_client::{self, HttpResponse};
-use zeroscale_testkit::process::{self, OwnedChild};
 
 fn main() -> std::process::ExitCode {
     zeroscale_e2e::run(vec![
@@ -38,148 +36,6 @@ fn main() -> std::process::ExitCode {
             three_models_share_a_pool_of_two,
         ),
     ])
-}
-
-/// A free port on the network namespace's host address (the pods can reach it, and so can the
-/// activator's scraper).
-fn free_addr() -> anyhow::Result<SocketAddr> {
-    let l = std::net::TcpListener::bind((zeroscale_testkit::netns::HOST_IP, 0))?;
-    Ok(l.local_addr()?)
-}
-
-struct Proc {
-    _child: OwnedChild,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(
-        cluster: &LocalCluster,
-        name: &str,
-        bin: &str,
-        args: Vec<String>,
-    ) -> anyhow::Result<Self> {
-        let log = cluster.dir().join(format!("{name}.log"));
-        let mut cmd = process::command(
-            &zeroscale_testkit::workspace_bin(bin),
-            &args,
-            cluster.marker(),
-            &log,
-        )?;
-        cmd.env("RUST_LOG", "info,kube=warn,zeroscale_activator=debug");
-        let child = OwnedChild::spawn(name, cmd, log.clone())?;
-        Ok(Self { _child: child, log })
-    }
-
-    fn tail(&self) -> String {
-        process::tail(&self.log, 40)
-    }
-}
-
-async fn wait_ready(p: &Proc, admin: SocketAddr, what: &str) -> anyhow::Result<()> {
-    eventually(
-        &format!("{what} ready"),
-        Duration::from_secs(60),
-        || async move {
-            Ok(http_client::get(admin, "/readyz")
-                .await
-                .ok()
-                .filter(|r| r.status == 200)
-                .map(|_| ()))
-        },
-    )
-    .await
-    .with_context(|| p.tail())
-}
-
-/// Applies `zeroscale-config` in `ns` (the add-on's namespace in these tests).
-async fn apply_config(
-    client: &Client,
-    ns: &str,
-    config: &BTreeMap<String, String>,
-) -> anyhow::Result<()> {
-    let cm: ConfigMap = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "zeroscale-config"},
-        "data": config,
-    }))?;
-    Api::<ConfigMap>::namespaced(client.clone(), ns)
-        .patch(
-            "zeroscale-config",
-            &PatchParams::apply("e2e").force(),
-            &Patch::Apply(&cm),
-        )
-        .await?;
-    Ok(())
-}
-
-/// The activator and the autoscaler as processes for namespace `ns`, both ready.
-struct Addon {
-    activator: Proc,
-    autoscaler: Proc,
-    /// The activator's proxy port.
-    listen: SocketAddr,
-    /// The activator's admin port.
-    admin: SocketAddr,
-    /// The autoscaler's metrics port.
-    as_metrics: SocketAddr,
-}
-
-impl Addon {
-    async fn start(cluster: &LocalCluster, client: &Client, ns: &str) -> anyhow::Result<Self> {
-        let (listen, admin) = (free_addr()?, free_addr()?);
-        let (as_api, as_metrics) = (free_addr()?, free_addr()?);
-        zeroscale_e2e::publish_activator_metrics(client, ns, admin).await?;
-        let kubeconfig = cluster.kubeconfig_path().display().to_string();
-        let activator = Proc::spawn(
-            cluster,
-            &format!("activator-{ns}"),
-            "activator",
-            vec![
-                format!("--kubeconfig={kubeconfig}"),
-                format!("--namespace={ns}"),
-                format!("--watch-namespaces={ns}"),
-                format!("--listen={listen}"),
-                format!("--admin-listen={admin}"),
-                format!("--autoscaler-url=http://{as_api}"),
-                "--drain-timeout=5s".into(),
-                "--shutdown-delay=0s".into(),
-            ],
-        )?;
-        let autoscaler = Proc::spawn(
-            cluster,
-            &format!("autoscaler-{ns}"),
-            "autoscaler",
-            vec![
-                format!("--kubeconfig={kubeconfig}"),
-                format!("--namespace={ns}"),
-                format!("--namespaces={ns}"),
-                format!("--api-listen={as_api}"),
-                format!("--metrics-listen={as_metrics}"),
-                format!("--activator-service={ns}/zeroscale-activator"),
-                "--lease-name=zeroscale-autoscaler".into(),
-                "--lease-duration=4".into(),
-                "--identity=a".into(),
-            ],
-        )?;
-        wait_ready(&activator, admin, "activator").await?;
-        wait_ready(&autoscaler, as_metrics, "autoscaler").await?;
-        Ok(Self {
-            activator,
-            autoscaler,
-            listen,
-            admin,
-            as_metrics,
-        })
-    }
-
-    fn logs(&self) -> String {
-        format!(
-            "activator:\n{}\nautoscaler:\n{}",
-            self.activator.tail(),
-            self.autoscaler.tail()
-        )
-    }
 }
 
 async fn spec_replicas(client: &Client, ns: &str, name: &str) -> anyhow::Result<i32> {
@@ -207,7 +63,6 @@ async fn request_at_zero_wakes_the_model_and_it_returns_to_zero(ctx: Ctx) -> any
     let client = ctx.client().await?;
     let ns = ctx.namespace().await?;
     let config = zeroscale_testkit::addon::fast_config();
-    apply_config(&client, &ns, &config).await?;
     let mut d = sample_model_deployment("llama", 0, &["--model-name=llama"]);
     d.metadata.annotations = Some(
         [
@@ -225,8 +80,8 @@ async fn request_at_zero_wakes_the_model_and_it_returns_to_zero(ctx: Ctx) -> any
         .create(&PostParams::default(), &service_for("llama"))
         .await?;
 
-    let addon = Addon::start(&cluster, &client, &ns).await?;
-    let (listen, admin) = (addon.listen, addon.admin);
+    let addon = LocalAddon::start(&cluster, &client, &ns, 1, config).await?;
+    let (listen, admin) = (addon.activators[0].listen, addon.activators[0].admin);
     let logs = || addon.logs();
     ensure!(
         spec_replicas(&client, &ns, "llama").await? == 0,
@@ -343,6 +198,7 @@ async fn name_conflict_warns_and_oldest_wins(ctx: Ctx) -> anyhow::Result<()> {
             format!("--listen={listen}"),
             format!("--admin-listen={admin}"),
         ],
+        "info,kube=warn,zeroscale_activator=debug",
     )?;
     wait_ready(&activator, admin, "activator").await?;
 
@@ -362,7 +218,7 @@ async fn name_conflict_warns_and_oldest_wins(ctx: Ctx) -> anyhow::Result<()> {
         },
     )
     .await
-    .with_context(|| activator.tail())?;
+    .with_context(|| activator.tail(40))?;
     ensure!(
         pod.starts_with("first-"),
         "served by {pod}, expected the older Deployment"
@@ -387,7 +243,7 @@ async fn name_conflict_warns_and_oldest_wins(ctx: Ctx) -> anyhow::Result<()> {
         },
     )
     .await
-    .with_context(|| activator.tail())?;
+    .with_context(|| activator.tail(40))?;
     ensure!(msg.contains("first"), "{msg}");
 
     deps.delete("first", &Default::default()).await?;
@@ -400,7 +256,7 @@ async fn name_conflict_warns_and_oldest_wins(ctx: Ctx) -> anyhow::Result<()> {
         },
     )
     .await
-    .with_context(|| activator.tail())?;
+    .with_context(|| activator.tail(40))?;
     Ok(())
 }
 
@@ -419,7 +275,6 @@ async fn three_models_share_a_pool_of_two(ctx: Ctx) -> anyhow::Result<()> {
     config.insert("scale-to-zero-grace-period".into(), "10m".into());
     config.insert("pools".into(), "small=2".into());
     config.insert("pool-min-residency".into(), "2s".into());
-    apply_config(&client, &ns, &config).await?;
     let models = ["model-a", "model-b", "model-c"];
     let deps = Api::<Deployment>::namespaced(client.clone(), &ns);
     for name in models {
@@ -464,8 +319,8 @@ async fn three_models_share_a_pool_of_two(ctx: Ctx) -> anyhow::Result<()> {
         }
     });
 
-    let addon = Addon::start(&cluster, &client, &ns).await?;
-    let (listen, as_metrics) = (addon.listen, addon.as_metrics);
+    let addon = LocalAddon::start(&cluster, &client, &ns, 1, config).await?;
+    let (listen, as_metrics) = (addon.activators[0].listen, addon.autoscaler_metrics);
     let logs = || addon.logs();
     // Models opted in at zero replicas stay at zero until their first request (and these were
     // created before the autoscaler started, so they are found at zero anyway).

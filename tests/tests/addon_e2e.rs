@@ -272,6 +272,11 @@ async fn service_accounts_have_exactly_the_access_the_code_needs(ctx: Ctx) -> an
         c(AS, "create", "coordination.k8s.io", "leases", SYS),
         c(AS, "get", "coordination.k8s.io", "leases", SYS).named(AUTOSCALER),
         c(AS, "patch", "coordination.k8s.io", "leases", SYS).named(AUTOSCALER),
+        // ... and the learned-state shards (autoscaler/src/learned.rs), first and last.
+        c(AS, "get", "", "configmaps", SYS).named("zeroscale-learned-00"),
+        c(AS, "patch", "", "configmaps", SYS).named("zeroscale-learned-00"),
+        c(AS, "create", "", "configmaps", SYS).named("zeroscale-learned-31"),
+        c(AS, "patch", "", "configmaps", SYS).named("zeroscale-learned-31"),
         // activator: the routing table, Events, its ConfigMap.
         c(AC, "list", "apps", "deployments", ""),
         c(AC, "watch", "apps", "deployments", ""),
@@ -304,6 +309,10 @@ async fn service_accounts_have_exactly_the_access_the_code_needs(ctx: Ctx) -> an
         // Only their own ConfigMap, only in their namespace; only the autoscaler's Lease.
         c(AS, "list", "", "configmaps", "models"),
         c(AS, "get", "", "configmaps", SYS).named("other"),
+        c(AS, "patch", "", "configmaps", SYS).named("zeroscale-learned-32"),
+        c(AS, "patch", "", "configmaps", SYS).named(zeroscale_config::CONFIGMAP_NAME),
+        c(AS, "patch", "", "configmaps", "models").named("zeroscale-learned-00"),
+        c(AC, "patch", "", "configmaps", SYS).named("zeroscale-learned-00"),
         c(AC, "list", "", "configmaps", SYS),
         c(AS, "patch", "coordination.k8s.io", "leases", SYS).named("someone-else"),
         c(AS, "delete", "coordination.k8s.io", "leases", SYS).named(AUTOSCALER),

@@ -493,7 +493,7 @@ async fn the_standby_autoscaler_takes_over_a_scale_up_when_the_leader_dies(
 }
 
 /// The demo's scenario (`scripts/demo.sh`) on the real node, shortened: two cold starts, a burst that scales
-/// up, back to zero in between, and every request answered 200.
+/// up, back to zero in between, the pool scene, and every request answered 200.
 async fn demo_scenario_answers_every_request(ctx: Ctx) -> anyhow::Result<()> {
     let cluster = ctx.cluster().await?;
     let opts = demo::DemoOptions {
@@ -515,6 +515,20 @@ async fn demo_scenario_answers_every_request(ctx: Ctx) -> anyhow::Result<()> {
     ensure!(
         replicas.first() == Some(&0) && zero_again.is_some() && replicas.last() == Some(&1),
         "0 -> N -> 0 -> 1:\n{table}"
+    );
+    // The pool scene: four wakes in a pool of two, each model at most one replica: the third
+    // and the fourth each evict the least recently used idle model, and the pool is never
+    // above its capacity.
+    let pool = summary.pool.as_ref().context("the pool scene was played")?;
+    ensure!(pool.answers.len() == 4, "{table}");
+    ensure!(
+        pool.peak.0 <= demo::pool::CAPACITY,
+        "pool above capacity:\n{table}"
+    );
+    ensure!(
+        pool.evictions == 2,
+        "two evictions:\n{table}\n{:#?}",
+        pool.events
     );
     remove_example(&cluster.client()).await
 }
@@ -692,18 +706,28 @@ fn kubectl_zeroscale(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<String>
 
 /// `kubectl zeroscale status` and `explain`, as a user of the model namespace with the
 /// built-in `view` role there and the `zeroscale-status` Role of `manifests/status/`: the
-/// output matches the cluster's state; without the Role the figures are reported unavailable
-/// and the rest still shows.
+/// output matches the cluster's state (a model never requested has no last request and no
+/// cold start; after a cold start and two more requests it has both); without the Role the
+/// figures are reported unavailable and the rest still shows.
 async fn kubectl_zeroscale_shows_what_a_namespace_user_may_see(ctx: Ctx) -> anyhow::Result<()> {
     use k8s_openapi::api::core::v1::ServiceAccount;
     use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
     let cluster = ctx.cluster().await?;
     let client = cluster.client();
-    let activator = warm_example(&client, "10ms").await?;
-    for _ in 0..3 {
-        let (status, _) = predict(activator, "sentiment").await?;
-        ensure!(status == 200, "status {status}");
-    }
+    install(&client).await?;
+    // At 0 and kept at 1 once woken: a grace period longer than the test, so the cold start
+    // below is the only decision.
+    deploy_example(
+        &client,
+        serde_json::json!({"zeroscale.dev/scale-to-zero-grace-period": "10m"}),
+        "10ms",
+    )
+    .await?;
+    ensure!(
+        replicas(&client, "models", "sentiment").await? == 0,
+        "the example does not start at 0"
+    );
+    let activator = cluster_ip(&client, ADDON_NAMESPACE, ACTIVATOR, "http").await?;
     // A user of `models`: a ServiceAccount there, `view` in its namespace.
     let pp = kube::api::PostParams::default();
     let sa = ServiceAccount {
@@ -750,7 +774,7 @@ async fn kubectl_zeroscale_shows_what_a_namespace_user_may_see(ctx: Ctx) -> anyh
     // Without the status Role: replicas and decisions, and a clear note about the figures.
     let table = kubectl_zeroscale(&kubeconfig, &["status", "-n", "models"])?;
     ensure!(
-        table.contains("sentiment") && table.contains("1/1"),
+        table.contains("sentiment") && table.contains("0/0"),
         "{table}"
     );
     ensure!(
@@ -763,12 +787,72 @@ async fn kubectl_zeroscale_shows_what_a_namespace_user_may_see(ctx: Ctx) -> anyh
     bindings
         .create(&pp, &binding(ADDON_NAMESPACE, "Role", "zeroscale-status"))
         .await?;
-    let json = eventually("the figures", Duration::from_secs(30), || async {
+    let status_json = || -> anyhow::Result<serde_json::Value> {
         let out = kubectl_zeroscale(&kubeconfig, &["status", "-n", "models", "-o", "json"])?;
-        let v: serde_json::Value = serde_json::from_str(&out)?;
+        Ok(serde_json::from_str(&out)?)
+    };
+    let never = eventually("the figures", Duration::from_secs(30), || async {
+        let v = status_json()?;
         Ok(v["figures_unavailable"].is_null().then_some(v))
     })
     .await?;
+    // Never requested: no activator saw a request or a cold start.
+    let f = &never["models"][0]["figures"];
+    ensure!(
+        f.is_object() && f["last_request_age_seconds"].is_null() && f["last_cold_start"].is_null(),
+        "{never}"
+    );
+    let status_row = || -> anyhow::Result<(String, String)> {
+        let table = kubectl_zeroscale(&kubeconfig, &["status", "-n", "models"])?;
+        let row = table
+            .lines()
+            .find(|l| l.contains("sentiment"))
+            .with_context(|| format!("no sentiment row: {table}"))?
+            .to_owned();
+        Ok((table, row))
+    };
+    let (idle_table, row) = status_row()?;
+    ensure!(row.matches("<none>").count() == 2, "{idle_table}");
+
+    // A cold start (the first request wakes the model), then two requests to the warm pod.
+    let sent = Instant::now();
+    let (status, cold_took) = predict(activator, "sentiment").await?;
+    ensure!(status == 200, "status {status}");
+    for _ in 0..2 {
+        let (status, _) = predict(activator, "sentiment").await?;
+        ensure!(status == 200, "status {status}");
+    }
+    let json = status_json()?;
+    // Bounds that hold whatever the machine's speed: the last request came after `sent`, the
+    // cold start was part of the first request's wait.
+    let since_sent = sent.elapsed().as_secs_f64();
+    let f = &json["models"][0]["figures"];
+    let last = f["last_request_age_seconds"]
+        .as_f64()
+        .with_context(|| format!("no last request: {json}"))?;
+    ensure!(
+        (0.0..=since_sent).contains(&last),
+        "last request {last} s ago, sent {since_sent} s ago"
+    );
+    let cold = f["last_cold_start"]["seconds"]
+        .as_f64()
+        .with_context(|| format!("no cold start: {json}"))?;
+    ensure!(
+        cold > 0.0 && cold <= cold_took.as_secs_f64(),
+        "cold start {cold} s, the first request took {cold_took:?}"
+    );
+    let cold_age = f["last_cold_start"]["age_seconds"].as_f64().unwrap_or(-1.0);
+    ensure!(
+        (0.0..=since_sent).contains(&cold_age),
+        "cold start ended {cold_age} s ago"
+    );
+    let (table, row) = status_row()?;
+    // Both columns filled (their format is `cli/src/render.rs`'s unit tests' business): the
+    // last request and the last scale are ages.
+    ensure!(
+        !row.contains("<none>") && row.matches(" ago").count() == 2,
+        "{table}"
+    );
     let models = json["models"].as_array().context("models")?;
     ensure!(models.len() == 1, "{json}");
     let m = &models[0];
@@ -800,7 +884,14 @@ async fn kubectl_zeroscale_shows_what_a_namespace_user_may_see(ctx: Ctx) -> anyh
         explain.contains("decisions (newest first)") && explain.contains("Scaled 0 -> 1"),
         "{explain}"
     );
-    ensure!(explain.contains("zeroscale.dev/min-scale: 1"), "{explain}");
+    ensure!(
+        explain.contains("zeroscale.dev/scale-to-zero-grace-period: 10m"),
+        "{explain}"
+    );
+    ensure!(
+        explain.contains("last request: ") && !explain.contains("<none>"),
+        "{explain}"
+    );
     // Someone else's namespace is not readable.
     let other = std::process::Command::new(zeroscale_testkit::workspace_bin("kubectl-zeroscale"))
         .arg("--kubeconfig")
@@ -811,11 +902,8 @@ async fn kubectl_zeroscale_shows_what_a_namespace_user_may_see(ctx: Ctx) -> anyh
         !other.status.success(),
         "kube-system readable by a models user"
     );
+    eprintln!("{idle_table}");
     eprintln!("{table}");
-    eprintln!(
-        "{}",
-        kubectl_zeroscale(&kubeconfig, &["status", "-n", "models"])?
-    );
     eprintln!("{explain}");
     bindings
         .delete("viewer-zeroscale-status", &Default::default())

@@ -15,7 +15,6 @@
 //! Both bound their load in time and count, and send only to the activators' addresses in the
 //! test's private network namespace.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
@@ -24,9 +23,7 @@ use k8s_openapi::api::core::v1::Service;
 use kube::api::PostParams;
 use kube::{Api, Client};
 use serde_json::json;
-use zeroscale_e2e::traffic::{
-    self, LocalAddon, Outcome, ReplicaPoint, ReplicaWatch, SteadyLoad, Summary,
-};
+use zeroscale_e2e::traffic::{self, LocalAddon, ReplicaPoint, ReplicaWatch, SteadyLoad, Summary};
 use zeroscale_e2e::{Ctx, eventually, pod_ready, pods_of, sample_model_deployment, test};
 
 fn main() -> std::process::ExitCode {
@@ -390,35 +387,10 @@ const MAX_REPLAY: Duration = Duration::from_secs(60);
 /// Upper bound of the requests replayed.
 const MAX_REQUESTS: usize = 1000;
 
-/// The trace to replay: the window cut from the full trace in `../shared/data/azure-llm-2023`
-/// (beside the repository; `$ZEROSCALE_TRACE_DIR` overrides) when present (and then the
+/// The trace to replay: the window cut from the full trace when present (and then the
 /// committed sample must be exactly that cut), else the committed sample.
 fn trace() -> anyhow::Result<(Vec<traffic::TraceRow>, String)> {
-    let root = traffic::repo_root();
-    let sample = root.join("tests/data/azure-llm-code-sample.csv");
-    // `ZEROSCALE_TRACE_DIR` points elsewhere (a missing directory tests the fallback).
-    let dir = std::env::var_os("ZEROSCALE_TRACE_DIR")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("../shared/data/azure-llm-2023"));
-    let full = dir.join("AzureLLMInferenceTrace_code.csv");
-    let sample_rows = traffic::read_trace(&sample)?;
-    if full.exists() {
-        let rows = traffic::cut(&traffic::read_trace(&full)?, TRACE_FROM, TRACE_TO)?;
-        let a: Vec<&str> = rows.iter().map(|r| r.line.as_str()).collect();
-        let b: Vec<&str> = sample_rows.iter().map(|r| r.line.as_str()).collect();
-        ensure!(
-            a == b,
-            "{} is not the cut [{TRACE_FROM}, {TRACE_TO}) of {} ({} rows there, {} in the sample)",
-            sample.display(),
-            full.display(),
-            a.len(),
-            b.len()
-        );
-        Ok((rows, format!("{} (cut)", full.display())))
-    } else {
-        Ok((sample_rows, sample.display().to_string()))
-    }
+    zeroscale_e2e::replay::code_trace("tests/data/azure-llm-code-sample.csv", TRACE_FROM, TRACE_TO)
 }
 
 /// Replays the trace window 10x faster through two activators, each request an OpenAI-style
@@ -477,36 +449,15 @@ async fn azure_trace_replay_through_scale_to_zero_is_all_200(ctx: Ctx) -> anyhow
     let watch = ReplicaWatch::start(&client, &ns, name);
     let targets = addon.listen_addrs();
     let start = Instant::now();
-    let tasks: Vec<_> = schedule
-        .iter()
-        .enumerate()
-        .map(|(i, &(at, ctx_tokens, gen_tokens))| {
-            let which = i % targets.len();
-            let addr = targets[which];
-            let body = json!({
-                "model": name,
-                "prompt": "x".repeat(ctx_tokens.min(2048) as usize),
-                "max_tokens": gen_tokens,
-            });
-            tokio::spawn(async move {
-                tokio::time::sleep_until((start + at).into()).await;
-                traffic::send(
-                    i as u64,
-                    which,
-                    addr,
-                    "/v1/completions",
-                    &body,
-                    start,
-                    Duration::from_secs(60),
-                )
-                .await
-            })
-        })
-        .collect();
-    let mut outcomes: Vec<Outcome> = Vec::new();
-    for t in tasks {
-        outcomes.push(t.await?);
-    }
+    let arrivals = schedule.iter().map(|&(at, ctx_tokens, gen_tokens)| {
+        let body = json!({
+            "model": name,
+            "prompt": "x".repeat(ctx_tokens.min(2048) as usize),
+            "max_tokens": gen_tokens,
+        });
+        (at, body)
+    });
+    let outcomes = zeroscale_e2e::replay::open_loop(&targets, arrivals, start).await?;
     let replay = start.elapsed();
     // Let the activators' counters settle on what was answered.
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -122,6 +122,7 @@ impl ServicesAndSlices<'_> {
                 response_timeout: settings.response_timeout,
                 idle_timeout: settings.idle_timeout,
                 balance: crate::queue::strategy(&settings, &global.activator),
+                hold_streams: settings.hold_streams,
             },
             key,
         };
@@ -140,6 +141,42 @@ pub(super) fn keep_routing_fields(d: &mut Deployment) {
     d.status = None;
     if let Some(spec) = d.spec.as_mut() {
         spec.template.spec = None;
+    }
+}
+
+/// Drops from a watched Service what routing never reads: of the spec only the selector
+/// ([`selects`]) and the ports ([`endpoints_of`]) stay, the status and the annotations go.
+pub(super) fn keep_service_routing_fields(svc: &mut Service) {
+    use k8s_openapi::api::core::v1::ServiceSpec;
+    svc.metadata.annotations = None;
+    svc.status = None;
+    svc.spec = svc.spec.take().map(|s| ServiceSpec {
+        selector: s.selector,
+        ports: s.ports,
+        ..Default::default()
+    });
+}
+
+/// Drops from a watched EndpointSlice what routing never reads: its owner, annotations and
+/// generated-name prefix, and of each endpoint all but its addresses, conditions and the
+/// kind and name of its target (the pod name). Its labels stay (the Service it belongs to).
+pub(super) fn keep_slice_routing_fields(s: &mut EndpointSlice) {
+    use k8s_openapi::api::core::v1::ObjectReference;
+    use k8s_openapi::api::discovery::v1::Endpoint as SliceEndpoint;
+    s.metadata.annotations = None;
+    s.metadata.owner_references = None;
+    s.metadata.generate_name = None;
+    for e in s.endpoints.iter_mut().flatten() {
+        *e = SliceEndpoint {
+            addresses: std::mem::take(&mut e.addresses),
+            conditions: e.conditions.take(),
+            target_ref: e.target_ref.take().map(|r| ObjectReference {
+                kind: r.kind,
+                name: r.name,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
     }
 }
 

@@ -18,7 +18,7 @@ use zeroscale_kube::watch::{WatchBackoff, forward, scoped_api, slim};
 
 use super::apply;
 use super::index::Index;
-use super::resolve::keep_routing_fields;
+use super::resolve::{keep_routing_fields, keep_service_routing_fields, keep_slice_routing_fields};
 use super::store::{Change, Kind, Scope};
 use crate::proxy::Proxy;
 use crate::table::Table;
@@ -113,7 +113,7 @@ pub async fn run(client: Client, cfg: WatchConfig, targets: Targets) {
             scope.clone(),
             &tx,
             Change::Service,
-            |_| {},
+            keep_service_routing_fields,
         );
         index.expect(Kind::EndpointSlice, scope.clone());
         watch(
@@ -124,7 +124,7 @@ pub async fn run(client: Client, cfg: WatchConfig, targets: Targets) {
             scope.clone(),
             &tx,
             Change::EndpointSlice,
-            |_| {},
+            keep_slice_routing_fields,
         );
     }
     let cm_scope = Some(cfg.namespace.clone());
@@ -170,6 +170,9 @@ pub async fn run(client: Client, cfg: WatchConfig, targets: Targets) {
             targets
                 .proxy
                 .set_cold_start_header(g.activator.cold_start_header);
+            targets
+                .proxy
+                .set_stream_heartbeat_interval(g.activator.stream_heartbeat_interval);
             if let Some(w) = &targets.waker {
                 w.set_resend_interval(g.activator.wake_resend_interval);
             }

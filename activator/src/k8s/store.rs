@@ -45,10 +45,15 @@ pub enum Change {
 pub(super) type Replaced<K> = (Option<Arc<K>>, Option<Arc<K>>);
 
 /// Objects of one kind by namespace and name, and the re-list in progress per stream.
+///
+/// A re-listed object goes into its `Arc` as it arrives: at 10,000 objects a `Vec<K>` of the
+/// objects themselves (2.4 KB each for a Deployment) grows by doubling to 39 MB and is then
+/// copied into the `Arc`s at the end of the list, a peak the allocator keeps as resident
+/// memory after it is freed.
 #[derive(Debug)]
 pub(super) struct Objects<K> {
     pub(super) by_ns: HashMap<String, BTreeMap<String, Arc<K>>>,
-    pub(super) relist: HashMap<Scope, Vec<K>>,
+    pub(super) relist: HashMap<Scope, Vec<Arc<K>>>,
 }
 
 impl<K> Default for Objects<K> {
@@ -95,13 +100,17 @@ impl<K: Resource> Objects<K> {
                 Vec::new()
             }
             watcher::Event::InitApply(o) => {
-                self.relist.entry(scope.clone()).or_default().push(o);
+                self.relist
+                    .entry(scope.clone())
+                    .or_default()
+                    .push(Arc::new(o));
                 Vec::new()
             }
             watcher::Event::InitDone => {
                 // The listed objects replace the scope's: what was not listed is gone.
                 let listed = self.relist.remove(scope).unwrap_or_default();
-                let keep: HashSet<(String, String)> = listed.iter().map(ns_name).collect();
+                let keep: HashSet<(String, String)> =
+                    listed.iter().map(|o| ns_name(&**o)).collect();
                 let gone: Vec<(String, String)> = self
                     .by_ns
                     .iter()
@@ -113,7 +122,7 @@ impl<K: Resource> Objects<K> {
                     .iter()
                     .filter_map(|(ns, name)| self.delete(ns, name))
                     .collect();
-                out.extend(listed.into_iter().filter_map(|o| self.put(Arc::new(o))));
+                out.extend(listed.into_iter().filter_map(|o| self.put(o)));
                 out
             }
         }

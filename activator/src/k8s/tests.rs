@@ -892,3 +892,68 @@ fn deployments_trimmed_as_the_watch_stores_them_route_the_same() {
     assert_eq!(a.models.len(), 2);
     assert_eq!(format!("{:?}", a.models), format!("{:?}", b.models));
 }
+
+#[test]
+fn services_and_slices_trimmed_as_the_watch_stores_them_route_the_same() {
+    use k8s_openapi::api::core::v1::{LoadBalancerStatus, ServiceStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    let deps = vec![deployment(
+        "ns",
+        "llama",
+        &[("zeroscale.dev/enabled", "true")],
+        &[("app", "llama")],
+    )];
+    let mut svc = (*service("ns", "llama", &[("app", "llama")], &[("http", 80)])).clone();
+    svc.metadata.annotations = Some(map(&[("note", "x")]));
+    let spec = svc.spec.as_mut().unwrap();
+    spec.cluster_ip = Some("10.96.0.10".into());
+    spec.cluster_ips = Some(vec!["10.96.0.10".into()]);
+    spec.ip_families = Some(vec!["IPv4".into()]);
+    spec.type_ = Some("ClusterIP".into());
+    svc.status = Some(ServiceStatus {
+        load_balancer: Some(LoadBalancerStatus::default()),
+        ..Default::default()
+    });
+    let mut sl = (*slice(
+        "ns",
+        "llama",
+        &[("http", 8000)],
+        &[
+            ("10.0.0.1", Some(true), None),
+            ("10.0.0.2", Some(false), Some(true)),
+        ],
+    ))
+    .clone();
+    sl.metadata.owner_references = Some(vec![OwnerReference {
+        api_version: "v1".into(),
+        kind: "Service".into(),
+        name: "llama".into(),
+        uid: "u".into(),
+        ..Default::default()
+    }]);
+    sl.metadata.generate_name = Some("llama-".into());
+    sl.metadata.annotations = Some(map(&[(
+        "endpoints.kubernetes.io/last-change-trigger-time",
+        "2026-12-01T00:00:00Z",
+    )]));
+    for e in sl.endpoints.iter_mut().flatten() {
+        e.node_name = Some("node-1".into());
+        e.zone = Some("a".into());
+        let r = e.target_ref.as_mut().unwrap();
+        r.namespace = Some("ns".into());
+        r.uid = Some("pod-uid".into());
+    }
+    let (mut svc_t, mut sl_t) = (svc.clone(), sl.clone());
+    super::resolve::keep_service_routing_fields(&mut svc_t);
+    super::resolve::keep_slice_routing_fields(&mut sl_t);
+    assert!(svc_t.status.is_none() && svc_t.spec.as_ref().unwrap().cluster_ip.is_none());
+    assert!(sl_t.metadata.owner_references.is_none() && sl_t.metadata.annotations.is_none());
+    let e = &sl_t.endpoints.as_ref().unwrap()[0];
+    assert!(e.node_name.is_none() && e.target_ref.as_ref().unwrap().uid.is_none());
+    let g = GlobalConfig::default();
+    let a = desired(&deps, &[Arc::new(svc)], &[Arc::new(sl)], &g);
+    let b = desired(&deps, &[Arc::new(svc_t)], &[Arc::new(sl_t)], &g);
+    assert_eq!(a.models.len(), 1);
+    assert_eq!(a.models[0].endpoints.len(), 2, "{:?}", a.models);
+    assert_eq!(format!("{:?}", a.models), format!("{:?}", b.models));
+}

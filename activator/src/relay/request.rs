@@ -42,6 +42,8 @@ impl Plan {
             },
             model: Some(self.model),
             for_hyper: self.for_hyper,
+            // A held stream is never planned for the relay (see `plan`).
+            held_stream: false,
         }
     }
 }
@@ -58,6 +60,10 @@ pub struct Checked {
     /// hyper's path, which reads `Host` through `HeaderValue::to_str`, routes this head as
     /// the relay did: its Host is absent, ASCII, or not text at all.
     pub for_hyper: bool,
+    /// A request for server-sent events (`Accept`) to a model that holds streams while it wakes
+    /// ([`crate::hold`]): hyper's path serves it, and it is never parked (the hold answers
+    /// while the request waits, which parking, before hyper reads the request, cannot).
+    pub held_stream: bool,
 }
 
 /// What a request head at the front of a buffer is to the relay.
@@ -115,6 +121,14 @@ pub fn plan(inb: &[u8], table: &Table, peer: &Peer, out: &mut Vec<u8>) -> Parsed
             // Unknown models and routing by body: hyper's path answers them.
             Addressed::Unknown(_) | Addressed::Body | Addressed::Nothing => None,
         };
+        // Only the Accept header: the relay and parking never read bodies, so a body's
+        // `"stream": true` is seen by hyper's path only when it reads the body to route.
+        let held_stream = model
+            .as_ref()
+            .is_some_and(|m| m.gate().hold_streams().is_some())
+            && h.headers.iter().any(|x| {
+                x.name.eq_ignore_ascii_case("accept") && route::accepts_event_stream(x.value)
+            });
         // hyper's path reads Host as visible ASCII only (else it routes without it).
         let for_hyper = h
             .policy
@@ -132,13 +146,14 @@ pub fn plan(inb: &[u8], table: &Table, peer: &Peer, out: &mut Vec<u8>) -> Parsed
             && !h.policy.expect
             && h.host().is_some();
         let (model, body_len) = match (model, body_len) {
-            (Some(model), Some(body_len)) if takes => (model, body_len),
+            (Some(model), Some(body_len)) if takes && !held_stream => (model, body_len),
             (model, _) => {
                 return Parsed::HandOff(Some(Checked {
                     len: h.len,
                     next: h.next(),
                     model,
                     for_hyper,
+                    held_stream,
                 }));
             }
         };

@@ -247,6 +247,8 @@ mod tests {
             in_flight: fl,
             queued: q,
             demand: None,
+            last_request_ns: None,
+            cold_start: None,
         }
     }
 

@@ -117,6 +117,7 @@ impl DeploymentSettings {
             idle_timeout: global.activator.idle_timeout,
             load_balancing: global.activator.load_balancing,
             prefix_length: global.activator.prefix_length,
+            hold_streams: global.activator.hold_streams,
             metric_source: MetricSource::Activator,
             pool: None,
         };
@@ -190,6 +191,8 @@ impl DeploymentSettings {
                 "prefix-length" => {
                     int(v, 1, crate::global::PREFIX_LENGTH_MAX).map(|n| s.prefix_length = n)
                 }
+                "hold-streams" => parse::off_or_duration_in(v, std::time::Duration::ZERO, HOUR)
+                    .map(|d| s.hold_streams = d),
                 "metric-source" => one_of(v, &[("activator", false), ("pod", true)])
                     .map(|pod| o.metric_source_pod = Some(pod)),
                 "pod-metric-name" => name_rule(is_metric_name(v), keys::METRIC_NAME)
@@ -350,6 +353,7 @@ mod tests {
                     "zeroscale.dev/idle-timeout" => "5m",
                     "zeroscale.dev/scale-down-delay" => "0s",
                     "zeroscale.dev/load-balancing" => "prefix-hash",
+                    "zeroscale.dev/hold-streams" => "20s",
                     _ => "1",
                 }
             } else {

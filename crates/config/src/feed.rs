@@ -78,6 +78,70 @@ pub struct FeedModel {
     /// then sizes as Knative does).
     #[serde(rename = "dm", default, skip_serializing_if = "Option::is_none")]
     pub demand: Option<FeedDemand>,
+    /// When the model's latest request arrived, on the activator's clock of
+    /// [`FeedPage::uptime_ns`] (`uptime_ns - this` is its age, free of any skew between the
+    /// pods' wall clocks). Absent: none since the activator started. It moves only when a
+    /// request arrives, which lists the model anyway: an idle page stays empty.
+    #[serde(rename = "lr", default, skip_serializing_if = "Option::is_none")]
+    pub last_request_ns: Option<u64>,
+    /// The model's latest cold start as this activator saw it. Absent: none since it started.
+    #[serde(rename = "cs", default, skip_serializing_if = "Option::is_none")]
+    pub cold_start: Option<FeedColdStart>,
+}
+
+/// One cold start: requests held while the model had no ready pod, until one took them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedColdStart {
+    /// When the last of its held requests got a pod, on the clock of [`FeedPage::uptime_ns`].
+    #[serde(rename = "at")]
+    pub at_ns: u64,
+    /// The longest any of them waited, in microseconds: the cold start as a client saw it.
+    #[serde(rename = "us")]
+    pub wait_us: u64,
+}
+
+/// What a status read asks for (`?ns=N&dep=D`, either or both): a full page of only those
+/// models, with no cursor (`generation` 0). The autoscaler never filters; `kubectl zeroscale`
+/// does, so one model's status costs one small page at any number of models.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FeedFilter {
+    /// Only this namespace.
+    pub namespace: Option<String>,
+    /// Only Deployments of this name.
+    pub deployment: Option<String>,
+}
+
+impl FeedFilter {
+    /// The filter a query carries, if it carries one.
+    pub fn parse(query: Option<&str>) -> Option<Self> {
+        let mut f = Self::default();
+        for pair in query?.split('&') {
+            match pair.split_once('=') {
+                Some(("ns", v)) if !v.is_empty() => f.namespace = Some(v.to_owned()),
+                Some(("dep", v)) if !v.is_empty() => f.deployment = Some(v.to_owned()),
+                _ => {}
+            }
+        }
+        (f != Self::default()).then_some(f)
+    }
+
+    /// The path and query of a filtered read. Kubernetes names need no escaping.
+    pub fn query(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(ns) = &self.namespace {
+            parts.push(format!("ns={ns}"));
+        }
+        if let Some(d) = &self.deployment {
+            parts.push(format!("dep={d}"));
+        }
+        format!("{FEED_PATH}?{}", parts.join("&"))
+    }
+
+    /// Whether the filter takes `namespace/deployment`.
+    pub fn matches(&self, namespace: &str, deployment: &str) -> bool {
+        self.namespace.as_deref().is_none_or(|n| n == namespace)
+            && self.deployment.as_deref().is_none_or(|d| d == deployment)
+    }
 }
 
 /// One model's demand figures, all cumulative (a difference of two pages is exact).
@@ -142,5 +206,48 @@ mod tests {
         for bad in [None, Some(""), Some("since=3"), Some("instance=1&since=-1")] {
             assert_eq!(parse_query(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_filter_round_trips_and_a_cursor_query_has_none() {
+        let f = FeedFilter {
+            namespace: Some("ml".into()),
+            deployment: Some("llama".into()),
+        };
+        assert_eq!(f.query(), "/v1/feed?ns=ml&dep=llama");
+        assert_eq!(
+            FeedFilter::parse(f.query().split_once('?').map(|(_, q)| q)),
+            Some(f.clone())
+        );
+        assert!(f.matches("ml", "llama"));
+        assert!(!f.matches("ml", "other") && !f.matches("other", "llama"));
+        let ns = FeedFilter::parse(Some("ns=ml")).unwrap();
+        assert!(ns.matches("ml", "anything") && !ns.matches("x", "anything"));
+        for none in [None, Some(""), Some("instance=1&since=2"), Some("ns=&dep=")] {
+            assert_eq!(FeedFilter::parse(none), None, "{none:?}");
+        }
+    }
+
+    #[test]
+    fn status_fields_are_absent_when_unknown_and_short_when_set() {
+        let mut m = FeedModel::default();
+        let bare = serde_json::to_string(&m).unwrap();
+        assert!(!bare.contains("lr") && !bare.contains("cs"), "{bare}");
+        m.last_request_ns = Some(5);
+        m.cold_start = Some(FeedColdStart {
+            at_ns: 7,
+            wait_us: 9,
+        });
+        let s = serde_json::to_string(&m).unwrap();
+        assert!(
+            s.contains(r#""lr":5"#) && s.contains(r#""cs":{"at":7,"us":9}"#),
+            "{s}"
+        );
+        assert_eq!(serde_json::from_str::<FeedModel>(&s).unwrap(), m);
+        // A page from an activator older than these fields still reads.
+        assert_eq!(
+            serde_json::from_str::<FeedModel>(&bare).unwrap().cold_start,
+            None
+        );
     }
 }

@@ -61,6 +61,7 @@ impl Default for GlobalConfig {
             activator: ActivatorConfig::default(),
             pools: BTreeMap::new(),
             pool_min_residency: secs(60),
+            learned_state_flush_interval: secs(300),
         }
     }
 }
@@ -79,6 +80,8 @@ impl Default for ActivatorConfig {
             prefix_length: 256,
             prefix_load_factor: 1.25,
             cold_start_header: true,
+            hold_streams: None,
+            stream_heartbeat_interval: secs(10),
         }
     }
 }
@@ -208,6 +211,11 @@ fn apply(cfg: &mut GlobalConfig, good: &GlobalConfig, key: &str, v: &str) -> Res
             g.adaptive.prewarm_margin,
             duration_in(v, Duration::ZERO, HOUR),
         ),
+        "learned-state-flush-interval" => set(
+            &mut cfg.learned_state_flush_interval,
+            good.learned_state_flush_interval,
+            duration_in(v, secs(10), HOUR),
+        ),
         "tick-interval" => set(
             &mut cfg.tick_interval,
             good.tick_interval,
@@ -273,6 +281,16 @@ fn apply(cfg: &mut GlobalConfig, good: &GlobalConfig, key: &str, v: &str) -> Res
             &mut a.cold_start_header,
             ga.cold_start_header,
             parse_bool(v),
+        ),
+        "activator-hold-streams" => set(
+            &mut a.hold_streams,
+            ga.hold_streams,
+            parse::off_or_duration_in(v, Duration::ZERO, HOUR),
+        ),
+        "activator-stream-heartbeat-interval" => set(
+            &mut a.stream_heartbeat_interval,
+            ga.stream_heartbeat_interval,
+            duration_in(v, secs(1), secs(300)),
         ),
         "activator-wake-resend-interval" => set(
             &mut a.wake_resend_interval,

@@ -49,6 +49,8 @@ pub(crate) const ZERO_POLICY: &str = "fixed or adaptive";
 pub(crate) const METRIC_SOURCE: &str = "activator or pod";
 pub(crate) const LOAD_BALANCING: &str = "least-request or prefix-hash";
 pub(crate) const PREFIX_LENGTH: &str = "1..=65536";
+pub(crate) const HOLD_STREAMS: &str = "off or a duration in 0s..=1h";
+pub(crate) const HEARTBEAT_INTERVAL: &str = "1s..=5m";
 pub(crate) const HOSTNAMES: &str =
     "comma-separated DNS-1123 subdomains (lowercase host names without port)";
 pub(crate) const SERVICE: &str = "a DNS-1035 label: 1-63 characters of a-z, 0-9 and '-', starting with a letter and ending with a letter or digit";
@@ -213,6 +215,12 @@ pub const CONFIGMAP_KEYS: &[KeyDoc] = &[
         "Adaptive policy: a pre-warmed pod is asked for this long before the next request is expected; the pod start (scheduling, image, model load) must fit in it.",
     ),
     k(
+        "learned-state-flush-interval",
+        "5m",
+        "10s..=1h",
+        "Adaptive policy: the leader writes each of the 32 ConfigMaps holding the learned idle gaps (zeroscale-learned-00..31) at most this often, and only when it changed: at most 32 writes per interval whatever the number of models.",
+    ),
+    k(
         "tick-interval",
         "2s",
         "100ms..=1m",
@@ -289,6 +297,18 @@ pub const CONFIGMAP_KEYS: &[KeyDoc] = &[
         "true",
         BOOL,
         "Answers to requests that waited for their model to wake carry zeroscale-cold-start: the wait, e.g. 5.21s; false leaves answers as the pod sent them.",
+    ),
+    k(
+        "activator-hold-streams",
+        "off",
+        HOLD_STREAMS,
+        "A streamed request (\"stream\": true in an OpenAI body, or Accept: text/event-stream) still waiting for its model to wake after this long is answered 200 at once and kept open with SSE comment heartbeats until the pod answers; off answers it only when the pod does.",
+    ),
+    k(
+        "activator-stream-heartbeat-interval",
+        "10s",
+        HEARTBEAT_INTERVAL,
+        "How often a held stream (activator-hold-streams) gets an SSE comment heartbeat while its model wakes.",
     ),
     k(
         "activator-wake-resend-interval",
@@ -455,6 +475,12 @@ pub const ANNOTATIONS: &[KeyDoc] = &[
         "ConfigMap activator-prefix-length",
         PREFIX_LENGTH,
         "Prefix-hash balancing: characters of the prompt that make the key.",
+    ),
+    k(
+        "zeroscale.dev/hold-streams",
+        "ConfigMap activator-hold-streams",
+        HOLD_STREAMS,
+        "Holding this model's streamed requests open with SSE heartbeats while it wakes (see the ConfigMap key).",
     ),
     k(
         "zeroscale.dev/metric-source",

@@ -122,6 +122,11 @@ pub struct ActivatorConfig {
     /// Answers to requests that waited for a wake carry `zeroscale-cold-start`
     /// (`activator-cold-start-header`, true).
     pub cold_start_header: bool,
+    /// A streamed request still queued after this long is answered 200 and held open with
+    /// heartbeats (`activator-hold-streams`); `None` (off, the default) never does.
+    pub hold_streams: Option<Duration>,
+    /// Time between the heartbeats of a held stream (`activator-stream-heartbeat-interval`, 10s).
+    pub stream_heartbeat_interval: Duration,
 }
 
 /// How the activator spreads a model's requests over its pods.
@@ -158,6 +163,9 @@ pub struct GlobalConfig {
     /// How long a model in a pool stays before it may be evicted for another
     /// (`pool-min-residency`).
     pub pool_min_residency: Duration,
+    /// Shortest time between two writes of one shard of the adaptive policy's learned state
+    /// (`learned-state-flush-interval`, 5m).
+    pub learned_state_flush_interval: Duration,
 }
 
 /// Where a Deployment's concurrency comes from.
@@ -201,6 +209,9 @@ pub struct DeploymentSettings {
     pub load_balancing: LoadBalancing,
     /// Characters of the prompt that make the prefix-hash key (`zeroscale.dev/prefix-length`).
     pub prefix_length: u32,
+    /// When this model's streamed requests are held open with heartbeats while it wakes
+    /// (`zeroscale.dev/hold-streams`); `None`: never.
+    pub hold_streams: Option<Duration>,
     /// Concurrency source.
     pub metric_source: MetricSource,
     /// The capacity pool it belongs to (`zeroscale.dev/pool`, a pool of the ConfigMap).

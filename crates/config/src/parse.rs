@@ -205,6 +205,27 @@ pub(crate) fn duration_in(s: &str, min: Duration, max: Duration) -> Result<Durat
     }
 }
 
+/// `off` (`None`), or a duration in `min..=max`.
+pub(crate) fn off_or_duration_in(
+    s: &str,
+    min: Duration,
+    max: Duration,
+) -> Result<Option<Duration>, String> {
+    let range = format!(
+        "off or a duration in {}..={}",
+        format_duration(min),
+        format_duration(max)
+    );
+    match s {
+        "off" => Ok(None),
+        _ => match parse_duration(s) {
+            Ok(d) if (min..=max).contains(&d) => Ok(Some(d)),
+            Ok(_) => Err(format!("expected {range}")),
+            Err(why) => Err(format!("{why}; expected {range}")),
+        },
+    }
+}
+
 /// A byte size in `min..=max`.
 pub(crate) fn bytes_in(s: &str, min: u64, max: u64) -> Result<u64, String> {
     let range = format!("{}..={}", format_bytes(min), format_bytes(max));

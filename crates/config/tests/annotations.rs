@@ -572,3 +572,36 @@ fn bad_pod_metric_values_are_rejected() {
         );
     }
 }
+
+#[test]
+fn hold_streams_is_opt_in_per_model_over_the_configmap() {
+    assert_eq!(resolve_ok(&[]).hold_streams, None, "off unless asked for");
+    assert_eq!(
+        resolve_ok(&[("zeroscale.dev/hold-streams", "20s")]).hold_streams,
+        Some(Duration::from_secs(20))
+    );
+    let on = global(&[("activator-hold-streams", "30s")]);
+    let inherit = DeploymentSettings::resolve(&on, &map(&[])).0;
+    assert_eq!(inherit.hold_streams, Some(Duration::from_secs(30)));
+    let (opt_out, errors) =
+        DeploymentSettings::resolve(&on, &map(&[("zeroscale.dev/hold-streams", "off")]));
+    assert_eq!(errors, vec![]);
+    assert_eq!(
+        opt_out.hold_streams, None,
+        "a model opts out of the global setting"
+    );
+    let (bad, errors) =
+        DeploymentSettings::resolve(&on, &map(&[("zeroscale.dev/hold-streams", "soon")]));
+    assert_eq!(
+        bad.hold_streams,
+        Some(Duration::from_secs(30)),
+        "the ConfigMap's value"
+    );
+    assert_eq!(errors.len(), 1);
+    let text = errors[0].to_string();
+    assert!(
+        text.starts_with(r#"zeroscale.dev/hold-streams: "soon" is invalid"#)
+            && text.contains("expected off or a duration in 0s..=1h; using the ConfigMap's value"),
+        "{text}"
+    );
+}

@@ -47,6 +47,7 @@ fn defaults_match_knative_and_the_brief() {
     assert_eq!(s.metric, Metric::Concurrency);
     assert_eq!(s.aggregation, Aggregation::Linear);
     assert_eq!(c.tick_interval, Duration::from_secs(2));
+    assert_eq!(c.learned_state_flush_interval, Duration::from_secs(300));
     assert_eq!(c.scrape_interval, Duration::from_secs(1));
     assert_eq!(c.scrape_timeout, Duration::from_millis(800));
     assert_eq!(c.activator.queue_depth, 10_000);
@@ -92,6 +93,7 @@ fn every_key_is_applied() {
         ("activation-scale", "3"),
         ("aggregation", "weighted-exponential"),
         ("tick-interval", "500ms"),
+        ("learned-state-flush-interval", "90s"),
         ("scrape-interval", "2s"),
         ("scrape-timeout", "1500ms"),
         ("activator-queue-depth", "42"),
@@ -131,6 +133,7 @@ fn every_key_is_applied() {
     assert_eq!(s.activation_scale, 3);
     assert_eq!(s.aggregation, Aggregation::WeightedExponential);
     assert_eq!(c.tick_interval, Duration::from_millis(500));
+    assert_eq!(c.learned_state_flush_interval, Duration::from_secs(90));
     assert_eq!(c.scrape_interval, Duration::from_secs(2));
     assert_eq!(c.scrape_timeout, Duration::from_millis(1500));
     assert_eq!(c.activator.queue_depth, 42);
@@ -312,6 +315,8 @@ const BAD_VALUES: &[(&str, &str, &[&str])] = &[
     ),
     ("tick-interval", "50ms", &["100ms..=1m"]),
     ("tick-interval", "2m", &["100ms..=1m"]),
+    ("learned-state-flush-interval", "5s", &["10s..=1h"]),
+    ("learned-state-flush-interval", "2h", &["10s..=1h"]),
     ("scrape-interval", "0s", &["100ms..=1m"]),
     ("scrape-timeout", "5ms", &["10ms..=1m"]),
     ("activator-queue-depth", "0", &["1..=1000000"]),
@@ -619,5 +624,74 @@ fn sizing_and_the_adaptive_policy_are_parsed_and_bad_values_named() {
         );
         // The last good value stays.
         assert_eq!(cfg.scaling, GlobalConfig::default().scaling, "{key}");
+    }
+}
+
+#[test]
+fn held_streams_are_off_by_default_and_take_off_or_a_duration() {
+    let d = GlobalConfig::default();
+    assert_eq!(d.activator.hold_streams, None);
+    assert_eq!(
+        d.activator.stream_heartbeat_interval,
+        Duration::from_secs(10)
+    );
+    let c = parse_ok(&[
+        ("activator-hold-streams", "15s"),
+        ("activator-stream-heartbeat-interval", "2s"),
+    ]);
+    assert_eq!(c.activator.hold_streams, Some(Duration::from_secs(15)));
+    assert_eq!(
+        c.activator.stream_heartbeat_interval,
+        Duration::from_secs(2)
+    );
+    assert_eq!(
+        parse_ok(&[("activator-hold-streams", "0s")])
+            .activator
+            .hold_streams,
+        Some(Duration::ZERO),
+        "0s holds a stream as soon as it is queued"
+    );
+    assert_eq!(
+        parse_ok(&[("activator-hold-streams", " off ")])
+            .activator
+            .hold_streams,
+        None
+    );
+    for (key, bad, says) in [
+        (
+            "activator-hold-streams",
+            "2h",
+            "expected off or a duration in 0s..=1h",
+        ),
+        ("activator-hold-streams", "on", "expected off or a duration"),
+        (
+            "activator-hold-streams",
+            "true",
+            "expected off or a duration",
+        ),
+        ("activator-stream-heartbeat-interval", "500ms", "1s..=5m"),
+        ("activator-stream-heartbeat-interval", "off", "1s..=5m"),
+    ] {
+        let last_good = parse_ok(&[
+            ("activator-hold-streams", "5s"),
+            ("activator-stream-heartbeat-interval", "3s"),
+        ]);
+        let (c, errors) = GlobalConfig::from_configmap(&map(&[(key, bad)]), &last_good);
+        assert_eq!(errors.len(), 1, "{key}={bad}: {errors:?}");
+        let text = errors[0].to_string();
+        assert!(
+            text.starts_with(&format!("{key}: {bad:?} is invalid")),
+            "{text}"
+        );
+        assert!(text.contains(says), "{text}");
+        // The bad key keeps its last good value; the other key is back at its default.
+        if key == "activator-hold-streams" {
+            assert_eq!(c.activator.hold_streams, Some(Duration::from_secs(5)));
+        } else {
+            assert_eq!(
+                c.activator.stream_heartbeat_interval,
+                Duration::from_secs(3)
+            );
+        }
     }
 }

@@ -45,6 +45,9 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// How requests are spread over the pods.
     pub balance: Balance,
+    /// A streamed request still queued after this long is answered at once and held open with
+    /// heartbeats by the caller; `None`: never (`zeroscale.dev/hold-streams`).
+    pub hold_streams: Option<Duration>,
 }
 
 impl Limits {
@@ -64,6 +67,7 @@ impl Limits {
             response_timeout: d.response_timeout,
             idle_timeout: d.idle_timeout,
             balance: Balance::LeastRequest,
+            hold_streams: d.hold_streams,
         }
     }
 }
@@ -168,7 +172,13 @@ pub struct Gate<M: GateMetrics, P> {
     /// The prefix length of prefix-hash balancing, 0 for least-request: read per request to
     /// decide whether to take a prefix, without the lock.
     prefix_chars: AtomicU32,
+    /// [`Limits::hold_streams`] in nanoseconds, [`HOLD_OFF`] for `None`: read per queued
+    /// request, without the lock.
+    hold_streams: AtomicU64,
 }
+
+/// [`Gate::hold_streams`] is off.
+const HOLD_OFF: u64 = u64::MAX;
 
 impl<M: GateMetrics, P> std::fmt::Debug for Gate<M, P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -194,6 +204,7 @@ impl<M: GateMetrics, P: Pool> Gate<M, P> {
             response_timeout: AtomicU64::new(nanos(limits.response_timeout)),
             idle_timeout: AtomicU64::new(nanos(limits.idle_timeout)),
             prefix_chars: AtomicU32::new(prefix_chars(limits.balance)),
+            hold_streams: AtomicU64::new(hold_nanos(limits.hold_streams)),
             state: Mutex::new(State {
                 limits,
                 pods: Vec::new(),
@@ -224,6 +235,8 @@ impl<M: GateMetrics, P: Pool> Gate<M, P> {
             .store(nanos(limits.idle_timeout), Ordering::Relaxed);
         self.prefix_chars
             .store(prefix_chars(limits.balance), Ordering::Relaxed);
+        self.hold_streams
+            .store(hold_nanos(limits.hold_streams), Ordering::Relaxed);
         let mut st = self.lock();
         st.limits = limits;
         self.dispatch(&mut st);
@@ -246,6 +259,15 @@ impl<M: GateMetrics, P: Pool> Gate<M, P> {
     /// model balances by least requests (then a request's prompt is not read). Lock-free.
     pub fn prefix_chars(&self) -> u32 {
         self.prefix_chars.load(Ordering::Relaxed)
+    }
+
+    /// After how long a queued streamed request is held open with heartbeats
+    /// ([`Limits::hold_streams`]); `None`: never. Lock-free.
+    pub fn hold_streams(&self) -> Option<Duration> {
+        match self.hold_streams.load(Ordering::Relaxed) {
+            HOLD_OFF => None,
+            n => Some(Duration::from_nanos(n)),
+        }
     }
 
     /// Replaces the endpoints, keeping in-flight counts (and pools) of pods that stay; a new pod
@@ -683,6 +705,11 @@ fn prefix_chars(s: Balance) -> u32 {
     }
 }
 
+fn hold_nanos(d: Option<Duration>) -> u64 {
+    // Below HOLD_OFF: the configuration allows at most an hour.
+    d.map_or(HOLD_OFF, |d| nanos(d).min(HOLD_OFF - 1))
+}
+
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
@@ -747,6 +774,19 @@ mod tests {
             Limits::with_queue(cc, depth, bytes, Duration::from_secs(60)),
             Counts::default(),
         )
+    }
+
+    #[test]
+    fn hold_streams_is_read_without_the_lock_and_follows_set_limits() {
+        let g = gate(0, 1, 1);
+        assert_eq!(g.hold_streams(), None, "off by default");
+        for hold in [Some(Duration::ZERO), Some(Duration::from_secs(3600)), None] {
+            g.set_limits(Limits {
+                hold_streams: hold,
+                ..g.limits()
+            });
+            assert_eq!(g.hold_streams(), hold);
+        }
     }
 
     /// The endpoints of `g` become `eps`, each new pod with a fresh pool.

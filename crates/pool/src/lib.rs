@@ -95,6 +95,9 @@ pub struct Plan<K> {
     pub waiting: Vec<K>,
     /// Units held now (before this plan): sum of `current x per_replica`.
     pub used: u64,
+    /// Units this plan grants to wakes and scale-ups, on top of `used` (what a wake left
+    /// waiting found taken, with `used`).
+    pub granted: u64,
 }
 
 impl<K> Default for Plan<K> {
@@ -104,6 +107,7 @@ impl<K> Default for Plan<K> {
             evictions: Vec::new(),
             waiting: Vec::new(),
             used: 0,
+            granted: 0,
         }
     }
 }
@@ -198,6 +202,7 @@ pub fn decide<K: Clone + Ord>(members: &[Member<K>], policy: &Policy, now: Insta
         .map(|m| units(m.current, m.per_replica))
         .fold(0u64, u64::saturating_add);
     let mut free = policy.capacity.saturating_sub(used);
+    let free_before = free;
     let mut plan = Plan {
         used,
         ..Plan::default()
@@ -246,6 +251,7 @@ pub fn decide<K: Clone + Ord>(members: &[Member<K>], policy: &Policy, now: Insta
     }
     if blocked {
         plan.evictions = evictor.chosen;
+        plan.granted = free_before - free;
         return plan;
     }
 
@@ -256,6 +262,7 @@ pub fn decide<K: Clone + Ord>(members: &[Member<K>], policy: &Policy, now: Insta
         .collect();
     if ups.is_empty() {
         plan.evictions = evictor.chosen;
+        plan.granted = free_before - free;
         return plan;
     }
     let rank = |(i, have): &(usize, u32)| {
@@ -296,6 +303,7 @@ pub fn decide<K: Clone + Ord>(members: &[Member<K>], policy: &Policy, now: Insta
         evictor.make_room(free, shortfall.min(policy.capacity), &key);
     }
     plan.evictions = evictor.chosen;
+    plan.granted = free_before - free;
     plan
 }
 

@@ -115,6 +115,9 @@ proptest! {
         let used_after = units(&ms, |m| to[&m.key]);
         let used_before = units(&ms, |m| m.current);
         prop_assert_eq!(plan.used, used_before);
+        // What it grants is exactly the units its scale-ups add.
+        let up = units(&ms, |m| to[&m.key].max(m.current)) - used_before;
+        prop_assert_eq!(plan.granted, up, "{:?}", plan);
         if used_before <= capacity {
             prop_assert!(used_after <= capacity, "{} > {}: {:?}", used_after, capacity, plan);
         } else {

@@ -108,9 +108,16 @@ impl Bucket {
 /// Invariant: the ring holds exactly the seconds `head - len + 1 ..= head`; every other bucket
 /// is empty. `stable` is the sum of all bucket values, `panic` the sum over the newest
 /// `panic_len` seconds.
+///
+/// A bucket is stored in two parts: its sample count in `counts`, and its sums in `sums`, which
+/// is `None` while every bucket's sum is zero. An idle model records a zero sample every
+/// second, so its ring is counts only: 4 bytes a second instead of 52 (at 10,000 idle models
+/// and a 60 s window, 2.3 MiB instead of 32 MiB). The counts stay exact because they decide
+/// how a later sample of the same second is averaged.
 #[derive(Clone, Debug)]
 pub(crate) struct Windows {
-    buckets: Box<[Bucket]>,
+    counts: Box<[u32]>,
+    sums: Option<Box<[Pair]>>,
     panic_len: u64,
     /// Newest second covered; `None` until the first sample or decision.
     head: Option<i64>,
@@ -142,7 +149,8 @@ impl Windows {
         let stable_len = stable_len.clamp(1, MAX_WINDOW_SECS);
         let panic_len = panic_len.clamp(1, stable_len);
         Self {
-            buckets: vec![Bucket::default(); stable_len as usize].into_boxed_slice(),
+            counts: vec![0; stable_len as usize].into_boxed_slice(),
+            sums: None,
             panic_len,
             head: None,
             first: None,
@@ -156,7 +164,40 @@ impl Windows {
     }
 
     pub(crate) fn stable_len(&self) -> u64 {
-        self.buckets.len() as u64
+        self.counts.len() as u64
+    }
+
+    fn bucket(&self, i: usize) -> Bucket {
+        Bucket {
+            sum: self.sums.as_ref().map_or(Pair::default(), |s| s[i]),
+            count: self.counts[i],
+        }
+    }
+
+    /// The sums, allocated (all zero) on the first sample with a value.
+    fn sums_mut(&mut self) -> &mut [Pair] {
+        let len = self.counts.len();
+        self.sums
+            .get_or_insert_with(|| vec![Pair::default(); len].into_boxed_slice())
+    }
+
+    fn clear(&mut self, i: usize) {
+        self.counts[i] = 0;
+        if let Some(s) = self.sums.as_mut() {
+            s[i] = Pair::default();
+        }
+    }
+
+    /// Frees the sums once every one is zero again (a window after the last traffic).
+    fn release_zero_sums(&mut self) {
+        if self.stable == Pair::default()
+            && self
+                .sums
+                .as_ref()
+                .is_some_and(|s| s.iter().all(|p| *p == Pair::default()))
+        {
+            self.sums = None;
+        }
     }
 
     pub(crate) fn panic_len(&self) -> u64 {
@@ -168,7 +209,7 @@ impl Windows {
     }
 
     fn idx(&self, sec: i64) -> usize {
-        sec.rem_euclid(self.buckets.len() as i64) as usize
+        sec.rem_euclid(self.counts.len() as i64) as usize
     }
 
     /// Moves the newest second to `to` (no-op if it is not newer), emptying the buckets that
@@ -191,20 +232,22 @@ impl Windows {
             self.panic = Pair::default();
         } else {
             for s in (head + 1 - plen)..=(to - plen) {
-                let v = self.buckets[self.idx(s)].value();
+                let v = self.bucket(self.idx(s)).value();
                 self.panic.sub(v);
             }
         }
         if k >= len {
-            self.buckets.fill(Bucket::default());
+            self.counts.fill(0);
+            self.sums = None;
             self.stable = Pair::default();
         } else {
             for s in (head + 1)..=to {
                 let i = self.idx(s);
-                let v = self.buckets[i].value();
+                let v = self.bucket(i).value();
                 self.stable.sub(v);
-                self.buckets[i] = Bucket::default();
+                self.clear(i);
             }
+            self.release_zero_sums();
         }
         self.head = Some(to);
         to
@@ -228,11 +271,12 @@ impl Windows {
         self.last_write = Some(self.last_write.map_or(sec, |l| l.max(sec)));
 
         let i = self.idx(sec);
-        let old = self.buckets[i].value();
-        let b = &mut self.buckets[i];
-        b.sum.add(sample);
-        b.count = b.count.saturating_add(1);
-        let new = b.value();
+        let old = self.bucket(i).value();
+        if sample != Pair::default() {
+            self.sums_mut()[i].add(sample);
+        }
+        self.counts[i] = self.counts[i].saturating_add(1);
+        let new = self.bucket(i).value();
         self.stable.sub(old);
         self.stable.add(new);
         if sec > head - self.panic_len as i64 {
@@ -282,9 +326,9 @@ impl Windows {
         // Walk the ring backwards from `end` without a modulo per step.
         let mut i = self.idx(end);
         for _ in 0..valid {
-            acc += self.buckets[i].value().get(metric) as f64 * w;
+            acc += self.bucket(i).value().get(metric) as f64 * w;
             w *= keep;
-            i = i.checked_sub(1).unwrap_or(self.buckets.len() - 1);
+            i = i.checked_sub(1).unwrap_or(self.counts.len() - 1);
         }
         let total = 1.0 - keep.powi(valid as i32);
         acc / total / MICROS
@@ -313,7 +357,7 @@ impl Windows {
         let valid = self.valid(end, len);
         let mut sum = 0u64;
         for s in (end - valid as i64 + 1)..=end {
-            sum += self.buckets[self.idx(s)].value().arrivals;
+            sum += self.bucket(self.idx(s)).value().arrivals;
         }
         linear(sum, valid)
     }
@@ -331,10 +375,13 @@ impl Windows {
         if let Some(head) = self.head {
             let keep = next.stable_len().min(self.stable_len()) as i64;
             for s in (head - keep + 1)..=head {
-                let b = self.buckets[self.idx(s)];
+                let b = self.bucket(self.idx(s));
                 let v = b.value();
                 let i = next.idx(s);
-                next.buckets[i] = b;
+                next.counts[i] = b.count;
+                if b.sum != Pair::default() {
+                    next.sums_mut()[i] = b.sum;
+                }
                 next.stable.add(v);
                 if s > head - next.panic_len as i64 {
                     next.panic.add(v);
@@ -379,7 +426,7 @@ mod tests {
         let mut stable = Pair::default();
         let mut panic = Pair::default();
         for s in (head - w.stable_len() as i64 + 1)..=head {
-            let v = w.buckets[w.idx(s)].value();
+            let v = w.bucket(w.idx(s)).value();
             stable.add(v);
             if s > head - w.panic_len as i64 {
                 panic.add(v);
@@ -493,6 +540,34 @@ mod tests {
         assert_eq!(linear, 7.5);
         assert!(weighted < 6.0, "{weighted}");
         assert!(weighted > 5.0, "{weighted}");
+    }
+
+    #[test]
+    fn an_idle_ring_stores_counts_only_and_still_averages_duplicates() {
+        let mut w = Windows::new(10, 2);
+        for s in 0..30 {
+            w.record(s, c(0.0));
+        }
+        assert!(w.sums.is_none(), "zero samples allocate no sums");
+        // The zero sample already in second 29 counts: a second sample there is averaged.
+        w.record(29, c(10.0));
+        assert!(w.sums.is_some());
+        assert_eq!(avg(&mut w, 29), (0.5, 2.5));
+        // A window of zero samples later every sum is zero again and freed; a partial one is
+        // not enough.
+        for s in 30..39 {
+            w.record(s, c(0.0));
+            assert!(w.sums.is_some(), "second {s}: 29 is still in the window");
+        }
+        w.record(39, c(0.0));
+        assert!(w.sums.is_none(), "second 29 left the window");
+        assert_eq!(avg(&mut w, 39), (0.0, 0.0));
+        // A resize keeps what was recorded, sums and counts alike.
+        // (Second 39 now holds 0 and 4: its value is 2.)
+        w.record(39, c(4.0));
+        w.resize(20, 4);
+        check_sums(&w);
+        assert_eq!(avg(&mut w, 39), (0.1, 0.5));
     }
 
     #[test]

@@ -69,15 +69,18 @@ async fn demo_main() -> ExitCode {
     match result {
         Ok(summary) => {
             println!("\n{}", summary.table());
-            if summary.ok == summary.sent && summary.failures.is_empty() {
+            if summary.passed() {
                 println!("every request was answered 200");
                 ExitCode::SUCCESS
-            } else {
+            } else if summary.ok != summary.sent || !summary.failures.is_empty() {
                 println!(
                     "FAILED: {} of {} requests were not answered 200 (see LOST above)",
                     summary.sent - summary.ok,
                     summary.sent
                 );
+                ExitCode::FAILURE
+            } else {
+                println!("FAILED: the pool went above its capacity (see pool peak above)");
                 ExitCode::FAILURE
             }
         }

@@ -541,6 +541,7 @@ fn naive(world: &World) -> BTreeMap<ModelKey, (ModelSpec, Vec<Endpoint>)> {
                 response_timeout: settings.response_timeout,
                 idle_timeout: settings.idle_timeout,
                 balance: crate::queue::strategy(&settings, &global.activator),
+                hold_streams: settings.hold_streams,
             },
             key: key.clone(),
         };

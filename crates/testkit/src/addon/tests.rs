@@ -111,9 +111,15 @@ fn rbac_resource_names_match_the_lease_flag_and_the_configmap_name() {
         .find_map(|a| a.strip_prefix("--lease-name="))
         .expect("--lease-name in autoscaler.yaml");
     assert_eq!(names(AUTOSCALER, "leases"), vec![lease.to_owned()]);
+    // The autoscaler's learned-state shards are checked against the code that writes them by
+    // autoscaler/tests/learned_rbac.rs; every other ConfigMap name is the configuration's.
     for role in [AUTOSCALER, ACTIVATOR] {
+        let config: Vec<String> = names(role, "configmaps")
+            .into_iter()
+            .filter(|n| role != AUTOSCALER || !n.starts_with("zeroscale-learned-"))
+            .collect();
         assert_eq!(
-            names(role, "configmaps"),
+            config,
             vec![zeroscale_config::CONFIGMAP_NAME.to_owned()],
             "{role}"
         );
@@ -199,6 +205,11 @@ fn the_rendered_manifests_name_the_images_of_their_kustomizations() {
     assert_eq!(
         images(manifests().join("examples")),
         vec!["ghcr.io/zeroscale/sample-model:0.1.0"]
+    );
+    // The pool example names its image apart: it must be the same one.
+    assert_eq!(
+        images(manifests().join("examples/pool")),
+        vec!["ghcr.io/zeroscale/sample-model:0.1.0"; 3]
     );
 }
 

@@ -42,6 +42,10 @@ fn main() -> std::process::ExitCode {
             the_standby_autoscaler_takes_over_a_scale_up_when_the_leader_dies,
         ),
         test(
+            "a_stream_at_zero_is_held_open_with_heartbeats_until_the_pod_answers",
+            a_stream_at_zero_is_held_open_with_heartbeats_until_the_pod_answers,
+        ),
+        test(
             "demo_scenario_answers_every_request",
             demo_scenario_answers_every_request,
         ),
@@ -297,6 +301,92 @@ async fn the_example_model_wakes_through_the_activator_service(ctx: Ctx) -> anyh
         )
         .await?;
     }
+    remove_example(&client).await
+}
+
+/// Held streams through the real add-on (`zeroscale.dev/hold-streams: 0s`): a streamed chat
+/// request to the example model at zero is answered 200 `text/event-stream` by the activator
+/// at once, kept open with heartbeat comments (interval 1s) through the wake and a 3 s model
+/// load, then carries the cold start and the pod's own events to `[DONE]`.
+async fn a_stream_at_zero_is_held_open_with_heartbeats_until_the_pod_answers(
+    ctx: Ctx,
+) -> anyhow::Result<()> {
+    let client = ctx.client().await?;
+    let mut config = addon::fast_config();
+    config.insert("activator-stream-heartbeat-interval".into(), "1s".into());
+    zeroscale_e2e::install_addon(&client, &config).await?;
+    deploy_example(
+        &client,
+        serde_json::json!({"zeroscale.dev/hold-streams": "0s"}),
+        "10ms",
+    )
+    .await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "models");
+    let slow_load = serde_json::json!({"spec": {"template": {"spec": {"containers": [{
+        "name": "model",
+        "args": ["--model-name=sentiment", "--load-delay=3s", "--service-time=10ms"],
+    }]}}}});
+    deployments
+        .patch(
+            "sentiment",
+            &PatchParams::default(),
+            &Patch::Strategic(&slow_load),
+        )
+        .await?;
+    ensure!(
+        replicas(&client, "models", "sentiment").await? == 0,
+        "the example does not start at 0"
+    );
+    let activator = cluster_ip(&client, ADDON_NAMESPACE, ACTIVATOR, "http").await?;
+    let t = Instant::now();
+    let r = http_client::request(
+        activator,
+        http::Method::POST,
+        "/v1/chat/completions",
+        Some(&serde_json::json!({
+            "model": "sentiment",
+            "stream": true,
+            "messages": [{"role": "user", "content": "hello"}],
+        })),
+        Duration::from_secs(120),
+    )
+    .await?;
+    let took = t.elapsed();
+    let text = r.text();
+    eprintln!("held stream answered {} in {took:?}:\n{text}", r.status);
+    ensure!(r.status == 200, "status {}: {text}", r.status);
+    ensure!(
+        r.header("content-type")
+            .is_some_and(|c| c.starts_with("text/event-stream")),
+        "content-type {:?}",
+        r.header("content-type")
+    );
+    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    let beats = lines
+        .iter()
+        .take_while(|l| l.starts_with(": waiting for model sentiment ("))
+        .count();
+    ensure!(
+        beats >= 2,
+        "expected heartbeats through the 3 s load, got {beats}:\n{text}"
+    );
+    ensure!(
+        lines[beats].starts_with(": zeroscale-cold-start: "),
+        "after the heartbeats: {:?}\n{text}",
+        lines[beats]
+    );
+    let data: Vec<&str> = lines[beats + 1..]
+        .iter()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    ensure!(
+        data.last() == Some(&"[DONE]") && data.len() >= 2,
+        "the pod's events did not follow to [DONE]:\n{text}"
+    );
+    ensure!(
+        !text.contains("event: error"),
+        "the held stream ended with an error:\n{text}"
+    );
     remove_example(&client).await
 }
 

@@ -354,7 +354,11 @@ impl Book {
                     }
                 }
             }
-            newly_waiting.retain(|k| plan.waiting.contains(k));
+            // A wake told only when it has to wait for room: one an eviction makes room for in
+            // this tick is told by that eviction's Event instead.
+            newly_waiting.retain(|k| {
+                plan.waiting.contains(k) && !plan.evictions.iter().any(|e| &e.for_model == k)
+            });
             reports.push(PoolReport {
                 pool: pool.to_owned(),
                 capacity: capacity.clone(),
@@ -650,6 +654,9 @@ mod tests {
         let evict = sim.second(&[("c", 0, 2)], false);
         assert_eq!(evict.len(), 1, "{evict:?}");
         assert_eq!((evict[0].key.clone(), evict[0].to), (key("a"), 0));
+        // c waits for that room, but is told so by the eviction, not by a PoolWait as well.
+        assert_eq!(sim.reports[0].waiting, vec![key("c")]);
+        assert!(sim.reports[0].newly_waiting.is_empty(), "{:?}", sim.reports);
         match &evict[0].pool {
             Some(PoolNote::Evicted {
                 pool,

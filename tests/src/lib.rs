@@ -1,5 +1,6 @@
-//! End-to-end test harness: real etcd + kube-apiserver + kube-controller-manager and the process
-//! kubelet (`zeroscale_testkit::LocalCluster`), inside a private network namespace.
+//! End-to-end test harness: real etcd + kube-apiserver + kube-controller-manager + kube-scheduler
+//! and a real node (containerd, runc, CNI, kubelet, kube-proxy, CoreDNS;
+//! `zeroscale_testkit::LocalCluster`), inside a private network namespace.
 //!
 //! # Adding an e2e test file
 //! 1. Create `tests/tests/<name>.rs`:
@@ -29,26 +30,29 @@
 //!    ```
 //!
 //! # How it runs
-//! - [`run`] first re-execs the test binary under `unshare --net` (pods get 10.244.x.y addresses
-//!   on the namespace's loopback; nothing leaves it), so everything must already be built:
-//!   `cargo build --workspace --bins` first (scripts/test.sh does), and the control plane by
-//!   `scripts/build-control-plane.sh`.
+//! - [`run`] first re-execs the test binary under `unshare --net` (pods get 10.88.x.y addresses
+//!   on the node's bridge inside the namespace; nothing leaves it), so everything must already
+//!   be built: `cargo build --workspace --bins` first, the cluster's binaries and the images
+//!   (`scripts/build-*.sh`); scripts/test.sh does all of it.
 //! - One [`LocalCluster`] per test binary, started on first use and shared by its tests; each test
 //!   works in its own namespace ([`Ctx::namespace`]). A test that needs a cluster of its own (for
-//!   example to restart the API server) starts one with `LocalCluster::start()` and drops it at
-//!   the end.
+//!   example to restart the API server) asks [`Ctx::own_cluster`], which stops the shared one
+//!   first (a machine runs one real node at a time), and drops it at the end.
+//! - Pods run the images `scripts/build-images.sh` built ([`sample_model_deployment`] names the
+//!   `sample-model` image as `manifests/examples/kustomization.yaml` does); rebuild them after
+//!   changing `sample-model`, the activator or the autoscaler. [`run_on_process_kubelet`] is only
+//!   for the process kubelet's own tests (it serves the fleet benchmark).
 //! - Tests run one at a time (the machine has 2 cores; the cluster is shared), each with a
 //!   [`TEST_TIMEOUT`] limit. `cargo test -p zeroscale-e2e --test smoke -- <filter>` filters as usual.
 //! - After the tests the shared cluster is dropped and the binary fails if any process it started
 //!   is still alive (leak check by environment marker).
-//! - Pod commands: `command[0]` is looked up on `PATH`, with the workspace's `target/<profile>/`
-//!   first, so `command: ["sample-model"]` runs the freshly built binary.
 //! - [`replay`] replays a trace through the add-on and through `zeroscale-sim` alike (calibration).
 //! - [`traffic`] runs the add-on's binaries as local processes (several activators, one
 //!   autoscaler) and bounded load against them; `ZEROSCALE_BIN_ACTIVATOR=<path>` (any
 //!   `ZEROSCALE_BIN_<NAME>`) makes it run another build, e.g. a saved copy from before a fix.
 //! - Logs: set `RUST_LOG` for the harness; `ZEROSCALE_KEEP=1` keeps the cluster dir (component
-//!   logs in `logs/`, pod logs in `pods/<namespace>_<pod>.log`).
+//!   logs in `logs/`, the node's in `node/`; [`LocalCluster::pod_log`] reads a pod's output while
+//!   it exists).
 
 pub mod demo;
 pub mod replay;
@@ -69,7 +73,6 @@ use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::json;
-use tokio::sync::OnceCell;
 use zeroscale_testkit::ClusterOptions;
 pub use zeroscale_testkit::LocalCluster;
 
@@ -77,7 +80,8 @@ pub use zeroscale_testkit::LocalCluster;
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(300);
 
 struct Shared {
-    cluster: OnceCell<Arc<LocalCluster>>,
+    /// The binary's shared cluster, once started; [`Ctx::own_cluster`] stops it.
+    cluster: tokio::sync::Mutex<Option<Arc<LocalCluster>>>,
     options: ClusterOptions,
     seq: AtomicU32,
 }
@@ -97,17 +101,35 @@ impl Ctx {
 
     /// The binary's shared cluster, started on first use.
     pub async fn cluster(&self) -> anyhow::Result<Arc<LocalCluster>> {
-        let c = self
-            .shared
-            .cluster
-            .get_or_try_init(|| async {
-                LocalCluster::start_with(self.shared.options.clone())
-                    .await
-                    .map(Arc::new)
-            })
+        let mut slot = self.shared.cluster.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(
+            LocalCluster::start_with(self.shared.options.clone())
+                .await
+                .context("starting the shared LocalCluster")?,
+        );
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// A cluster of the test's own, with the same node as the shared one, for a test that
+    /// stops its API server or needs a cluster without the shared one's state. A machine runs
+    /// one real node at a time (containerd's run dir, the bridge, the cgroup root), so this
+    /// stops the shared cluster first (checking it for leaks as the end of the run does); the
+    /// next test that asks for the shared cluster starts a fresh one. Drop it at the end.
+    pub async fn own_cluster(&self) -> anyhow::Result<LocalCluster> {
+        let mut slot = self.shared.cluster.lock().await;
+        if let Some(c) = slot.take() {
+            let c = Arc::try_unwrap(c)
+                .map_err(|_| anyhow::anyhow!("a test kept a reference to the shared cluster"))?;
+            let leaks = teardown(c);
+            anyhow::ensure!(leaks.is_empty(), "{}", leaks.join("\n"));
+        }
+        LocalCluster::start_with(self.shared.options.clone())
             .await
-            .context("starting the shared LocalCluster")?;
-        Ok(c.clone())
+            .context("starting a LocalCluster of the test's own")
     }
 
     /// An admin client for the shared cluster.
@@ -162,15 +184,10 @@ where
 }
 
 /// The `main` of an e2e test binary: enters the network namespace, runs the selected tests one
-/// at a time, tears the shared cluster down and checks that no process leaked.
+/// at a time on a cluster with a real node (containerd, runc, CNI, kubelet, kube-proxy,
+/// CoreDNS), tears the shared cluster down and checks that nothing leaked: no process, and none
+/// of the node's mounts, cgroups or network devices.
 pub fn run(tests: Vec<E2eTest>) -> ExitCode {
-    run_with(tests, ClusterOptions::default())
-}
-
-/// [`run`], with a shared cluster that has a real node (containerd, runc, CNI, kubelet,
-/// kube-proxy, CoreDNS) instead of the process kubelet; the leak check also covers the node's
-/// mounts, cgroups and network devices.
-pub fn run_on_real_node(tests: Vec<E2eTest>) -> ExitCode {
     run_with(
         tests,
         ClusterOptions {
@@ -178,6 +195,12 @@ pub fn run_on_real_node(tests: Vec<E2eTest>) -> ExitCode {
             ..ClusterOptions::default()
         },
     )
+}
+
+/// [`run`] on the process kubelet (`zeroscale_testkit::kubelet`: pods as local processes) instead
+/// of a real node: only for the process kubelet's own tests.
+pub fn run_on_process_kubelet(tests: Vec<E2eTest>) -> ExitCode {
+    run_with(tests, ClusterOptions::default())
 }
 
 fn run_with(tests: Vec<E2eTest>, options: ClusterOptions) -> ExitCode {
@@ -199,7 +222,7 @@ fn run_with(tests: Vec<E2eTest>, options: ClusterOptions) -> ExitCode {
             .expect("tokio runtime"),
     );
     let shared = Arc::new(Shared {
-        cluster: OnceCell::new(),
+        cluster: tokio::sync::Mutex::new(None),
         options,
         seq: AtomicU32::new(0),
     });
@@ -228,33 +251,14 @@ fn run_with(tests: Vec<E2eTest>, options: ClusterOptions) -> ExitCode {
         .ok()
         .and_then(|s| s.cluster.into_inner())
         .map(|c| Arc::try_unwrap(c).map_err(|_| "a test kept a reference to the shared cluster"));
-    match cluster {
-        Some(Ok(c)) => {
-            let marker = c.marker().to_owned();
-            let node = c.node_leak_keys();
-            rt.block_on(async move { drop(c) });
-            let node_left = LocalCluster::node_leaks(&node);
-            if !node_left.is_empty() {
-                eprintln!(
-                    "LEAK: the real node left behind after the cluster was dropped:\n{}",
-                    node_left.join("\n")
-                );
-                code = ExitCode::FAILURE;
-            }
-            let left = zeroscale_testkit::process::processes_with_marker(&marker);
-            if !left.is_empty() {
-                eprintln!(
-                    "LEAK: processes of the shared cluster still alive after it was dropped:\n{}",
-                    zeroscale_testkit::process::describe(&left)
-                );
-                code = ExitCode::FAILURE;
-            }
-        }
-        Some(Err(msg)) => {
-            eprintln!("LEAK: {msg}");
-            code = ExitCode::FAILURE;
-        }
-        None => {}
+    let leaks = match cluster {
+        Some(Ok(c)) => rt.block_on(async move { teardown(c) }),
+        Some(Err(msg)) => vec![msg.to_owned()],
+        None => Vec::new(),
+    };
+    for leak in &leaks {
+        eprintln!("LEAK: {leak}");
+        code = ExitCode::FAILURE;
     }
     code
 }
@@ -283,6 +287,98 @@ where
     }
 }
 
+/// Watches the pods of a namespace and keeps, per pod, the exit code and reason of its first
+/// container's terminated state, as the kubelet reports them: it deletes a terminating pod only
+/// after its status shows the containers terminated, so a watch sees that state of every pod that
+/// goes (unless the watch itself fails), while the pod's logs go with it.
+pub struct ExitWatch {
+    exits: Arc<std::sync::Mutex<std::collections::BTreeMap<String, (i32, String)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ExitWatch {
+    /// Starts watching the pods of `ns` that match `labels` (a label selector).
+    pub fn start(client: Client, ns: &str, labels: &str) -> Self {
+        use futures::StreamExt as _;
+        use kube::ResourceExt as _;
+        use kube::runtime::watcher;
+        let exits = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+        let pods: Api<Pod> = Api::namespaced(client, ns);
+        let config = watcher::Config::default().labels(labels);
+        let seen = exits.clone();
+        let task = tokio::spawn(async move {
+            let mut stream = std::pin::pin!(watcher(pods, config));
+            while let Some(ev) = stream.next().await {
+                let Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) = ev else {
+                    continue;
+                };
+                let terminated = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .and_then(|cs| cs.first())
+                    .and_then(|c| c.state.as_ref())
+                    .and_then(|st| st.terminated.as_ref());
+                if let Some(t) = terminated {
+                    seen.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(
+                            p.name_any(),
+                            (t.exit_code, t.reason.clone().unwrap_or_default()),
+                        );
+                }
+            }
+        });
+        Self { exits, task }
+    }
+
+    /// Stops watching; per pod name, the last terminated state seen.
+    pub fn stop(self) -> std::collections::BTreeMap<String, (i32, String)> {
+        self.task.abort();
+        std::mem::take(
+            &mut *self
+                .exits
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
+/// The cluster's Node is registered and Ready, with the network namespace's host address as its
+/// InternalIP (on either kubelet).
+pub async fn ensure_node_ready(cluster: &LocalCluster) -> anyhow::Result<()> {
+    let node = Api::<k8s_openapi::api::core::v1::Node>::all(cluster.client())
+        .get(cluster.node_name())
+        .await?;
+    let status = node.status.context("node status")?;
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    anyhow::ensure!(ready, "node Ready");
+    let ips: Vec<String> = status
+        .addresses
+        .iter()
+        .flatten()
+        .filter(|a| a.type_ == "InternalIP")
+        .map(|a| a.address.clone())
+        .collect();
+    anyhow::ensure!(
+        ips == [zeroscale_testkit::netns::HOST_IP],
+        "InternalIP: {ips:?}"
+    );
+    Ok(())
+}
+
+/// The `sample-model` image as `manifests/examples/kustomization.yaml` names it (the image
+/// `scripts/build-images.sh` builds and the node imports).
+pub fn sample_model_image() -> String {
+    let dir = zeroscale_testkit::addon::manifests_dir().join("examples");
+    zeroscale_testkit::addon::kustomized_image(&dir, "sample-model")
+        .unwrap_or_else(|e| panic!("the sample-model image of {}: {e}", dir.display()))
+}
+
 /// A Deployment running `sample-model` (readiness probe on `/healthz`, container port `http`
 /// 8080, label `app: <name>`) with `replicas` and extra `args`.
 pub fn sample_model_deployment(name: &str, replicas: i32, args: &[&str]) -> Deployment {
@@ -299,7 +395,7 @@ pub fn sample_model_deployment(name: &str, replicas: i32, args: &[&str]) -> Depl
                     "terminationGracePeriodSeconds": 10,
                     "containers": [{
                         "name": "model",
-                        "image": "zeroscale/sample-model:dev",
+                        "image": sample_model_image(),
                         "command": ["sample-model"],
                         "args": args,
                         "env": [{"name": "PORT", "value": "8080"}],
@@ -499,4 +595,60 @@ pub async fn install_addon(
     )
     .await?;
     Ok(applied)
+}
+
+/// Runs `pod` in `default` until it is Ready, checks that at least `min_processes` processes
+/// carry the cluster's marker, drops the cluster and checks that it left nothing: no process,
+/// nothing of its node, not its dir (unless `ZEROSCALE_KEEP=1`).
+pub async fn ensure_drop_leaves_nothing(
+    cluster: LocalCluster,
+    pod: Pod,
+    min_processes: usize,
+) -> anyhow::Result<()> {
+    let name = pod.metadata.name.clone().context("the pod has a name")?;
+    let marker = cluster.marker().to_owned();
+    let dir = cluster.dir();
+    let pods: Api<Pod> = Api::namespaced(cluster.client(), "default");
+    pods.create(&PostParams::default(), &pod).await?;
+    eventually("the pod to be Ready", Duration::from_secs(60), || async {
+        Ok(pod_ready(&pods.get(&name).await?).then_some(()))
+    })
+    .await?;
+    let before = zeroscale_testkit::process::processes_with_marker(&marker);
+    anyhow::ensure!(
+        before.len() >= min_processes,
+        "marker finds our processes: {}",
+        zeroscale_testkit::process::describe(&before)
+    );
+    drop(pods);
+    let leaks = teardown(cluster);
+    anyhow::ensure!(leaks.is_empty(), "{}", leaks.join("\n"));
+    if std::env::var("ZEROSCALE_KEEP").as_deref() != Ok("1") {
+        anyhow::ensure!(!dir.exists(), "temp dir {} removed", dir.display());
+    }
+    Ok(())
+}
+
+/// Drops a cluster and says what it left behind: the real node's mounts, cgroups and devices,
+/// and processes with its marker. Empty when it left nothing.
+fn teardown(c: LocalCluster) -> Vec<String> {
+    let marker = c.marker().to_owned();
+    let node = c.node_leak_keys();
+    drop(c);
+    let mut leaks = Vec::new();
+    let node_left = LocalCluster::node_leaks(&node);
+    if !node_left.is_empty() {
+        leaks.push(format!(
+            "the real node left behind after the cluster was dropped:\n{}",
+            node_left.join("\n")
+        ));
+    }
+    let left = zeroscale_testkit::process::processes_with_marker(&marker);
+    if !left.is_empty() {
+        leaks.push(format!(
+            "processes of the cluster still alive after it was dropped:\n{}",
+            zeroscale_testkit::process::describe(&left)
+        ));
+    }
+    leaks
 }

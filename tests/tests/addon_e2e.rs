@@ -146,7 +146,8 @@ async fn manifests_apply_and_reapply_changes_nothing(ctx: Ctx) -> anyhow::Result
             "a pod without a container securityContext was not refused: {refused:?}"
         );
     }
-    // The process kubelet cannot run the add-on's image.
+    // These tests run the add-on as local processes (node_e2e runs it as pods): its own
+    // Deployments stay at 0 so the two never share the work.
     addon::scale_addon_to_zero(&client).await?;
     Ok(())
 }
@@ -581,9 +582,9 @@ async fn model_namespace(
 /// model in `other` is neither routed nor scalable. A cluster of its own (the shared one has the
 /// cluster-wide bindings).
 async fn the_namespaced_install_reads_and_scales_only_its_namespaces(
-    _ctx: Ctx,
+    ctx: Ctx,
 ) -> anyhow::Result<()> {
-    let cluster = zeroscale_testkit::LocalCluster::start().await?;
+    let cluster = ctx.own_cluster().await?;
     let client = cluster.client();
     model_namespace(&client, "models", &[], "sentiment").await?;
     model_namespace(&client, "other", &[], "only-in-other").await?;
@@ -668,9 +669,9 @@ async fn the_namespaced_install_reads_and_scales_only_its_namespaces(
 /// may still scale only in namespaces labelled `zeroscale.dev/managed=true`: a real PATCH as
 /// that identity elsewhere is refused with the policy's message; an admin is not affected.
 async fn the_scale_guard_refuses_scale_writes_outside_labelled_namespaces(
-    _ctx: Ctx,
+    ctx: Ctx,
 ) -> anyhow::Result<()> {
-    let cluster = zeroscale_testkit::LocalCluster::start().await?;
+    let cluster = ctx.own_cluster().await?;
     let client = cluster.client();
     model_namespace(
         &client,

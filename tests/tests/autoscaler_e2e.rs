@@ -961,9 +961,9 @@ async fn standby_takes_over_when_leader_dies(ctx: Ctx) -> anyhow::Result<()> {
 }
 
 /// (8) The API server is stopped and restarted mid-run: no spurious scale-down, decisions go on.
-async fn apiserver_restart_no_spurious_scale_down(_ctx: Ctx) -> anyhow::Result<()> {
+async fn apiserver_restart_no_spurious_scale_down(ctx: Ctx) -> anyhow::Result<()> {
     // A cluster of its own: stopping the shared API server would disturb other tests.
-    let cluster = zeroscale_testkit::LocalCluster::start().await?;
+    let cluster = ctx.own_cluster().await?;
     let client = cluster.client();
     let ns = "restart";
     let nsobj: k8s_openapi::api::core::v1::Namespace =
@@ -1040,11 +1040,11 @@ const WRITE_COUNTERS: &[&str] = &[
 /// (9) Two autoscalers, kube-apiserver stopped for 20 s: past the renew deadline both are not
 /// ready, the leader stops writing (logged once, gauge 0, counted); nothing is written while no
 /// replica leads; after the restart both are ready, one leads, and decisions resume.
-async fn apiserver_outage_stops_writes_and_readiness(_ctx: Ctx) -> anyhow::Result<()> {
+async fn apiserver_outage_stops_writes_and_readiness(ctx: Ctx) -> anyhow::Result<()> {
     const LOST: &str = "lost leadership: lease not renewed for";
     const OUTAGE: Duration = Duration::from_secs(20);
     // A cluster of its own: stopping the shared API server would disturb other tests.
-    let cluster = zeroscale_testkit::LocalCluster::start().await?;
+    let cluster = ctx.own_cluster().await?;
     let client = cluster.client();
     let ns = "outage";
     let nsobj: k8s_openapi::api::core::v1::Namespace =

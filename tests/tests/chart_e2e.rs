@@ -20,7 +20,7 @@ use zeroscale_testkit::bins::tool;
 use zeroscale_testkit::http_client;
 
 fn main() -> std::process::ExitCode {
-    zeroscale_e2e::run_on_real_node(vec![test(
+    zeroscale_e2e::run(vec![test(
         "the_chart_installs_upgrades_and_uninstalls_cleanly",
         the_chart_installs_upgrades_and_uninstalls_cleanly,
     )])

@@ -25,7 +25,7 @@ use zeroscale_testkit::process::OwnedChild;
 use zeroscale_testkit::{bins, certs, http_client};
 
 fn main() -> std::process::ExitCode {
-    zeroscale_e2e::run_on_real_node(vec![
+    zeroscale_e2e::run(vec![
         test(
             "an_inference_service_sleeps_at_zero_and_wakes_by_path_host_headers_and_openai_body",
             an_inference_service_sleeps_at_zero_and_wakes_by_path_host_headers_and_openai_body,
@@ -430,7 +430,7 @@ async fn apply_isvc(
         "metadata": {"name": name, "annotations": a},
         "spec": {"predictor": {"containers": [{
             "name": "kserve-container",
-            "image": "ghcr.io/zeroscale/sample-model:0.1.0",
+            "image": zeroscale_e2e::sample_model_image(),
             "command": ["sample-model"],
             "args": args,
             "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}},

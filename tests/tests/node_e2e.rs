@@ -20,7 +20,7 @@ use zeroscale_testkit::addon::{self, ACTIVATOR, ADDON_NAMESPACE, AUTOSCALER, man
 use zeroscale_testkit::http_client;
 
 fn main() -> std::process::ExitCode {
-    zeroscale_e2e::run_on_real_node(vec![
+    zeroscale_e2e::run(vec![
         test(
             "the_addon_runs_from_its_manifests_as_non_root_read_only_pods",
             the_addon_runs_from_its_manifests_as_non_root_read_only_pods,

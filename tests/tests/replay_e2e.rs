@@ -1,6 +1,6 @@
 //! End-to-end replays of the Azure LLM code trace (issue 15), the first 20 minutes 20x
 //! compressed (3,589 requests in 60 s), through the real activators and autoscaler with
-//! `sample-model` pods of the process kubelet: a 2 s model load, container-concurrency 8,
+//! `sample-model` containers on the real node: a 2 s model load, container-concurrency 8,
 //! 50 ms per request, the test kit's fast configuration (tick and scrape 1 s, stable window
 //! 6 s, grace 4 s). The model starts at 0.
 //!
@@ -69,10 +69,10 @@ const COLD_START_TOLERANCE: f64 = 0.15;
 const REPLICA_SECONDS_TOLERANCE: f64 = 0.20;
 
 /// The parts of the real system the simulator takes as latencies: scale patch -> pod ready
-/// without load delay (about 140 ms on the process kubelet, BENCHMARKS.md "Warm LocalCluster
-/// start"), the wake signal and patch, a terminating pod's exit and removal.
+/// without load delay on the real node (median 558-718 ms, BENCHMARKS.md "Warm start, scale
+/// patch -> pod Ready"), the wake signal and patch, a terminating pod's exit and removal.
 const LATENCIES: SimLatencies = SimLatencies {
-    pod_start: Duration::from_millis(150),
+    pod_start: Duration::from_millis(650),
     wake: Duration::from_millis(50),
     shutdown: Duration::from_millis(100),
 };

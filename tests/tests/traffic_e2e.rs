@@ -1,11 +1,12 @@
 //! End-to-end traffic tests: live load through two real activator processes (and the real
-//! autoscaler) while `sample-model` pods of the process kubelet come and go, on the local
-//! control plane. Every request must be answered 200.
+//! autoscaler) while `sample-model` pods come and go on the local cluster's real node (containers
+//! from the `sample-model` image). Every request must be answered 200.
 //!
 //! 1. Steady load (60 req/s) while the Deployment is scaled 8 -> 1 -> 8 -> 1 -> 0 -> (wake) 1
 //!    -> 8 -> 1 -> 8 -> 1 -> 8 -> 1: pods get SIGTERM under load (sample-model then stops
 //!    listening and closes its idle keep-alive connections, which the activators hold in their
 //!    pools), and at 0 the requests wait in the activators until the wake brings a pod up.
+//!    Every terminated pod must have exited 0 (drained, not killed at the grace period's end).
 //! 2. A time-compressed replay of a cut of the Azure LLM inference trace (coding service):
 //!    bursts and quiet gaps, so the autoscaler scales up, down, to zero and wakes again.
 //! 3. A wake storm: 50 idle models at zero (`ZEROSCALE_WAKE_STORM=N` for another count) get one
@@ -24,7 +25,9 @@ use kube::api::PostParams;
 use kube::{Api, Client};
 use serde_json::json;
 use zeroscale_e2e::traffic::{self, LocalAddon, ReplicaPoint, ReplicaWatch, SteadyLoad, Summary};
-use zeroscale_e2e::{Ctx, eventually, pod_ready, pods_of, sample_model_deployment, test};
+use zeroscale_e2e::{
+    Ctx, ExitWatch, eventually, pod_ready, pods_of, sample_model_deployment, test,
+};
 
 fn main() -> std::process::ExitCode {
     zeroscale_e2e::run(vec![
@@ -112,24 +115,6 @@ fn wakes(points: &[ReplicaPoint], starts_at_zero: bool) -> usize {
         prev = Some(p.spec);
     }
     n
-}
-
-/// `(pods of namespace ns whose log says sample-model got SIGTERM, pod logs of ns)` in the
-/// kubelet's pod log directory.
-fn sigterm_count(dir: &std::path::Path, ns: &str) -> (usize, usize) {
-    let mut logs = 0;
-    let mut term = 0;
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let file = e.file_name().to_string_lossy().into_owned();
-        if !file.starts_with(&format!("{ns}_")) {
-            continue;
-        }
-        logs += 1;
-        if std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("SIGTERM received")) {
-            term += 1;
-        }
-    }
-    (term, logs)
 }
 
 /// Activator log lines about failed requests, for the failure message: the failures first,
@@ -251,6 +236,7 @@ async fn steady_load_while_scaling_8_1_0_and_back_is_all_200(ctx: Ctx) -> anyhow
     let setup = began.elapsed();
 
     let watch = ReplicaWatch::start(&client, &ns, name);
+    let exit_watch = ExitWatch::start(client.clone(), &ns, &format!("app={name}"));
     let load = SteadyLoad::start(
         addon.listen_addrs(),
         8,
@@ -333,17 +319,20 @@ async fn steady_load_while_scaling_8_1_0_and_back_is_all_200(ctx: Ctx) -> anyhow
         .filter(|o| o.ok() && o.latency >= Duration::from_millis(900))
         .count();
     let counted = addon.answered_by_code(name).await.unwrap_or_default();
-    let (sigterms, pod_logs) = sigterm_count(&cluster.dir().join("pods"), &ns);
+    // Pods that caught SIGTERM, drained and exited by themselves (exit code 0).
+    let exits = exit_watch.stop();
+    let drained = exits.values().filter(|(code, _)| *code == 0).count();
     let report = format!(
         "setup {setup:?}, load {:?}\nphases:\n{}\n{summary}\nanswered after waiting >= 0.9 s \
-         (at 0): {waited}\nactivators' requests_total by code: {counted:?}\npods that logged \
-         SIGTERM: {sigterms} of {pod_logs}\n{}\nreplicas (spec/ready): {}",
+         (at 0): {waited}\nactivators' requests_total by code: {counted:?}\npods that exited 0 \
+         after SIGTERM: {drained} of {} that terminated\n{}\nreplicas (spec/ready): {}",
         phases.last().map(|p| p.0).unwrap_or_default(),
         phases
             .iter()
             .map(|(t, w)| format!("  {:6.2}s {w}", t.as_secs_f64()))
             .collect::<Vec<_>>()
             .join("\n"),
+        exits.len(),
         retry_counts(&addon),
         traffic::timeline(&points),
     );
@@ -354,8 +343,8 @@ async fn steady_load_while_scaling_8_1_0_and_back_is_all_200(ctx: Ctx) -> anyhow
         &addon,
         "steady load while scaling 8 -> 1 -> 8 -> 1 -> 0 -> 8 -> 1 -> 8 -> 1",
     )?;
-    // Each 8 -> 1 terminates 7 pods, 1 -> 0 the last one; sample-model logs the signal before
-    // it closes its idle connections and drains.
+    // Each 8 -> 1 terminates 7 pods, 1 -> 0 the last one; sample-model exits 0 once it has
+    // drained after SIGTERM (143 without its handler, 137 if killed at the grace period's end).
     let expected: usize = SCALE_STEPS
         .iter()
         .scan(8, |prev, &n| {
@@ -365,8 +354,8 @@ async fn steady_load_while_scaling_8_1_0_and_back_is_all_200(ctx: Ctx) -> anyhow
         })
         .sum();
     ensure!(
-        sigterms >= expected,
-        "only {sigterms} pods logged SIGTERM, expected at least {expected}\n{report}"
+        drained >= expected,
+        "only {drained} pods exited 0 after SIGTERM, expected at least {expected}\n{report}"
     );
     ensure!(
         waited > 0,

@@ -1,5 +1,6 @@
 //! [`LocalCluster`]: etcd + kube-apiserver + kube-controller-manager as local processes, plus
-//! the process kubelet.
+//! a real node (kube-scheduler, containerd, runc, CNI, kubelet, kube-proxy, CoreDNS: the e2e
+//! suites, the demo) or the process kubelet (pods as local processes: the fleet benchmark).
 //!
 //! Choices (see also the crate docs):
 //! - The API server serves TLS on 127.0.0.1 and a free port, with a certificate signed by a CA
@@ -391,6 +392,18 @@ impl LocalCluster {
             .node
             .as_ref()
             .map(|n| (n.dir().to_path_buf(), n.cgroup().to_owned()))
+    }
+
+    /// What pod `ns/name` wrote to stdout and stderr so far, on either kubelet (the process
+    /// kubelet's `pods/<ns>_<name>.log`, the real node's CRI logs without their prefixes).
+    pub fn pod_log(&self, ns: &str, name: &str) -> std::io::Result<String> {
+        let parts = self.lock();
+        match parts.node.as_ref() {
+            Some(n) => n.pod_log(ns, name),
+            None => {
+                std::fs::read_to_string(parts.dir.join("pods").join(format!("{ns}_{name}.log")))
+            }
+        }
     }
 
     /// Whether this cluster runs a real node (not the process kubelet).

@@ -497,6 +497,38 @@ conntrack:
         &self.dir
     }
 
+    /// What pod `ns/name`'s containers wrote (stdout and stderr, every container and every
+    /// restart, in file order), read from the kubelet's pod log dir with the CRI log prefix
+    /// (`<time> <stream> <F|P> `) taken off. Empty when the pod wrote nothing yet.
+    pub fn pod_log(&self, ns: &str, name: &str) -> std::io::Result<String> {
+        let prefix = format!("{ns}_{name}_");
+        let mut out = String::new();
+        let root = self.dir.join("pod-logs");
+        let mut pods: Vec<PathBuf> = std::fs::read_dir(&root)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&prefix))
+            })
+            .collect();
+        pods.sort();
+        for pod in pods {
+            let mut files = Vec::new();
+            for c in std::fs::read_dir(&pod)?.filter_map(Result::ok) {
+                for f in std::fs::read_dir(c.path())?.filter_map(Result::ok) {
+                    files.push(f.path());
+                }
+            }
+            files.sort();
+            for f in files {
+                out.push_str(&strip_cri_prefix(&std::fs::read_to_string(&f)?));
+            }
+        }
+        Ok(out)
+    }
+
     /// The kubelet's cgroup root (under each v1 hierarchy).
     pub fn cgroup(&self) -> &str {
         &self.cgroup
@@ -736,6 +768,28 @@ disabled_plugins = ["io.containerd.tracing.processor.v1.otlp", "io.containerd.in
     )
 }
 
+/// Lines of a CRI container log (`<RFC 3339 time> <stdout|stderr> <F|P> <text>`) as the
+/// container wrote them: a partial line (`P`) joins the next one.
+fn strip_cri_prefix(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    for line in log.lines() {
+        let mut f = line.splitn(4, ' ');
+        match (f.next(), f.next(), f.next(), f.next()) {
+            (Some(_), Some(_), Some(tag), text) => {
+                out.push_str(text.unwrap_or(""));
+                if tag != "P" {
+                    out.push('\n');
+                }
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
 fn kubelet_config(dir: &Path, sock: &Path, cgroup: &str, port: u16) -> String {
     let d = |p: &str| dir.join(p).display().to_string();
     format!(
@@ -882,6 +936,18 @@ fn unmount_under(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cri_log_lines_lose_their_prefix_and_partial_lines_join() {
+        let log = "2026-12-02T01:00:00.1Z stdout F first line\n\
+                   2026-12-02T01:00:00.2Z stderr P half \n\
+                   2026-12-02T01:00:00.3Z stderr F and the rest\n\
+                   2026-12-02T01:00:00.4Z stdout F\n";
+        assert_eq!(
+            super::strip_cri_prefix(log),
+            "first line\nhalf and the rest\n\n"
+        );
+    }
 
     #[test]
     fn a_missing_or_bad_image_list_says_how_to_build_it() {

@@ -195,6 +195,16 @@ fn read_kustomization(dir: &Path) -> Result<Kustomization, AddonError> {
     })
 }
 
+/// What image `image` becomes under the `images:` list of the kustomization in `dir` (itself
+/// if no entry names it), e.g. `sample-model` under `manifests/examples/`.
+pub fn kustomized_image(dir: &Path, image: &str) -> Result<String, AddonError> {
+    let k = read_kustomization(dir)?;
+    Ok(k.images
+        .iter()
+        .find_map(|o| o.rewrite(image))
+        .unwrap_or_else(|| image.to_owned()))
+}
+
 /// Lists the manifest files of a kustomize base in order, following nested bases.
 pub fn kustomization_files(dir: &Path) -> Result<Vec<PathBuf>, AddonError> {
     let k = read_kustomization(dir)?;
@@ -312,11 +322,25 @@ pub fn file_object<K: serde::de::DeserializeOwned>(
     Ok(None)
 }
 
-/// The example model of `manifests/examples/model.yaml` (Deployment and Service named `name`).
+/// The example model of `manifests/examples/model.yaml` (Deployment and Service named `name`),
+/// its images as the kustomization beside the file names them (what `kubectl apply -k` runs).
 pub fn example_model(path: &Path, name: &str) -> Result<(Deployment, Service), AddonError> {
-    let d = file_object(path, "Deployment", name)?.ok_or_else(|| {
+    let mut d: Deployment = file_object(path, "Deployment", name)?.ok_or_else(|| {
         AddonError::Manifest(format!("no Deployment {name} in {}", path.display()))
     })?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    if dir.join("kustomization.yaml").is_file() {
+        let containers = d
+            .spec
+            .as_mut()
+            .and_then(|s| s.template.spec.as_mut())
+            .map(|s| s.containers.iter_mut());
+        for c in containers.into_iter().flatten() {
+            if let Some(image) = c.image.as_mut() {
+                *image = kustomized_image(dir, image)?;
+            }
+        }
+    }
     let s = file_object(path, "Service", name)?
         .ok_or_else(|| AddonError::Manifest(format!("no Service {name} in {}", path.display())))?;
     Ok((d, s))

@@ -1,7 +1,8 @@
-//! Running the add-on's binaries as local processes next to the process kubelet: apply
+//! Running the add-on's binaries as local processes next to the cluster's node: apply
 //! `manifests/`, scale the add-on's Deployments to 0, start the same binaries with the
 //! containers' args and env under their ServiceAccounts, and publish the activator behind its
-//! Service with a hand-made EndpointSlice.
+//! Service with a hand-made EndpointSlice. For the suites that restart, stop or read the logs of
+//! one component at will; `node_e2e` runs the add-on as the manifests' pods instead.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -387,7 +388,7 @@ pub async fn publish_activator(
 /// Installs the add-on from its manifests and runs it locally, the way a cluster would but as
 /// processes:
 /// 1. server-side applies `opts.manifests` (any invalid object fails);
-/// 2. scales the two add-on Deployments to 0 (the process kubelet cannot run their image);
+/// 2. scales the two add-on Deployments to 0 (the processes below do their work);
 /// 3. applies `opts.config` over `zeroscale-config`;
 /// 4. runs `activator` and `autoscaler` (workspace binaries) with their containers' args and
 ///    env from the manifests, each on its own address in the network namespace and

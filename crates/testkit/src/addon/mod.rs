@@ -8,9 +8,9 @@
 //! - [`service_account`]: mint a token with the TokenRequest API and write a kubeconfig for it
 //!   ([`service_account_kubeconfig`]), so a process started with that file has exactly the RBAC
 //!   the manifests grant: a missing rule fails a test instead of hiding behind an admin identity.
-//! - [`local`]: [`start_addon`] puts it together for the e2e suites on the process kubelet:
-//!   apply `manifests/`, scale the add-on's Deployments to 0 (the process kubelet cannot run
-//!   their image), and run the same binaries as processes with the containers' args and env,
+//! - [`local`]: [`start_addon`] puts it together for the e2e suites that drive the add-on's
+//!   components one by one: apply `manifests/`, scale the add-on's Deployments to 0, and run
+//!   the same binaries as processes with the containers' args and env,
 //!   each on its own address in the private network namespace and under its own
 //!   ServiceAccount. The activator is published behind the manifests' `zeroscale-activator`
 //!   Service with a hand-made EndpointSlice, which is how the autoscaler finds it to scrape.
@@ -30,7 +30,7 @@ mod tests;
 pub use apply::{Applied, FIELD_MANAGER, apply_file, apply_kustomization};
 pub use kustomize::{
     ImageOverride, example_model, file_object, kustomization_files, kustomization_objects,
-    manifest_object, manifests_dir, parse_objects,
+    kustomized_image, manifest_object, manifests_dir, parse_objects,
 };
 pub use local::{
     ACTIVATOR, ACTIVATOR_SLICE, ADDON_NAMESPACE, AUTOSCALER, AddonOptions, LocalComponent,

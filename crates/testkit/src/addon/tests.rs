@@ -153,7 +153,13 @@ fn the_example_model_is_opted_in_at_zero() {
         a.get("zeroscale.dev/enabled").map(String::as_str),
         Some("true")
     );
-    assert_eq!(d.spec.unwrap().replicas, Some(0));
+    let spec = d.spec.unwrap();
+    assert_eq!(spec.replicas, Some(0));
+    // The image as `kubectl apply -k manifests/examples` names it, not the file's bare name.
+    assert_eq!(
+        spec.template.spec.unwrap().containers[0].image.as_deref(),
+        Some("ghcr.io/zeroscale/sample-model:0.1.0")
+    );
     assert_eq!(s.metadata.name.as_deref(), Some("sentiment"));
 }
 
@@ -210,6 +216,15 @@ fn the_rendered_manifests_name_the_images_of_their_kustomizations() {
     assert_eq!(
         images(manifests().join("examples/pool")),
         vec!["ghcr.io/zeroscale/sample-model:0.1.0"; 3]
+    );
+    // What the e2e tests' own Deployments run.
+    assert_eq!(
+        super::kustomized_image(&manifests().join("examples"), "sample-model").unwrap(),
+        "ghcr.io/zeroscale/sample-model:0.1.0"
+    );
+    assert_eq!(
+        super::kustomized_image(&manifests().join("examples"), "other:1").unwrap(),
+        "other:1"
     );
 }
 

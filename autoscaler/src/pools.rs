@@ -487,6 +487,11 @@ mod tests {
         DeploymentKey::new("models", name)
     }
 
+    /// Each intent's Deployment and target replicas, in order.
+    fn moves(intents: &[ScaleIntent]) -> Vec<(DeploymentKey, u32)> {
+        intents.iter().map(|i| (i.key.clone(), i.to)).collect()
+    }
+
     impl Sim {
         fn new(pools: &str, extra: &[(&str, &str)], resources: PodResources) -> Self {
             Self::with_config(pools, extra, resources, &[])
@@ -639,10 +644,7 @@ mod tests {
                 sim.second(&[], false);
             }
             let up = sim.second(&[(name, 0, 1)], false);
-            assert_eq!(
-                up.iter().map(|i| (i.key.clone(), i.to)).collect::<Vec<_>>(),
-                vec![(key(name), 1)]
-            );
+            assert_eq!(moves(&up), vec![(key(name), 1)]);
             for _ in 0..5 {
                 sim.second(&[(name, 1, 0)], false);
             }
@@ -678,19 +680,10 @@ mod tests {
         );
         // The room is c's on the next tick.
         let up = sim.second(&[("c", 0, 2)], false);
-        assert_eq!(
-            up.iter().map(|i| (i.key.clone(), i.to)).collect::<Vec<_>>(),
-            vec![(key("c"), 1)]
-        );
+        assert_eq!(moves(&up), vec![(key("c"), 1)]);
         // Now a again: c woke less than pool-min-residency ago, so b (idle) goes.
         let evict = sim.second(&[("a", 0, 1), ("c", 1, 0)], false);
-        assert_eq!(
-            evict
-                .iter()
-                .map(|i| (i.key.clone(), i.to))
-                .collect::<Vec<_>>(),
-            vec![(key("b"), 0)]
-        );
+        assert_eq!(moves(&evict), vec![(key("b"), 0)]);
     }
 
     /// An evicted model whose own decider still wants a replica (its served requests are in
@@ -713,13 +706,7 @@ mod tests {
             assert!(sim.second(&[], false).is_empty());
         }
         let evict = sim.second(&[("c", 0, 1)], false);
-        assert_eq!(
-            evict
-                .iter()
-                .map(|i| (i.key.clone(), i.to))
-                .collect::<Vec<_>>(),
-            vec![(key("a"), 0)]
-        );
+        assert_eq!(moves(&evict), vec![(key("a"), 0)]);
         // c gets the room and stays busy; a is not a waiting wake, so b is never evicted for it.
         for _ in 0..30 {
             for i in sim.second(&[("c", 1, 0)], false) {
@@ -729,18 +716,9 @@ mod tests {
         assert_eq!((sim.spec["a"], sim.spec["b"], sim.spec["c"]), (0, 1, 1));
         // A new request for a: b (idle) makes room, c (busy) keeps its replica.
         let evict = sim.second(&[("a", 0, 1), ("c", 1, 0)], false);
-        assert_eq!(
-            evict
-                .iter()
-                .map(|i| (i.key.clone(), i.to))
-                .collect::<Vec<_>>(),
-            vec![(key("b"), 0)]
-        );
+        assert_eq!(moves(&evict), vec![(key("b"), 0)]);
         let up = sim.second(&[("a", 0, 1), ("c", 1, 0)], false);
-        assert_eq!(
-            up.iter().map(|i| (i.key.clone(), i.to)).collect::<Vec<_>>(),
-            vec![(key("a"), 1)]
-        );
+        assert_eq!(moves(&up), vec![(key("a"), 1)]);
     }
 
     /// Wakes that arrive together into an empty pool: the one left waiting is told what the
@@ -885,13 +863,7 @@ mod tests {
         sim.second(&[], false);
         sim.index.wake_requested(&key("b"), 2);
         let out = sim.index.tick(sim.now);
-        assert_eq!(
-            out.intents
-                .iter()
-                .map(|i| (i.key.clone(), i.to))
-                .collect::<Vec<_>>(),
-            vec![(key("b"), 1)]
-        );
+        assert_eq!(moves(&out.intents), vec![(key("b"), 1)]);
     }
 
     #[test]

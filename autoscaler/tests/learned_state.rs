@@ -19,9 +19,9 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use clap::Parser as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
@@ -36,6 +36,7 @@ use zeroscale_scaling::idle::IdleHistogram;
 use zeroscale_testkit::LocalCluster;
 use zeroscale_testkit::addon::{apply_file, manifests_dir, service_account_kubeconfig};
 use zeroscale_testkit::cluster::ClusterOptions;
+use zeroscale_testkit::wait::eventually;
 
 const SYS: &str = "zeroscale-system";
 const MODELS: &str = "models";
@@ -47,24 +48,6 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(run())
-}
-
-async fn until<T, F, Fut>(what: &str, within: Duration, mut f: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await? {
-            println!("ok ({:.1}s): {what}", start.elapsed().as_secs_f64());
-            return Ok(v);
-        }
-        if start.elapsed() > within {
-            bail!("timed out after {within:?}: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 async fn metric(addr: SocketAddr, line: &str) -> anyhow::Result<Option<()>> {
@@ -230,20 +213,20 @@ async fn run() -> anyhow::Result<()> {
     // 2. The App restores it, leads and writes the shard back: the same histogram, no `gone`.
     let app1 = start_app(&sa_kubeconfig, "first").await?;
     let m1 = app1.metrics;
-    until(
+    eventually(
         "first replica restored 1 model",
         Duration::from_secs(60),
         || metric(m1, "zeroscale_autoscaler_learned_state_restored_total 1"),
     )
     .await?;
-    until("first replica leads", Duration::from_secs(30), || {
+    eventually("first replica leads", Duration::from_secs(30), || {
         metric(m1, "zeroscale_autoscaler_leader 1")
     })
     .await?;
     let want = BTreeMap::from([(storage_key(&key), text.clone())]);
     let (admin2, name, gone_name) = (admin.clone(), shard_name(i), shard_name(shard_of(&gone)));
     let gone_key = storage_key(&gone);
-    until(
+    eventually(
         "the leader wrote the shard back, without the deleted model",
         Duration::from_secs(40),
         || {
@@ -262,7 +245,7 @@ async fn run() -> anyhow::Result<()> {
         },
     )
     .await?;
-    until(
+    eventually(
         "writes counted as successes",
         Duration::from_secs(10),
         || async move {
@@ -286,13 +269,13 @@ async fn run() -> anyhow::Result<()> {
     app1.stop().await;
     let app2 = start_app(&sa_kubeconfig, "second").await?;
     let m2 = app2.metrics;
-    until(
+    eventually(
         "second replica restored 1 model",
         Duration::from_secs(60),
         || metric(m2, "zeroscale_autoscaler_learned_state_restored_total 1"),
     )
     .await?;
-    until("second replica leads", Duration::from_secs(30), || {
+    eventually("second replica leads", Duration::from_secs(30), || {
         metric(m2, "zeroscale_autoscaler_leader 1")
     })
     .await?;
@@ -302,7 +285,7 @@ async fn run() -> anyhow::Result<()> {
         .delete("llama", &DeleteParams::default())
         .await?;
     let (admin3, name) = (admin.clone(), shard_name(i));
-    until(
+    eventually(
         "the deleted model dropped out",
         Duration::from_secs(40),
         || {

@@ -62,7 +62,7 @@ use std::future::Future;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::future::BoxFuture;
@@ -75,6 +75,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::json;
 use zeroscale_testkit::ClusterOptions;
 pub use zeroscale_testkit::LocalCluster;
+pub use zeroscale_testkit::wait::eventually;
 
 /// Time limit of one e2e test.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(300);
@@ -263,30 +264,6 @@ fn run_with(tests: Vec<E2eTest>, options: ClusterOptions) -> ExitCode {
     code
 }
 
-/// Polls `f` every 50 ms until it returns `Some`, or fails after `timeout` naming `what`.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<Option<T>>>,
-{
-    let deadline = Instant::now() + timeout;
-    let mut last_err = None;
-    loop {
-        match f().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last_err = Some(e),
-        }
-        if Instant::now() > deadline {
-            let detail = last_err
-                .map(|e| format!(" (last error: {e:#})"))
-                .unwrap_or_default();
-            anyhow::bail!("timed out after {timeout:?} waiting for {what}{detail}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Watches the pods of a namespace and keeps, per pod, the exit code and reason of its first
 /// container's terminated state, as the kubelet reports them: it deletes a terminating pod only
 /// after its status shows the containers terminated, so a watch sees that state of every pod that
@@ -393,6 +370,8 @@ pub fn sample_model_deployment(name: &str, replicas: i32, args: &[&str]) -> Depl
                 "metadata": {"labels": {"app": name}},
                 "spec": {
                     "terminationGracePeriodSeconds": 10,
+                    // As manifests/examples/model.yaml: a model needs no API token.
+                    "automountServiceAccountToken": false,
                     "containers": [{
                         "name": "model",
                         "image": sample_model_image(),

@@ -816,6 +816,62 @@ pub fn repo_root() -> PathBuf {
     p.canonicalize().unwrap_or(p)
 }
 
+/// Follows `spec.replicas` of the Deployments `names` in `ns` on a watch, every change in the
+/// order the API server made them, and keeps the largest sum with the counts that made it:
+/// a pool's exact peak, not a sample once a second. Stops watching when dropped.
+pub struct PeakWatch {
+    peak: Arc<std::sync::Mutex<(i32, BTreeMap<String, i32>)>>,
+    task: JoinHandle<()>,
+}
+
+impl PeakWatch {
+    /// Starts watching.
+    pub fn start(client: Client, ns: &str, names: &[&str]) -> Self {
+        use futures::StreamExt as _;
+        use kube::runtime::watcher;
+        let peak = Arc::new(std::sync::Mutex::new((0, BTreeMap::new())));
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let deployments: Api<Deployment> = Api::namespaced(client, ns);
+        let seen = peak.clone();
+        let task = tokio::spawn(async move {
+            let mut spec: BTreeMap<String, i32> = BTreeMap::new();
+            let mut stream = std::pin::pin!(watcher(deployments, watcher::Config::default()));
+            while let Some(ev) = stream.next().await {
+                let Ok(watcher::Event::Apply(d) | watcher::Event::InitApply(d)) = ev else {
+                    continue;
+                };
+                let name = d.metadata.name.clone().unwrap_or_default();
+                if !names.contains(&name) {
+                    continue;
+                }
+                spec.insert(name, d.spec.and_then(|s| s.replicas).unwrap_or(1));
+                let sum: i32 = spec.values().sum();
+                let mut peak = seen
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if sum > peak.0 {
+                    *peak = (sum, spec.clone());
+                }
+            }
+        });
+        Self { peak, task }
+    }
+
+    /// The largest sum of replicas so far, and each Deployment's count at that moment.
+    pub fn peak(&self) -> (i32, BTreeMap<String, i32>) {
+        self.peak
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl Drop for PeakWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

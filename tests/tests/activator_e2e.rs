@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::Service;
 use kube::api::PostParams;
 use kube::{Api, Client};
 use serde_json::json;
-use zeroscale_e2e::traffic::{LocalAddon, Proc, free_addr, wait_ready};
+use zeroscale_e2e::traffic::{LocalAddon, PeakWatch, Proc, free_addr, wait_ready};
 use zeroscale_e2e::{Ctx, eventually, sample_model_deployment, service_for, test};
 use zeroscale_testkit::http_client::{self, HttpResponse};
 
@@ -264,9 +264,6 @@ async fn name_conflict_warns_and_oldest_wins(ctx: Ctx) -> anyhow::Result<()> {
 /// (a, b, c, a). Every request is answered 200; the pool's replicas, followed on a watch of
 /// every change, are never above 2; the Events say who was evicted for whom.
 async fn three_models_share_a_pool_of_two(ctx: Ctx) -> anyhow::Result<()> {
-    use futures::StreamExt as _;
-    use kube::runtime::watcher;
-
     let cluster = ctx.cluster().await?;
     let client = ctx.client().await?;
     let ns = ctx.namespace().await?;
@@ -296,28 +293,7 @@ async fn three_models_share_a_pool_of_two(ctx: Ctx) -> anyhow::Result<()> {
 
     // Every change of the pool's replicas, in the order the API server made them: the largest
     // sum seen, with the counts that made it.
-    let peak = std::sync::Arc::new(std::sync::Mutex::new((0i32, String::new())));
-    let (c, n, seen) = (client.clone(), ns.clone(), peak.clone());
-    let watch = tokio::spawn(async move {
-        let mut spec: BTreeMap<String, i32> = BTreeMap::new();
-        let stream = watcher(
-            Api::<Deployment>::namespaced(c, &n),
-            watcher::Config::default(),
-        );
-        let mut stream = std::pin::pin!(stream);
-        while let Some(ev) = stream.next().await {
-            let Ok(watcher::Event::Apply(d) | watcher::Event::InitApply(d)) = ev else {
-                continue;
-            };
-            let name = d.metadata.name.clone().unwrap_or_default();
-            spec.insert(name, d.spec.and_then(|s| s.replicas).unwrap_or(1));
-            let sum: i32 = spec.values().sum();
-            let mut peak = seen.lock().unwrap_or_else(|e| e.into_inner());
-            if sum > peak.0 {
-                *peak = (sum, format!("{spec:?}"));
-            }
-        }
-    });
+    let watch = PeakWatch::start(client.clone(), &ns, &models);
 
     let addon = LocalAddon::start(&cluster, &client, &ns, 1, config).await?;
     let (listen, as_metrics) = (addon.activators[0].listen, addon.autoscaler_metrics);
@@ -455,11 +431,11 @@ async fn three_models_share_a_pool_of_two(ctx: Ctx) -> anyhow::Result<()> {
     ensure!(count("model-c", "started") == Some(1), "c started: {m}");
 
     // Never above capacity, on any change.
-    watch.abort();
-    let peak = peak.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let peak = watch.peak();
+    drop(watch);
     ensure!(
         peak.0 == 2,
-        "the pool's replicas peaked at {}: {}",
+        "the pool's replicas peaked at {}: {:?}",
         peak.0,
         peak.1
     );

@@ -228,6 +228,8 @@ async fn create_model(
                 "metadata": {"labels": {"app": name}},
                 "spec": {
                     "terminationGracePeriodSeconds": 5,
+                    // As manifests/examples/model.yaml: no token volume for the kubelet to mount.
+                    "automountServiceAccountToken": false,
                     "containers": [{
                         // `command` for the process kubelet, which runs it as a local binary.
                         "name": "model", "image": image, "command": ["sample-model"],

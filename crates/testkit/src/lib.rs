@@ -10,6 +10,7 @@
 //! - [`netns`]: run a test binary inside a private network namespace (pods get 10.244.x.y).
 //! - [`bins`]: where the control-plane and workspace binaries are.
 //! - [`process`]: owned child processes and the leak check.
+//! - [`wait`]: [`wait::eventually`], polling for a condition with a limit.
 
 pub mod addon;
 pub mod bins;
@@ -22,6 +23,7 @@ pub mod netns;
 pub mod node;
 pub mod process;
 pub mod sample_model;
+pub mod wait;
 
 pub use bins::{k8s_bin_dir, workspace_bin};
 pub use cluster::{ClusterError, ClusterOptions, LocalCluster};

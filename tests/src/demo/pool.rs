@@ -16,14 +16,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Event;
-use kube::runtime::watcher;
 use kube::{Api, Client};
 use zeroscale_testkit::addon;
 
 use super::{DemoOptions, MODEL_NAMESPACE, Tasks, Traffic, lock, predict};
+use crate::traffic::PeakWatch;
 
 /// The pool's name in the ConfigMap and the models' `zeroscale.dev/pool` annotation.
 pub const POOL: &str = "gpu";
@@ -77,31 +76,6 @@ fn counts_line(spec: &BTreeMap<String, i32>) -> String {
         .map(|m| format!("{m}={}", spec.get(*m).copied().unwrap_or(0)))
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// Records every change of the pool's replicas; keeps the largest sum.
-async fn watch_peak(client: Client, peak: Arc<Mutex<(i32, String)>>) {
-    let mut spec: BTreeMap<String, i32> = BTreeMap::new();
-    let stream = watcher(
-        Api::<Deployment>::namespaced(client, MODEL_NAMESPACE),
-        watcher::Config::default(),
-    );
-    let mut stream = std::pin::pin!(stream);
-    while let Some(ev) = stream.next().await {
-        let Ok(watcher::Event::Apply(d) | watcher::Event::InitApply(d)) = ev else {
-            continue;
-        };
-        let name = d.metadata.name.clone().unwrap_or_default();
-        if !MODELS.contains(&name.as_str()) {
-            continue;
-        }
-        spec.insert(name, d.spec.and_then(|s| s.replicas).unwrap_or(0));
-        let sum: i32 = spec.values().sum();
-        let mut peak = lock(&peak);
-        if sum > peak.0 {
-            *peak = (sum, counts_line(&spec));
-        }
-    }
 }
 
 /// One line per second (each model's desired/ready replicas) and every new pool Event.
@@ -171,12 +145,14 @@ pub(super) async fn run(
             MODELS[0]
         );
     }
-    let peak = Arc::new(Mutex::new((0, String::new())));
+    let peak = PeakWatch::start(client.clone(), MODEL_NAMESPACE, &MODELS);
     let story = Arc::new(Mutex::new(PoolStory::default()));
-    let watchers = Tasks(vec![
-        tokio::spawn(watch_peak(client.clone(), peak.clone())),
-        tokio::spawn(monitor(client.clone(), started, quiet, story.clone())),
-    ]);
+    let watchers = Tasks(vec![tokio::spawn(monitor(
+        client.clone(),
+        started,
+        quiet,
+        story.clone(),
+    ))]);
     addon::apply_kustomization(client, &addon::manifests_dir().join("examples/pool"))
         .await
         .context("applying manifests/examples/pool")?;
@@ -207,7 +183,8 @@ pub(super) async fn run(
     tokio::time::sleep(Duration::from_millis(1100)).await;
     drop(watchers);
     let mut story = std::mem::take(&mut *lock(&story));
-    story.peak = std::mem::take(&mut *lock(&peak));
+    let (sum, spec) = peak.peak();
+    story.peak = (sum, counts_line(&spec));
     Ok(story)
 }
 

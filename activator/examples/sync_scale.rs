@@ -223,12 +223,15 @@ fn main() {
     for i in 0..n {
         ix.handle(Change::Deployment(
             None,
-            Box::new(Event::Apply(deployment(i))),
+            Box::new(Event::Apply(deployment(i).into())),
         ));
-        ix.handle(Change::Service(None, Box::new(Event::Apply(service(i)))));
+        ix.handle(Change::Service(
+            None,
+            Box::new(Event::Apply(service(i).into())),
+        ));
         ix.handle(Change::EndpointSlice(
             None,
-            Box::new(Event::Apply(slice(i, false, 1))),
+            Box::new(Event::Apply(slice(i, false, 1).into())),
         ));
     }
     let table = table();
@@ -245,7 +248,7 @@ fn main() {
         // Built outside the timing: the watcher hands over a decoded object.
         let change = Change::EndpointSlice(
             None,
-            Box::new(Event::Apply(slice(i, ready[i], 2 + r as u64))),
+            Box::new(Event::Apply(slice(i, ready[i], 2 + r as u64).into())),
         );
         let t = Instant::now();
         ix.handle(change);
@@ -263,7 +266,7 @@ fn main() {
         let mut svc = service(i);
         svc.metadata.resource_version = Some((2 + r).to_string());
         let t = Instant::now();
-        ix.handle(Change::Service(None, Box::new(Event::Apply(svc))));
+        ix.handle(Change::Service(None, Box::new(Event::Apply(svc.into()))));
         let report = ix.sync(&table);
         samples.push(t.elapsed());
         assert!(report.recomputed <= per_ns);

@@ -111,12 +111,20 @@ impl WakeSink for NoWake {
     fn wake(&self, _model: &Arc<Model>) {}
 }
 
-type Rank = (i64, String, String);
-
+/// One model's claim of a name or host. Its rank is the conflict rule (oldest first, then by
+/// namespace and Deployment name), read from the model's key rather than copied.
 #[derive(Clone, Debug)]
 struct Claim {
-    rank: Rank,
+    /// creationTimestamp in Unix seconds; missing counts as newest.
+    created: i64,
     model: Arc<Model>,
+}
+
+impl Claim {
+    fn rank(&self) -> (i64, &str, &str) {
+        let k = &self.model.key;
+        (self.created, &k.namespace, &k.deployment)
+    }
 }
 
 /// The routing table.
@@ -138,14 +146,6 @@ impl std::fmt::Debug for Table {
             .field("models", &self.models.len())
             .finish()
     }
-}
-
-fn rank(spec: &ModelSpec) -> Rank {
-    (
-        spec.created.unwrap_or(i64::MAX),
-        spec.key.namespace.clone(),
-        spec.key.deployment.clone(),
-    )
 }
 
 fn host_keys(spec: &ModelSpec) -> Vec<String> {
@@ -266,13 +266,15 @@ impl Table {
 
     fn index(&self, spec: &ModelSpec, model: &Arc<Model>) {
         let claim = Claim {
-            rank: rank(spec),
+            created: spec.created.unwrap_or(i64::MAX),
             model: model.clone(),
         };
         let add = |map: &DashMap<String, Vec<Claim>>, k: String| {
             let mut v = map.entry(k).or_default();
+            // Most names have one claimant: no room for more (a Vec's first push makes four).
+            v.reserve_exact(1);
             v.push(claim.clone());
-            v.sort_by(|a, b| a.rank.cmp(&b.rank));
+            v.sort_by(|a, b| a.rank().cmp(&b.rank()));
         };
         add(&self.names, spec.model_name.clone());
         for h in host_keys(spec) {

@@ -5,9 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
 use kube::runtime::watcher;
 use zeroscale_config::GlobalConfig;
@@ -15,29 +13,37 @@ use zeroscale_kube::endpoints::SERVICE_NAME_LABEL;
 
 use super::apply::{Applier, ConflictReport};
 use super::resolve::{Desired, Selectors, ServicesAndSlices};
-use super::store::{Change, Kind, Objects, Replaced, Scope, ns_name};
+use super::store::{Change, Kind, Names, Objects, Replaced, Scope, ns_name};
+use super::stored::{RoutedDeployment, RoutedService, RoutedSlice};
 use crate::table::{ModelKey, Table};
 
-/// Works out the whole routing table from the watched objects, from scratch (the sync itself
-/// is incremental, see [`Index`]; this runs the same per-model code over every Deployment).
-pub fn desired(
-    deployments: &[Arc<Deployment>],
-    services: &[Arc<Service>],
-    slices: &[Arc<EndpointSlice>],
+/// Works out the whole routing table from the watched objects (`k8s_openapi` objects, or
+/// the forms the index keeps them in), from scratch (the sync itself is incremental, see
+/// [`Index`]; this runs the same per-model code over every Deployment).
+pub fn desired<D, S, E>(
+    deployments: &[Arc<D>],
+    services: &[Arc<S>],
+    slices: &[Arc<E>],
     global: &GlobalConfig,
-) -> Desired {
+) -> Desired
+where
+    D: Clone + Into<RoutedDeployment>,
+    S: Clone + Into<RoutedService>,
+    E: Clone + Into<RoutedSlice>,
+{
     let mut index = Index::new(global.clone());
     for s in services {
-        let changed = index.services.put(s.clone());
+        let changed = index.services.put(Arc::new((**s).clone().into()));
         index.services_changed(changed);
     }
     for s in slices {
-        let changed = index.slices.put(s.clone());
+        let changed = index.slices.put(Arc::new((**s).clone().into()));
         index.slices_changed(changed);
     }
     let mut out = Desired::default();
     for d in deployments {
-        let Some(r) = index.services_and_slices().model(d, global) else {
+        let d: RoutedDeployment = (**d).clone().into();
+        let Some(r) = index.services_and_slices().model(&d, global) else {
             continue;
         };
         if !r.errors.is_empty() {
@@ -83,15 +89,15 @@ pub struct Index {
     pub(super) global: GlobalConfig,
     /// resourceVersion of the ConfigMap `global` was read from.
     pub(super) config_version: Option<String>,
-    pub(super) deployments: Objects<Deployment>,
-    pub(super) services: Objects<Service>,
-    pub(super) slices: Objects<EndpointSlice>,
+    pub(super) deployments: Objects<RoutedDeployment>,
+    pub(super) services: Objects<RoutedService>,
+    pub(super) slices: Objects<RoutedSlice>,
     pub(super) configmaps: Objects<ConfigMap>,
     /// (namespace, Service) -> names of the EndpointSlices labelled with it.
-    pub(super) slices_by_service: HashMap<(String, String), BTreeSet<String>>,
+    pub(super) slices_by_service: HashMap<(String, String), Names>,
     pub(super) selectors: Selectors,
     /// (namespace, Service) -> Deployments whose endpoints came from it at the last sync.
-    pub(super) routed_through: HashMap<(String, String), BTreeSet<String>>,
+    pub(super) routed_through: HashMap<(String, String), Names>,
     /// The reverse of `routed_through`.
     pub(super) service_of: HashMap<ModelKey, String>,
     pub(super) dirty: Dirty,
@@ -143,7 +149,7 @@ impl Index {
     }
 
     /// A watched Deployment.
-    pub fn deployment(&self, key: &ModelKey) -> Option<Arc<Deployment>> {
+    pub fn deployment(&self, key: &ModelKey) -> Option<Arc<RoutedDeployment>> {
         self.deployments
             .get(&key.namespace, &key.deployment)
             .cloned()
@@ -192,7 +198,7 @@ impl Index {
     /// A Service may now select other pods: its namespace's models are dirty.
     pub(super) fn services_changed(
         &mut self,
-        changed: impl IntoIterator<Item = Replaced<Service>>,
+        changed: impl IntoIterator<Item = Replaced<RoutedService>>,
     ) {
         for (old, new) in changed {
             if let Some(o) = &old {
@@ -210,7 +216,7 @@ impl Index {
     /// The models routed through the slices' Services are dirty.
     pub(super) fn slices_changed(
         &mut self,
-        changed: impl IntoIterator<Item = Replaced<EndpointSlice>>,
+        changed: impl IntoIterator<Item = Replaced<RoutedSlice>>,
     ) {
         for (old, new) in changed {
             // The Service label may change: both Services' models are affected.
@@ -282,7 +288,7 @@ impl Index {
         let dirty = std::mem::take(&mut self.dirty);
         // Sorted, so conflicts are reported in the same order every time.
         let mut keys: BTreeSet<ModelKey> = dirty.models.into_iter().collect();
-        let model_key = |d: &Arc<Deployment>| {
+        let model_key = |d: &Arc<RoutedDeployment>| {
             let (namespace, deployment) = ns_name(&**d);
             ModelKey {
                 namespace,

@@ -21,6 +21,7 @@
 //! `terminating` conditions (unset: ready, not terminating).
 //!
 //! Files: `resolve` (which Service, port and endpoints), `store` (objects and re-lists),
+//! `stored` (the forms Deployments and Services are kept in: what `resolve` reads),
 //! `index` (dirty tracking, incremental sync), `apply` (the table, touched only where it
 //! differs), `run` (the watches); `tests/oracle.rs` checks the index against a naive
 //! recomputation over random event sequences.
@@ -30,12 +31,14 @@ mod index;
 mod resolve;
 mod run;
 mod store;
+mod stored;
 
 pub use apply::{Applier, ConflictReport, NameConflict, by_name};
 pub use index::{Index, SyncReport, desired};
 pub use resolve::{Desired, DesiredModel};
 pub use run::{Targets, WatchConfig, run};
 pub use store::{Change, Kind, Scope};
+pub use stored::{RoutedDeployment, RoutedPort, RoutedService, RoutedSlice};
 
 #[cfg(test)]
 mod tests;

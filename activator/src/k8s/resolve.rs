@@ -1,16 +1,15 @@
 //! Resolution: which Service, which port and which endpoints one opted-in Deployment is routed
 //! to, read from the watched Services and EndpointSlices (the rules are in the [`super`] doc).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use zeroscale_config::{ConfigError, DeploymentSettings, GlobalConfig, is_opted_in, kserve};
 use zeroscale_kube::endpoints::{self, Select};
 
-use super::store::{Objects, ns_name};
+use super::store::{Names, Objects, ns_name};
+use super::stored::{RoutedDeployment, RoutedPort, RoutedService, RoutedSlice};
 use crate::queue::{Endpoint, Limits};
 use crate::table::{ModelKey, ModelSpec};
 
@@ -42,15 +41,15 @@ pub(super) struct Resolved {
 
 /// The Services and EndpointSlices of every namespace, as one model's computation reads them.
 pub(super) struct ServicesAndSlices<'a> {
-    pub(super) services: &'a Objects<Service>,
-    pub(super) slices: &'a Objects<EndpointSlice>,
-    pub(super) slices_by_service: &'a HashMap<(String, String), BTreeSet<String>>,
+    pub(super) services: &'a Objects<RoutedService>,
+    pub(super) slices: &'a Objects<RoutedSlice>,
+    pub(super) slices_by_service: &'a HashMap<(String, String), Names>,
     pub(super) selectors: &'a Selectors,
 }
 
 impl ServicesAndSlices<'_> {
     /// The model of one Deployment, if it is opted in. Pure: reads only its arguments.
-    pub(super) fn model(&self, d: &Deployment, global: &GlobalConfig) -> Option<Resolved> {
+    pub(super) fn model(&self, d: &RoutedDeployment, global: &GlobalConfig) -> Option<Resolved> {
         let annotations = d.annotations();
         if !is_opted_in(annotations) {
             return None;
@@ -84,7 +83,7 @@ impl ServicesAndSlices<'_> {
                     .into_iter()
                     .flatten()
                     .filter_map(|n| self.slices.get(&key.namespace, n))
-                    .map(|s| &**s)
+                    .map(|s| &s.0)
                     .collect();
                 (
                     endpoints_of(svc, &slices, settings.port.as_deref()),
@@ -134,62 +133,13 @@ impl ServicesAndSlices<'_> {
     }
 }
 
-/// Drops from a watched Deployment what routing never reads: its status and its pod spec (the
-/// pod template's labels, which [`selects`] matches, and the metadata stay). Stored Deployments
-/// then cost their labels and annotations, not their containers (issue 14: 10,000 models).
-pub(super) fn keep_routing_fields(d: &mut Deployment) {
-    d.status = None;
-    if let Some(spec) = d.spec.as_mut() {
-        spec.template.spec = None;
-    }
-}
-
-/// Drops from a watched Service what routing never reads: of the spec only the selector
-/// ([`selects`]) and the ports ([`endpoints_of`]) stay, the status and the annotations go.
-pub(super) fn keep_service_routing_fields(svc: &mut Service) {
-    use k8s_openapi::api::core::v1::ServiceSpec;
-    svc.metadata.annotations = None;
-    svc.status = None;
-    svc.spec = svc.spec.take().map(|s| ServiceSpec {
-        selector: s.selector,
-        ports: s.ports,
-        ..Default::default()
-    });
-}
-
-/// Drops from a watched EndpointSlice what routing never reads: its owner, annotations and
-/// generated-name prefix, and of each endpoint all but its addresses, conditions and the
-/// kind and name of its target (the pod name). Its labels stay (the Service it belongs to).
-pub(super) fn keep_slice_routing_fields(s: &mut EndpointSlice) {
-    use k8s_openapi::api::core::v1::ObjectReference;
-    use k8s_openapi::api::discovery::v1::Endpoint as SliceEndpoint;
-    s.metadata.annotations = None;
-    s.metadata.owner_references = None;
-    s.metadata.generate_name = None;
-    for e in s.endpoints.iter_mut().flatten() {
-        *e = SliceEndpoint {
-            addresses: std::mem::take(&mut e.addresses),
-            conditions: e.conditions.take(),
-            target_ref: e.target_ref.take().map(|r| ObjectReference {
-                kind: r.kind,
-                name: r.name,
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-    }
-}
-
-pub(super) fn pod_labels(d: &Deployment) -> Option<&BTreeMap<String, String>> {
-    d.spec
-        .as_ref()
-        .and_then(|s| s.template.metadata.as_ref())
-        .and_then(|m| m.labels.as_ref())
+pub(super) fn pod_labels(d: &RoutedDeployment) -> Option<&BTreeMap<String, String>> {
+    d.pod_labels.as_ref()
 }
 
 /// The Service's selector is non-empty and every pair of it is on the pod template.
-pub(super) fn selects(svc: &Service, d: &Deployment) -> bool {
-    let Some(sel) = svc.spec.as_ref().and_then(|s| s.selector.as_ref()) else {
+pub(super) fn selects(svc: &RoutedService, d: &RoutedDeployment) -> bool {
+    let Some(sel) = svc.selector.as_ref() else {
         return false;
     };
     if sel.is_empty() {
@@ -205,14 +155,14 @@ pub(super) fn selects(svc: &Service, d: &Deployment) -> bool {
 /// Services that select a pod template looks at its few labels instead of every Service of
 /// its namespace. A Service selects only if all its pairs are on the template, the first too.
 #[derive(Debug, Default)]
-pub(super) struct Selectors(HashMap<String, HashMap<String, HashMap<String, BTreeSet<String>>>>);
+pub(super) struct Selectors(HashMap<String, HashMap<String, HashMap<String, Names>>>);
 
-pub(super) fn first_pair(svc: &Service) -> Option<(&String, &String)> {
-    svc.spec.as_ref()?.selector.as_ref()?.iter().next()
+pub(super) fn first_pair(svc: &RoutedService) -> Option<(&String, &String)> {
+    svc.selector.as_ref()?.iter().next()
 }
 
 impl Selectors {
-    pub(super) fn insert(&mut self, svc: &Service) {
+    pub(super) fn insert(&mut self, svc: &RoutedService) {
         if let Some((k, v)) = first_pair(svc) {
             let (ns, name) = ns_name(svc);
             let by_value = self.0.entry(ns).or_default().entry(k.clone()).or_default();
@@ -220,7 +170,7 @@ impl Selectors {
         }
     }
 
-    pub(super) fn remove(&mut self, svc: &Service) {
+    pub(super) fn remove(&mut self, svc: &RoutedService) {
         let Some((k, v)) = first_pair(svc) else {
             return;
         };
@@ -266,10 +216,9 @@ pub(super) enum PortChoice {
     Number(i32),
 }
 
-pub(super) fn port_choice(svc: &Service, want: Option<&str>) -> Option<PortChoice> {
-    let ports = svc.spec.as_ref().and_then(|s| s.ports.as_ref());
-    let ports = ports.map(Vec::as_slice).unwrap_or(&[]);
-    let name_of = |p: &k8s_openapi::api::core::v1::ServicePort| p.name.clone().unwrap_or_default();
+pub(super) fn port_choice(svc: &RoutedService, want: Option<&str>) -> Option<PortChoice> {
+    let ports = svc.ports.as_slice();
+    let name_of = |p: &RoutedPort| p.name.clone().unwrap_or_default();
     match want {
         None => ports.first().map(|p| PortChoice::Named(name_of(p))),
         Some(w) => {
@@ -286,7 +235,7 @@ pub(super) fn port_choice(svc: &Service, want: Option<&str>) -> Option<PortChoic
 }
 
 pub(super) fn endpoints_of(
-    svc: &Service,
+    svc: &RoutedService,
     slices: &[&EndpointSlice],
     want: Option<&str>,
 ) -> Vec<Endpoint> {

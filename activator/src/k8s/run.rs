@@ -5,9 +5,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::events::EventType;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
@@ -18,8 +16,8 @@ use zeroscale_kube::watch::{WatchBackoff, forward, scoped_api, slim};
 
 use super::apply;
 use super::index::Index;
-use super::resolve::{keep_routing_fields, keep_service_routing_fields, keep_slice_routing_fields};
 use super::store::{Change, Kind, Scope};
+use super::stored::{RoutedDeployment, RoutedService, RoutedSlice};
 use crate::proxy::Proxy;
 use crate::table::Table;
 use crate::wake::Waker;
@@ -48,15 +46,15 @@ pub struct WatchConfig {
     pub instance: Option<String>,
 }
 
-/// Starts one watcher; its events go to the sync task, tagged by `wrap`. Each object is
-/// slimmed and then `trim`med (what this kind's routing does not read) before it is stored.
+/// Starts one watcher; its events go to the sync task, tagged by `wrap`. Deployments, Services
+/// and EndpointSlices are read in their stored forms (`super::stored`: what routing reads);
+/// every object is slimmed ([`slim`]) before it is stored.
 fn watch<K>(
     api: Api<K>,
     cfg: watcher::Config,
     scope: Scope,
     tx: &mpsc::Sender<Change>,
     wrap: fn(Scope, Box<watcher::Event<K>>) -> Change,
-    trim: fn(&mut K),
 ) where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     <K as Resource>::DynamicType: Default,
@@ -70,10 +68,7 @@ fn watch<K>(
     tokio::spawn(async move {
         let stream = watcher(api, cfg)
             .backoff(WatchBackoff::default())
-            .modify(move |o| {
-                slim(o);
-                trim(o);
-            });
+            .modify(slim);
         forward(
             &what,
             stream,
@@ -99,32 +94,29 @@ pub async fn run(client: Client, cfg: WatchConfig, targets: Targets) {
     for scope in &scopes {
         index.expect(Kind::Deployment, scope.clone());
         watch(
-            scoped_api::<Deployment>(client.clone(), scope.as_deref()),
+            scoped_api::<RoutedDeployment>(client.clone(), scope.as_deref()),
             watcher::Config::default().any_semantic(),
             scope.clone(),
             &tx,
             Change::Deployment,
-            keep_routing_fields,
         );
         index.expect(Kind::Service, scope.clone());
         watch(
-            scoped_api::<Service>(client.clone(), scope.as_deref()),
+            scoped_api::<RoutedService>(client.clone(), scope.as_deref()),
             watcher::Config::default().any_semantic(),
             scope.clone(),
             &tx,
             Change::Service,
-            keep_service_routing_fields,
         );
         index.expect(Kind::EndpointSlice, scope.clone());
         watch(
-            scoped_api::<EndpointSlice>(client.clone(), scope.as_deref()),
+            scoped_api::<RoutedSlice>(client.clone(), scope.as_deref()),
             watcher::Config::default()
                 .any_semantic()
                 .labels(SERVICE_NAME_LABEL),
             scope.clone(),
             &tx,
             Change::EndpointSlice,
-            keep_slice_routing_fields,
         );
     }
     let cm_scope = Some(cfg.namespace.clone());
@@ -138,7 +130,6 @@ pub async fn run(client: Client, cfg: WatchConfig, targets: Targets) {
         cm_scope,
         &tx,
         Change::ConfigMap,
-        |_| {},
     );
     drop(tx);
     let events = Publisher::new(

@@ -4,15 +4,59 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Resource;
 use kube::runtime::watcher;
+
+use super::stored::{RoutedDeployment, RoutedService, RoutedSlice};
 
 /// Which watch stream an event comes from: the namespace its API watches, or `None` for all
 /// namespaces. A re-list replaces the objects of its stream's scope only.
 pub type Scope = Option<String>;
+
+/// Object names in order, each once: a `BTreeSet<String>` in behaviour, without the B-tree's
+/// 0.3 KB node for the one name most of these sets hold (the index keeps a few such sets per
+/// Service: its slices, the Deployments routed through it, the Services of a selector pair).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct Names(Vec<String>);
+
+impl Names {
+    /// Adds `name`; false if it was there.
+    pub(super) fn insert(&mut self, name: String) -> bool {
+        match self.0.binary_search(&name) {
+            Ok(_) => false,
+            Err(i) => {
+                self.0.reserve_exact(1);
+                self.0.insert(i, name);
+                true
+            }
+        }
+    }
+
+    /// Removes `name`; false if it was not there.
+    pub(super) fn remove(&mut self, name: &str) -> bool {
+        match self.0.binary_search_by(|n| n.as_str().cmp(name)) {
+            Ok(i) => {
+                self.0.remove(i);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<'a> IntoIterator for &'a Names {
+    type Item = &'a String;
+    type IntoIter = std::slice::Iter<'a, String>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
 
 /// The kinds of object the activator watches.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -27,16 +71,17 @@ pub enum Kind {
     ConfigMap,
 }
 
-/// One watch event, with its stream's scope. Boxed: the objects differ much in size, and
-/// the channel to the sync task holds many.
+/// One watch event, with its stream's scope, its objects in the forms the index keeps
+/// (`.into()` makes them of `k8s_openapi` objects). Boxed: the objects differ much in size,
+/// and the channel to the sync task holds many.
 #[derive(Debug)]
 pub enum Change {
     /// A Deployment event.
-    Deployment(Scope, Box<watcher::Event<Deployment>>),
+    Deployment(Scope, Box<watcher::Event<RoutedDeployment>>),
     /// A Service event.
-    Service(Scope, Box<watcher::Event<Service>>),
+    Service(Scope, Box<watcher::Event<RoutedService>>),
     /// An EndpointSlice event.
-    EndpointSlice(Scope, Box<watcher::Event<EndpointSlice>>),
+    EndpointSlice(Scope, Box<watcher::Event<RoutedSlice>>),
     /// A ConfigMap event.
     ConfigMap(Scope, Box<watcher::Event<ConfigMap>>),
 }
@@ -47,9 +92,8 @@ pub(super) type Replaced<K> = (Option<Arc<K>>, Option<Arc<K>>);
 /// Objects of one kind by namespace and name, and the re-list in progress per stream.
 ///
 /// A re-listed object goes into its `Arc` as it arrives: at 10,000 objects a `Vec<K>` of the
-/// objects themselves (2.4 KB each for a Deployment) grows by doubling to 39 MB and is then
-/// copied into the `Arc`s at the end of the list, a peak the allocator keeps as resident
-/// memory after it is freed.
+/// objects themselves grows by doubling and is then copied into the `Arc`s at the end of the
+/// list, a peak the allocator keeps as resident memory after it is freed.
 #[derive(Debug)]
 pub(super) struct Objects<K> {
     pub(super) by_ns: HashMap<String, BTreeMap<String, Arc<K>>>,
@@ -149,5 +193,24 @@ impl<K: Resource> Objects<K> {
             self.by_ns.remove(ns);
         }
         Some((Some(old), None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Names;
+
+    #[test]
+    fn names_keep_each_name_once_in_order() {
+        let mut n = Names::default();
+        assert!(n.insert("b".into()));
+        assert!(n.insert("a".into()));
+        assert!(n.insert("c".into()));
+        assert!(!n.insert("a".into()));
+        assert_eq!(n.into_iter().collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert!(n.remove("b"));
+        assert!(!n.remove("b"));
+        assert_eq!(n.into_iter().collect::<Vec<_>>(), ["a", "c"]);
+        assert!(n.remove("a") && n.remove("c") && n.is_empty());
     }
 }

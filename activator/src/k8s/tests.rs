@@ -20,6 +20,11 @@ use k8s_openapi::api::discovery::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use prometheus_client::registry::Registry;
 
+/// No Services (`desired` takes Services or their stored form).
+const NO_SERVICES: &[Arc<Service>] = &[];
+/// No EndpointSlices.
+const NO_SLICES: &[Arc<EndpointSlice>] = &[];
+
 fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()
@@ -275,7 +280,7 @@ fn no_service_means_no_endpoints_but_still_routed() {
         &[("zeroscale.dev/enabled", "true")],
         &[("app", "m")],
     )];
-    let d = desired(&deps, &[], &[], &GlobalConfig::default());
+    let d = desired(&deps, NO_SERVICES, NO_SLICES, &GlobalConfig::default());
     assert_eq!(d.models.len(), 1);
     assert!(d.models[0].endpoints.is_empty());
 }
@@ -292,13 +297,16 @@ fn applier_touches_only_changes_and_reports_conflicts_once() {
         deployment("a", "m", &[("zeroscale.dev/enabled", "true")], &[]),
         deployment("b", "m", &[("zeroscale.dev/enabled", "true")], &[]),
     ];
-    let r = a.apply(&table, desired(&deps, &[], &[], &g));
+    let r = a.apply(&table, desired(&deps, NO_SERVICES, NO_SLICES, &g));
     assert_eq!(r.len(), 1);
     assert_eq!(r[0].winner.namespace, "a");
     assert_eq!(r[0].loser.namespace, "b");
-    assert!(a.apply(&table, desired(&deps, &[], &[], &g)).is_empty());
+    assert!(
+        a.apply(&table, desired(&deps, NO_SERVICES, NO_SLICES, &g))
+            .is_empty()
+    );
     // One Deployment goes away: its model leaves the table.
-    a.apply(&table, desired(&deps[1..], &[], &[], &g));
+    a.apply(&table, desired(&deps[1..], NO_SERVICES, NO_SLICES, &g));
     assert_eq!(table.keys().len(), 1);
     assert_eq!(table.by_name("m").unwrap().key().namespace, "b");
 }
@@ -328,21 +336,21 @@ fn created(d: Arc<Deployment>, at: i64) -> Arc<Deployment> {
 fn put_dep(ix: &mut Index, d: &Arc<Deployment>) {
     ix.handle(Change::Deployment(
         None,
-        Box::new(watcher::Event::Apply(Deployment::clone(d))),
+        Box::new(watcher::Event::Apply(Deployment::clone(d).into())),
     ));
 }
 
 fn put_svc(ix: &mut Index, s: &Arc<Service>) {
     ix.handle(Change::Service(
         None,
-        Box::new(watcher::Event::Apply(Service::clone(s))),
+        Box::new(watcher::Event::Apply(Service::clone(s).into())),
     ));
 }
 
 fn put_slice(ix: &mut Index, s: &Arc<EndpointSlice>) {
     ix.handle(Change::EndpointSlice(
         None,
-        Box::new(watcher::Event::Apply(EndpointSlice::clone(s))),
+        Box::new(watcher::Event::Apply(EndpointSlice::clone(s).into())),
     ));
 }
 
@@ -477,7 +485,7 @@ fn a_deleted_deployment_leaves_the_table() {
     let d = deployment("a", "m-a", &[], &[]);
     ix.handle(Change::Deployment(
         None,
-        Box::new(watcher::Event::Delete(Deployment::clone(&d))),
+        Box::new(watcher::Event::Delete(Deployment::clone(&d).into())),
     ));
     let r = ix.sync(&t);
     assert_eq!(r.recomputed, 1);
@@ -522,7 +530,7 @@ fn a_relist_replaces_its_scope_and_removes_what_was_not_listed() {
             let d = deployment(ns, &format!("{name}-{ns}"), &on, &[]);
             ix.handle(Change::Deployment(
                 scope.clone(),
-                Box::new(watcher::Event::InitApply(Deployment::clone(&d))),
+                Box::new(watcher::Event::InitApply(Deployment::clone(&d).into())),
             ));
         }
         ix.handle(Change::Deployment(
@@ -542,7 +550,7 @@ fn a_relist_replaces_its_scope_and_removes_what_was_not_listed() {
     let d = deployment("a", "y-a", &on, &[]);
     ix.handle(Change::Deployment(
         scope.clone(),
-        Box::new(watcher::Event::InitApply(Deployment::clone(&d))),
+        Box::new(watcher::Event::InitApply(Deployment::clone(&d).into())),
     ));
     // Until the list is complete, nothing is removed.
     assert_eq!(ix.sync(&t).recomputed, 0);
@@ -652,7 +660,7 @@ fn incremental_sync_keeps_the_oldest_claim_across_namespaces() {
     // The winner goes: a takes over.
     ix.handle(Change::Deployment(
         None,
-        Box::new(watcher::Event::Delete(Deployment::clone(&b))),
+        Box::new(watcher::Event::Delete(Deployment::clone(&b).into())),
     ));
     ix.sync(&t);
     assert_eq!(t.by_name("m").unwrap().key().namespace, "a");
@@ -692,7 +700,7 @@ fn the_first_selecting_service_by_name_is_chosen() {
         let s = service("ns", gone, &[], &[]);
         ix.handle(Change::Service(
             None,
-            Box::new(watcher::Event::Delete(Service::clone(&s))),
+            Box::new(watcher::Event::Delete(Service::clone(&s).into())),
         ));
         assert_eq!(routed(&mut ix, &t), next);
     }
@@ -767,7 +775,7 @@ fn a_name_conflict_is_reported_once_however_many_watch_events_touch_it() {
     for d in &deps {
         ix.handle(Change::Deployment(
             None,
-            Box::new(watcher::Event::InitApply(Deployment::clone(d))),
+            Box::new(watcher::Event::InitApply(Deployment::clone(d).into())),
         ));
     }
     ix.handle(Change::Deployment(None, Box::new(watcher::Event::InitDone)));
@@ -814,7 +822,7 @@ fn a_name_conflict_is_reported_once_however_many_watch_events_touch_it() {
     for d in contested(|ns, i| 1000 - (ns as i64) * 10 + i as i64, 3) {
         ix.handle(Change::Deployment(
             None,
-            Box::new(watcher::Event::InitApply(Deployment::clone(&d))),
+            Box::new(watcher::Event::InitApply(Deployment::clone(&d).into())),
         ));
     }
     ix.handle(Change::Deployment(None, Box::new(watcher::Event::InitDone)));
@@ -837,7 +845,7 @@ fn a_name_conflict_is_reported_once_however_many_watch_events_touch_it() {
 }
 
 #[test]
-fn deployments_trimmed_as_the_watch_stores_them_route_the_same() {
+fn deployments_as_the_index_stores_them_route_as_the_whole_objects() {
     use k8s_openapi::api::apps::v1::DeploymentStatus;
     use k8s_openapi::api::core::v1::{Container, PodSpec};
     let full: Vec<Arc<Deployment>> = ["llama", "mistral"]
@@ -867,15 +875,19 @@ fn deployments_trimmed_as_the_watch_stores_them_route_the_same() {
             Arc::new(d)
         })
         .collect();
-    let trimmed: Vec<Arc<Deployment>> = full
+    // What the watch stores, read from the JSON as from the API's.
+    let stored: Vec<Arc<RoutedDeployment>> = full
         .iter()
         .map(|d| {
-            let mut d = (**d).clone();
-            super::resolve::keep_routing_fields(&mut d);
-            assert!(d.status.is_none() && d.spec.as_ref().unwrap().template.spec.is_none());
-            Arc::new(d)
+            let json = serde_json::to_vec(&**d).unwrap();
+            Arc::new(serde_json::from_slice(&json).unwrap())
         })
         .collect();
+    assert_eq!(
+        stored[0].pod_labels,
+        Some(map(&[("app", "llama")])),
+        "{stored:?}"
+    );
     let svcs = vec![
         service("ns", "llama", &[("app", "llama")], &[("http", 80)]),
         service("ns", "mistral", &[("app", "mistral")], &[("http", 80)]),
@@ -888,13 +900,13 @@ fn deployments_trimmed_as_the_watch_stores_them_route_the_same() {
     )];
     let g = GlobalConfig::default();
     let a = desired(&full, &svcs, &slices, &g);
-    let b = desired(&trimmed, &svcs, &slices, &g);
+    let b = desired(&stored, &svcs, &slices, &g);
     assert_eq!(a.models.len(), 2);
     assert_eq!(format!("{:?}", a.models), format!("{:?}", b.models));
 }
 
 #[test]
-fn services_and_slices_trimmed_as_the_watch_stores_them_route_the_same() {
+fn services_and_slices_as_the_index_stores_them_route_as_the_whole_objects() {
     use k8s_openapi::api::core::v1::{LoadBalancerStatus, ServiceStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
     let deps = vec![deployment(
@@ -943,13 +955,31 @@ fn services_and_slices_trimmed_as_the_watch_stores_them_route_the_same() {
         r.namespace = Some("ns".into());
         r.uid = Some("pod-uid".into());
     }
-    let (mut svc_t, mut sl_t) = (svc.clone(), sl.clone());
-    super::resolve::keep_service_routing_fields(&mut svc_t);
-    super::resolve::keep_slice_routing_fields(&mut sl_t);
-    assert!(svc_t.status.is_none() && svc_t.spec.as_ref().unwrap().cluster_ip.is_none());
-    assert!(sl_t.metadata.owner_references.is_none() && sl_t.metadata.annotations.is_none());
-    let e = &sl_t.endpoints.as_ref().unwrap()[0];
-    assert!(e.node_name.is_none() && e.target_ref.as_ref().unwrap().uid.is_none());
+    sl.metadata.uid = Some("slice-uid".into());
+    sl.metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert("endpointslice.kubernetes.io/managed-by".into(), "x".into());
+    // What the watch stores, read from the JSON as from the API's.
+    let svc_t: RoutedService = serde_json::from_slice(&serde_json::to_vec(&svc).unwrap()).unwrap();
+    let sl_t: RoutedSlice = serde_json::from_slice(&serde_json::to_vec(&sl).unwrap()).unwrap();
+    assert!(svc_t.metadata.annotations.is_none() && svc_t.ports.len() == 1);
+    let m = &sl_t.0.metadata;
+    assert!(m.owner_references.is_none() && m.annotations.is_none());
+    assert!(m.uid.is_none() && m.generate_name.is_none());
+    assert_eq!(
+        m.labels,
+        Some(map(&[(SERVICE_NAME_LABEL, "llama")])),
+        "only the Service's name stays"
+    );
+    let e = &sl_t.0.endpoints.as_ref().unwrap()[0];
+    assert!(e.node_name.is_none() && e.zone.is_none());
+    let r = e.target_ref.as_ref().unwrap();
+    assert_eq!(
+        (r.kind.as_deref(), r.name.is_some(), r.uid.as_deref()),
+        (Some("Pod"), true, None)
+    );
     let g = GlobalConfig::default();
     let a = desired(&deps, &[Arc::new(svc)], &[Arc::new(sl)], &g);
     let b = desired(&deps, &[Arc::new(svc_t)], &[Arc::new(sl_t)], &g);

@@ -15,6 +15,9 @@ use std::collections::BTreeMap;
 pub const INFERENCE_SERVICE_LABEL: &str = "serving.kserve.io/inferenceservice";
 /// The label KServe puts on each component's Deployment: `predictor`, `transformer`, `explainer`.
 pub const COMPONENT_LABEL: &str = "component";
+/// The Deployment labels [`inference_service`] reads (and so routing by KServe names); a
+/// reader that keeps a Deployment's labels for routing needs these only.
+pub const ROUTING_LABELS: [&str; 2] = [INFERENCE_SERVICE_LABEL, COMPONENT_LABEL];
 /// The InferenceService annotation choosing who scales its Deployment (copied onto it).
 pub const AUTOSCALER_CLASS_ANNOTATION: &str = "serving.kserve.io/autoscalerClass";
 /// The header KServe's HTTPRoutes set to the InferenceService's name.

@@ -581,9 +581,15 @@ impl Run {
 
     fn change(&self, kind: KindGen, scope: Scope, ev: watcher::Event<Built>) -> Change {
         match (kind, ev) {
-            (KindGen::Dep, ev) => Change::Deployment(scope, Box::new(ev.map(Built::dep))),
-            (KindGen::Svc, ev) => Change::Service(scope, Box::new(ev.map(Built::svc))),
-            (KindGen::Slice, ev) => Change::EndpointSlice(scope, Box::new(ev.map(Built::slice))),
+            (KindGen::Dep, ev) => {
+                Change::Deployment(scope, Box::new(ev.map(|b| Built::dep(b).into())))
+            }
+            (KindGen::Svc, ev) => {
+                Change::Service(scope, Box::new(ev.map(|b| Built::svc(b).into())))
+            }
+            (KindGen::Slice, ev) => {
+                Change::EndpointSlice(scope, Box::new(ev.map(|b| Built::slice(b).into())))
+            }
         }
     }
 

@@ -211,6 +211,11 @@ fn apply(cfg: &mut GlobalConfig, good: &GlobalConfig, key: &str, v: &str) -> Res
             g.adaptive.prewarm_margin,
             duration_in(v, Duration::ZERO, HOUR),
         ),
+        "adaptive-cold-start-cost" => set(
+            &mut s.adaptive.cold_start_cost,
+            g.adaptive.cold_start_cost,
+            parse::off_or_duration_in(v, secs(1), secs(24 * 3600)),
+        ),
         "learned-state-flush-interval" => set(
             &mut cfg.learned_state_flush_interval,
             good.learned_state_flush_interval,

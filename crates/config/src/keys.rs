@@ -215,6 +215,12 @@ pub const CONFIGMAP_KEYS: &[KeyDoc] = &[
         "Adaptive policy: a pre-warmed pod is asked for this long before the next request is expected; the pod start (scheduling, image, model load) must fit in it.",
     ),
     k(
+        "adaptive-cold-start-cost",
+        "off",
+        "off or a duration in 1s..=24h",
+        "Adaptive policy: what one cold start is worth, in time of one replica; with it, each model's keep-alive is the one that costs least over its own idle gaps (idle replica time kept + this price per cold start) instead of adaptive-keep-alive-percentile; off uses the percentile.",
+    ),
+    k(
         "learned-state-flush-interval",
         "5m",
         "10s..=1h",

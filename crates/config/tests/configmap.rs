@@ -597,6 +597,7 @@ fn sizing_and_the_adaptive_policy_are_parsed_and_bad_values_named() {
         ("adaptive-prewarm-percentile", "0"),
         ("adaptive-histogram-range", "1h"),
         ("adaptive-prewarm-margin", "2m"),
+        ("adaptive-cold-start-cost", "90s"),
     ]);
     let s = &c.scaling;
     assert_eq!(s.sizing, Sizing::Knative);
@@ -605,6 +606,13 @@ fn sizing_and_the_adaptive_policy_are_parsed_and_bad_values_named() {
     assert_eq!(s.adaptive.prewarm_percentile, 0.0);
     assert_eq!(s.adaptive.histogram_range, Duration::from_secs(3600));
     assert_eq!(s.adaptive.prewarm_margin, Duration::from_secs(120));
+    assert_eq!(s.adaptive.cold_start_cost, Some(Duration::from_secs(90)));
+    assert_eq!(
+        GlobalConfig::default().scaling.adaptive.cold_start_cost,
+        None
+    );
+    let off = parse_ok(&[("adaptive-cold-start-cost", "off")]);
+    assert_eq!(off.scaling.adaptive.cold_start_cost, None);
     assert_eq!(GlobalConfig::default().scaling.sizing, Sizing::Demand);
     for (key, bad, allowed) in [
         ("sizing", "fast", "demand or knative"),
@@ -612,6 +620,17 @@ fn sizing_and_the_adaptive_policy_are_parsed_and_bad_values_named() {
         ("adaptive-keep-alive-percentile", "40", "50"),
         ("adaptive-prewarm-percentile", "60", "50"),
         ("adaptive-histogram-range", "1m", "4m"),
+        (
+            "adaptive-cold-start-cost",
+            "0s",
+            "off or a duration in 1s..=24h",
+        ),
+        (
+            "adaptive-cold-start-cost",
+            "cheap",
+            "off or a duration in 1s..=24h",
+        ),
+        ("adaptive-cold-start-cost", "25h", "1s..=24h"),
     ] {
         let (cfg, errors) = parse(&[(key, bad)]);
         assert_eq!(errors.len(), 1, "{key}={bad}: {errors:?}");

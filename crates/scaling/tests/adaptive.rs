@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use zeroscale_scaling::idle::IdlePlan;
+use zeroscale_scaling::idle::{IdlePlan, KeepAliveBy};
 use zeroscale_scaling::{
     DataState, Decider, Decision, Observation, Params, Reason, Sample, ZeroPolicy,
 };
@@ -150,7 +150,7 @@ fn irregular_callers_keep_their_pod_for_the_tail_and_few_gaps_use_the_grace() {
         plan,
         IdlePlan::KeepAlive {
             keep_alive: Duration::from_secs(3 * MIN),
-            percentile: 99.0,
+            by: KeepAliveBy::Percentile(99.0),
             gaps: 12
         }
     );
@@ -190,4 +190,50 @@ fn the_fixed_policy_learns_too_and_the_state_survives_a_restart() {
         zeroscale_scaling::idle::IdleHistogram::decode(&text, range).expect("decodes"),
     );
     assert_eq!(restarted.idle_histogram(), fixed.d.idle_histogram());
+}
+
+#[test]
+fn a_price_on_cold_starts_picks_the_keep_alive_and_says_so() {
+    // The irregular caller's gaps (10 s to 2.5 min): at 10 min a cold start is worth more than
+    // waiting for the whole tail (3 min); at 10 s it is cheaper than any wait, and the model
+    // goes to zero as soon as its stable window is empty.
+    let gaps = [30, 90, 150, 20, 40, 60, 100, 130, 10, 140, 50, 70];
+    let mut busy_at = vec![0u64];
+    for g in gaps {
+        let last = *busy_at.last().expect("one");
+        busy_at.push(last + 3 + g);
+    }
+    let end = *busy_at.last().expect("one");
+    let busy = |s: u64| busy_at.iter().any(|&b| s >= b && s < b + 3);
+    for (price, zero_at, says) in [
+        (
+            600,
+            3 * MIN + 2,
+            "idle for 180s: keep-alive 3m: cheapest at a cold start = 10m of a replica (0 of 12 gaps longer)",
+        ),
+        (
+            10,
+            8,
+            "idle for 6s: zero at once: cheapest at a cold start = 10s of a replica (12 of 12 gaps longer)",
+        ),
+    ] {
+        let mut p = params();
+        p.adaptive.cold_start_cost = Some(Duration::from_secs(price));
+        let mut r = Run::new(p);
+        r.run(0, end + 3, busy);
+        r.decisions.clear();
+        r.run(end + 3, end + 3 + 4 * MIN, |_| false);
+        let changes: Vec<(u64, u32, Reason)> = r
+            .decisions
+            .iter()
+            .map(|(s, d)| (s - end, d.desired, d.reason))
+            .collect();
+        assert_eq!(
+            changes,
+            [(zero_at, 0, Reason::ScaleToZero)],
+            "{price}: {:?}",
+            r.decisions
+        );
+        assert_eq!(r.decisions[0].1.to_string(), says, "{price}");
+    }
 }

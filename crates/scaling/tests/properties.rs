@@ -47,13 +47,14 @@ fn params() -> impl Strategy<Value = Params> {
             prop_oneof![Just(0.0f64), 1.0..=50.0f64],
             240u64..=3600,
             0u64..=120,
+            prop_oneof![Just(None), (1u64..=600).prop_map(Some)],
         ),
     )
         .prop_map(
             |(
                 (metric, target, util, window, panic_pct, threshold, up, down),
                 (min, max, initial, act, delay, zero, grace, retention, aggregation, sizing),
-                (policy, keep_alive, prewarm, range, margin),
+                (policy, keep_alive, prewarm, range, margin, cost),
             )| Params {
                 metric,
                 target,
@@ -80,6 +81,7 @@ fn params() -> impl Strategy<Value = Params> {
                     prewarm_percentile: prewarm,
                     histogram_range: Duration::from_secs(range),
                     prewarm_margin: Duration::from_secs(margin),
+                    cold_start_cost: cost.map(Duration::from_secs),
                 },
             },
         )
@@ -278,6 +280,9 @@ fn always(c: &Ctx<'_>) -> Result<(), TestCaseError> {
                 ZeroPolicy::Adaptive => match c.dec.inputs.idle_plan {
                     Some(zeroscale_scaling::idle::IdlePlan::Fixed { .. }) => {
                         p.scale_to_zero_grace_period
+                    }
+                    Some(zeroscale_scaling::idle::IdlePlan::KeepAlive { keep_alive, .. }) => {
+                        keep_alive
                     }
                     Some(_) => Duration::ZERO,
                     None => return Err(TestCaseError::fail(format!("no plan: {}", ctx()))),

@@ -124,15 +124,22 @@ fn a_periodic_caller_goes_to_zero_after_use_and_is_pre_warmed() {
     );
 }
 
-#[test]
-fn irregular_callers_keep_their_pod_for_the_tail_and_few_gaps_use_the_grace() {
-    // Gaps of 30 s to 2.5 min: the tail is the bin of 2-3 min, so 3 min of keep-alive.
+/// The seconds an irregular caller starts a 3 s busy period at: gaps of 10 s to 2.5 min, the
+/// tail in the bin of 2-3 min.
+fn irregular_busy_at() -> Vec<u64> {
     let gaps = [30, 90, 150, 20, 40, 60, 100, 130, 10, 140, 50, 70];
     let mut busy_at = vec![0u64];
     for g in gaps {
         let last = *busy_at.last().expect("one");
         busy_at.push(last + 3 + g);
     }
+    busy_at
+}
+
+#[test]
+fn irregular_callers_keep_their_pod_for_the_tail_and_few_gaps_use_the_grace() {
+    // Gaps of 30 s to 2.5 min: the tail is the bin of 2-3 min, so 3 min of keep-alive.
+    let busy_at = irregular_busy_at();
     let end = *busy_at.last().expect("one");
     let mut r = Run::new(params());
     // Nine gaps: not yet representative, the fixed 30 s grace.
@@ -197,12 +204,7 @@ fn a_price_on_cold_starts_picks_the_keep_alive_and_says_so() {
     // The irregular caller's gaps (10 s to 2.5 min): at 10 min a cold start is worth more than
     // waiting for the whole tail (3 min); at 10 s it is cheaper than any wait, and the model
     // goes to zero as soon as its stable window is empty.
-    let gaps = [30, 90, 150, 20, 40, 60, 100, 130, 10, 140, 50, 70];
-    let mut busy_at = vec![0u64];
-    for g in gaps {
-        let last = *busy_at.last().expect("one");
-        busy_at.push(last + 3 + g);
-    }
+    let busy_at = irregular_busy_at();
     let end = *busy_at.last().expect("one");
     let busy = |s: u64| busy_at.iter().any(|&b| s >= b && s < b + 3);
     for (price, zero_at, says) in [

@@ -6,7 +6,7 @@ use crate::decision::{
     DataState, Decision, DecisionInputs, Demand, DemandInputs, Observation, Reason, Sample,
 };
 use crate::delay::MaxWindow;
-use crate::idle::{IdleHistogram, IdlePlan};
+use crate::idle::{IdleHistogram, IdlePlan, KeepAliveBy, MIN_GAP};
 use crate::params::{Metric, Params, Sizing, ZeroPolicy};
 use crate::window::{MAX_WINDOW_SECS, Pair, Windows, to_micros};
 
@@ -47,6 +47,10 @@ pub struct Decider {
     /// The last service time measured (seconds), kept across idle periods: a wake from zero
     /// sizes its backlog with the service time of the model's previous traffic.
     service_time: Option<f64>,
+    /// When a priced keep-alive scaled the model to zero before its stable window emptied
+    /// (the early zero): until new demand (a request in flight or queued, a sample with
+    /// traffic after it), the samples still in the windows ask for no pod.
+    zeroed_early: Option<Instant>,
 }
 
 /// Whole seconds, rounded up.
@@ -64,6 +68,13 @@ fn window_lens(p: &Params) -> (u64, u64) {
     };
     let panic = ((stable as f64 * pct / 100.0).ceil() as u64).clamp(1, stable);
     (stable, panic)
+}
+
+/// How long a model must be idle before an early zero at keep-alive `k`: k, and at least
+/// [`MIN_GAP`] (two samples without traffic: a shorter pause is no idle gap to the histogram,
+/// and it is what "zero at once", k = 0, means) and the retention period.
+fn early_zero_after(k: Duration, p: &Params) -> Duration {
+    k.max(MIN_GAP).max(p.scale_to_zero_pod_retention_period)
 }
 
 /// A rate, or 1 (no change allowed) when it is not a number >= 1.
@@ -103,6 +114,7 @@ impl Decider {
             idle,
             last_traffic: None,
             service_time: None,
+            zeroed_early: None,
         }
     }
 
@@ -212,6 +224,9 @@ impl Decider {
         if pair != Pair::default() {
             self.last_busy = self.last_busy.max(at);
             self.traffic(at);
+            if self.zeroed_early.is_some_and(|z| at > z) {
+                self.zeroed_early = None;
+            }
         }
         let sec = self.second(at);
         let newest = if demand.is_some() {
@@ -416,17 +431,46 @@ impl Decider {
         //    never counts as idle.
         if busy {
             self.traffic(now);
+            // New demand: the model wakes (step 8) and is sized as any other.
+            self.zeroed_early = None;
         }
         let p = &self.params;
         if busy || !fresh {
             self.last_busy = self.last_busy.max(now);
         }
         let idle_for = (!busy && fresh).then(|| now.saturating_duration_since(self.last_busy));
+        // The early zero (priced keep-alive only): the last pod, wanted by nothing but the
+        // samples of past traffic still in the stable window, may go at a keep-alive shorter
+        // than the window. Not in panic, not against the scale-down rate, delay or
+        // initial-scale (their reasons would show), and never for more than one pod.
+        let early_candidate = p.scale_to_zero_policy == ZeroPolicy::Adaptive
+            && p.adaptive.cold_start_cost.is_some()
+            && p.enable_scale_to_zero
+            && p.scale_down_delay.is_zero()
+            && idle_for.is_some()
+            && want == 1
+            && matches!(reason, Reason::Stable | Reason::RateLimitedDown)
+            && pods(max_down) == 0;
         // The adaptive policy replaces the grace period by what the model's gaps say.
-        // Planned only when the windows want no pod (the only case it decides), so a busy
-        // model never pays the pass over the bins.
-        let idle_plan = (p.scale_to_zero_policy == ZeroPolicy::Adaptive && want == 0)
+        // Planned only when the windows want no pod (the only case it decides) or for an
+        // early zero, so a busy model never pays the pass over the bins.
+        let idle_plan = (p.scale_to_zero_policy == ZeroPolicy::Adaptive
+            && (want == 0 || early_candidate))
             .then(|| self.idle.plan(&p.adaptive));
+        let mut early_zero = false;
+        if early_candidate
+            && let Some(IdlePlan::KeepAlive {
+                keep_alive,
+                by: KeepAliveBy::Cost { .. },
+                ..
+            }) = idle_plan
+            && keep_alive < Duration::from_secs(self.windows.stable_len())
+            && idle_for.unwrap_or_default() >= early_zero_after(keep_alive, p)
+        {
+            want = 0;
+            reason = Reason::ScaleToZero;
+            early_zero = true;
+        }
         let grace = match idle_plan {
             None | Some(IdlePlan::Fixed { .. }) => p.scale_to_zero_grace_period,
             Some(IdlePlan::KeepAlive { keep_alive, .. }) => keep_alive,
@@ -441,7 +485,11 @@ impl Decider {
             ) => idle >= prewarm_at && idle < until,
             _ => false,
         };
-        if want == 0 {
+        if early_zero {
+            // Decided above.
+        } else if want == 0 {
+            // The early zero is not forgotten here: the windows can want a pod again without
+            // new traffic (a source that stops sending demand figures switches the sizing).
             let idle = idle_for.unwrap_or_default();
             if !p.enable_scale_to_zero {
                 want = 1;
@@ -471,6 +519,13 @@ impl Decider {
             } else {
                 reason = Reason::ScaleToZero;
             }
+        } else if self.zeroed_early.is_some() && obs.current_scale == 0 && !busy {
+            // At zero after an early zero, no new demand: the past samples still in the
+            // windows were served, and only a new request brings the model back (the rule
+            // capacity pools apply to an evicted model).
+            want = 0;
+            reason = Reason::ScaleToZero;
+            early_zero = true;
         }
 
         // 7. Stale or missing data: never below the current scale. Scaling up on the data we do
@@ -510,6 +565,10 @@ impl Decider {
         if waking {
             reason = Reason::Wake;
         }
+        if early_zero && want == 0 {
+            self.zeroed_early = Some(self.zeroed_early.unwrap_or(now));
+        }
+        let early_zero = early_zero && want == 0 && reason == Reason::ScaleToZero;
 
         Decision {
             desired: want,
@@ -545,6 +604,7 @@ impl Decider {
                 scale_to_zero_enabled: p.enable_scale_to_zero,
                 grace_period: p.scale_to_zero_grace_period,
                 idle_plan,
+                early_zero,
                 retention_period: p.scale_to_zero_pod_retention_period,
             },
         }

@@ -237,6 +237,10 @@ pub struct DecisionInputs {
     pub grace_period: Duration,
     /// The adaptive policy's plan for this idle period (`None` with the fixed policy).
     pub idle_plan: Option<IdlePlan>,
+    /// Zero before the stable window emptied: a priced keep-alive shorter than the window ran
+    /// out (the move to zero), or the model is held there until new demand (staying at zero).
+    #[serde(default)]
+    pub early_zero: bool,
     /// Policy in force: pod retention period.
     pub retention_period: Duration,
 }
@@ -409,11 +413,20 @@ impl fmt::Display for Decision {
                         f,
                         "idle for {idle} (grace period {}; {plan})",
                         secs(i.grace_period)
-                    ),
-                    _ => write!(f, "idle for {idle}: {plan}"),
+                    )?,
+                    _ => write!(f, "idle for {idle}: {plan}")?,
                 }
+                if i.early_zero {
+                    write!(f, ", before the stable window's {}", secs(i.stable_window))?;
+                }
+                Ok(())
             }
             Reason::ScaleToZero => match (i.current_scale, i.idle_for) {
+                (0, _) if i.early_zero => write!(
+                    f,
+                    "no request since the early zero, staying at zero (the stable window's {} still holds the traffic served before it)",
+                    secs(i.stable_window)
+                ),
                 (0, _) => write!(f, "no traffic, staying at zero"),
                 (_, Some(idle)) => write!(
                     f,

@@ -61,7 +61,12 @@
 //!    [`ZeroPolicy::Adaptive`] the grace period is what the model's idle gaps say ([`idle`]):
 //!    a keep-alive from their tail, or zero at once and a **pre-warm** (one pod, at zero or
 //!    not) when the next request is expected; the grace period while they are not
-//!    representative.
+//!    representative. With a price on cold starts (`AdaptiveParams::cold_start_cost`), a
+//!    keep-alive shorter than the stable window is honoured: the last pod, wanted only by
+//!    the traffic the windows still hold (not in panic, not held by the rates, delay or
+//!    initial-scale), goes once nothing was in flight, queued or in a sample for the keep-alive
+//!    (0: for [`idle::MIN_GAP`]); the windows then ask for no pod until new demand
+//!    ([`DecisionInputs::early_zero`]).
 //! 4. **stale or missing data**: never below the current scale (no scale-down at all, hence
 //!    never a move to zero); scaling up on the data there is is allowed, as missing seconds
 //!    only lower the averages. A Deployment already at 0 stays at 0 unless requests wait:

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use zeroscale_scaling::idle::AdaptiveParams;
+use zeroscale_scaling::idle::{AdaptiveParams, IdlePlan, MIN_GAP};
 use zeroscale_scaling::{
     Aggregation, DataState, Decider, Decision, Demand, Metric, Observation, Params, Sample, Sizing,
     ZeroPolicy,
@@ -290,9 +290,36 @@ fn always(c: &Ctx<'_>) -> Result<(), TestCaseError> {
             };
             let needed = grace.max(p.scale_to_zero_pod_retention_period);
             prop_assert!(c.idle >= needed, "zero after {:?} idle: {}", c.idle, ctx());
+            // An early zero: only at a priced keep-alive below the stable window, and after
+            // at least two samples of idle time (the meaning of "zero at once").
+            if c.dec.inputs.early_zero {
+                let Some(zeroscale_scaling::idle::IdlePlan::KeepAlive {
+                    keep_alive,
+                    by: zeroscale_scaling::idle::KeepAliveBy::Cost { .. },
+                    ..
+                }) = c.dec.inputs.idle_plan
+                else {
+                    return Err(TestCaseError::fail(format!(
+                        "unpriced early zero: {}",
+                        ctx()
+                    )));
+                };
+                prop_assert!(keep_alive < c.dec.inputs.stable_window, "{}", ctx());
+                prop_assert!(
+                    c.idle >= zeroscale_scaling::idle::MIN_GAP,
+                    "early zero after {:?}: {}",
+                    c.idle,
+                    ctx()
+                );
+                prop_assert!(p.scale_down_delay.is_zero(), "{}", ctx());
+            }
         }
     } else {
         prop_assert!(want >= p.min_scale.min(hi) && want <= hi, "{}", ctx());
+    }
+    // The default and the percentile rule never zero early.
+    if p.scale_to_zero_policy == ZeroPolicy::Fixed || p.adaptive.cold_start_cost.is_none() {
+        prop_assert!(!c.dec.inputs.early_zero, "{}", ctx());
     }
     // Stale or missing data: no scale-down (bounds aside), so never a move to zero.
     if o.data != DataState::Fresh {
@@ -390,6 +417,117 @@ proptest! {
             }
             Ok(())
         })?;
+    }
+
+    /// With a price, a Deployment that follows its decisions and went to zero early stays
+    /// there while nothing is in flight or queued and no sample shows traffic (the samples
+    /// still in its stable window never scale it back up, fresh data or not), and a request
+    /// wakes it. A learning phase of 1 s requests between random gaps first, so the price
+    /// has gaps to plan from.
+    #[test]
+    fn after_an_early_zero_only_new_demand_wakes(
+        params in params(),
+        cost in 1u64..=120,
+        gaps in prop::collection::vec(2u64..=200, 10..=16),
+        // Mostly quiet steps (no traffic, nothing in flight or queued; any data state), so the
+        // held state meets stale and missing data, late samples and long pauses.
+        steps in prop::collection::vec(
+            (step(Just(0u32).boxed(), Just(0u32).boxed()), prop::bool::weighted(0.8)),
+            1..80,
+        ),
+    ) {
+        let mut params = Params {
+            min_scale: 0,
+            enable_scale_to_zero: true,
+            scale_to_zero_policy: ZeroPolicy::Adaptive,
+            scale_down_delay: Duration::ZERO,
+            ..params
+        };
+        params.adaptive.cold_start_cost = Some(Duration::from_secs(cost));
+        let hi = if params.max_scale == 0 { u32::MAX } else { params.max_scale };
+        let t0 = Instant::now() + Duration::from_secs(3600);
+        let mut d = Decider::new(params.clone(), t0, false);
+        let mut now = t0;
+        let mut scale = 1u32;
+        // Set by an early zero; cleared by any sign of demand.
+        let mut held = false;
+        let mut last_busy = t0;
+        let one = Sample { concurrency: 1.0, rps: 1.0 };
+        let mut script: Vec<Step> = Vec::new();
+        for &g in &gaps {
+            let busy_obs = Observation {
+                ready_pods: 0,
+                current_scale: 0,
+                in_flight: 1,
+                queued: 0,
+                data: DataState::Fresh,
+            };
+            script.push(Step {
+                advance_ms: 1000,
+                samples: vec![(0, (one, None))],
+                obs: busy_obs,
+            });
+            for _ in 0..g {
+                let idle = Observation { in_flight: 0, ..busy_obs };
+                script.push(Step {
+                    advance_ms: 1000,
+                    samples: vec![(0, (Sample::default(), None))],
+                    obs: idle,
+                });
+            }
+        }
+        for (st, quiet) in &steps {
+            let mut st = st.clone();
+            if *quiet {
+                for (_, (sample, demand)) in &mut st.samples {
+                    *sample = Sample::default();
+                    *demand = demand.map(|_| Demand::default());
+                }
+                st.obs.in_flight = 0;
+                st.obs.queued = 0;
+            }
+            script.push(st);
+        }
+        for Step { advance_ms, samples, obs } in script {
+            now += Duration::from_millis(advance_ms);
+            let mut traffic = false;
+            for &(late_ms, rec) in &samples {
+                let at = now - Duration::from_millis(late_ms);
+                d.record_with(at, rec.0, rec.1);
+                if busy(rec) {
+                    traffic = true;
+                    last_busy = last_busy.max(at);
+                }
+            }
+            let obs = Observation { ready_pods: scale, current_scale: scale, ..obs };
+            let demand = obs.in_flight > 0 || obs.queued > 0;
+            if demand || obs.data != DataState::Fresh {
+                last_busy = last_busy.max(now);
+            }
+            let dec = d.decide(now, &obs);
+            // The move: after the keep-alive, and at least two samples of idle time.
+            if dec.inputs.early_zero && scale > 0 {
+                let idle = now.saturating_duration_since(last_busy);
+                let Some(IdlePlan::KeepAlive { keep_alive, .. }) = dec.inputs.idle_plan else {
+                    return Err(TestCaseError::fail(format!("no keep-alive: {dec:?}")));
+                };
+                prop_assert!(idle >= keep_alive.max(MIN_GAP), "after {:?}: {:?}", idle, dec);
+                prop_assert!(keep_alive < dec.inputs.stable_window, "{:?}", dec);
+            }
+            if traffic || demand {
+                held = false;
+            }
+            if held && scale == 0 {
+                prop_assert_eq!(dec.desired, 0, "back up without demand: {:?}", dec);
+            }
+            if scale == 0 && demand {
+                prop_assert!(dec.desired >= params.activation_scale.max(1).min(hi), "{:?}", dec);
+            }
+            if dec.inputs.early_zero && dec.desired == 0 {
+                held = true;
+            }
+            scale = dec.desired;
+        }
     }
 
     #[test]

@@ -176,15 +176,13 @@ where
     S: Clone + Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync,
     M: EncodeMetric + TypedMetric + Clone + std::fmt::Debug + Send + Sync,
 {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        let (now, keep) = (Instant::now(), self.retention());
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
         let series = self.series.read().unwrap_or_else(|e| e.into_inner());
-        for (labels, (m, activity)) in series.iter() {
-            if activity.active_at(now, keep) {
-                m.encode(encoder.encode_family(labels)?)?;
-            }
-        }
-        Ok(())
+        encode_recent(
+            encoder,
+            self.retention(),
+            series.iter().map(|(l, (m, a))| (l, m, a)),
+        )
     }
 
     fn metric_type(&self) -> MetricType {
@@ -193,10 +191,38 @@ where
 
     /// No series to show: the family's `HELP` and `TYPE` lines are left out too.
     fn is_empty(&self) -> bool {
-        let (now, keep) = (Instant::now(), self.retention());
         let series = self.series.read().unwrap_or_else(|e| e.into_inner());
-        !series.values().any(|(_, a)| a.active_at(now, keep))
+        none_recent(self.retention(), series.values().map(|(_, a)| a))
     }
+}
+
+/// Encodes each `(labels, metric, activity)` whose activity is within `keep` of now: the one
+/// rule of what a sparse family shows.
+fn encode_recent<'a, L, M>(
+    mut encoder: MetricEncoder,
+    keep: Duration,
+    rows: impl Iterator<Item = (&'a L, &'a M, &'a ConcurrencyIntegral)>,
+) -> Result<(), std::fmt::Error>
+where
+    L: EncodeLabelSet + 'a,
+    M: EncodeMetric + 'a,
+{
+    let now = Instant::now();
+    for (labels, m, activity) in rows {
+        if activity.active_at(now, keep) {
+            m.encode(encoder.encode_family(labels)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether no activity is within `keep` of now ([`encode_recent`] would show nothing).
+fn none_recent<'a>(
+    keep: Duration,
+    mut activity: impl Iterator<Item = &'a ConcurrencyIntegral>,
+) -> bool {
+    let now = Instant::now();
+    !activity.any(|a| a.active_at(now, keep))
 }
 
 /// The series every model has from its start, under one copy of its labels: seven families
@@ -246,15 +272,13 @@ impl<M> EncodeMetric for Field<M>
 where
     M: EncodeMetric + TypedMetric + std::fmt::Debug + Send + Sync,
 {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        let (now, keep) = (Instant::now(), self.retention());
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
         let series = self.series.read().unwrap_or_else(|e| e.into_inner());
-        for (labels, s) in series.iter() {
-            if s.integral.active_at(now, keep) {
-                (self.pick)(s).encode(encoder.encode_family(labels)?)?;
-            }
-        }
-        Ok(())
+        encode_recent(
+            encoder,
+            self.retention(),
+            series.iter().map(|(l, s)| (l, (self.pick)(s), &s.integral)),
+        )
     }
 
     fn metric_type(&self) -> MetricType {
@@ -263,9 +287,8 @@ where
 
     /// No series to show: the family's `HELP` and `TYPE` lines are left out too.
     fn is_empty(&self) -> bool {
-        let (now, keep) = (Instant::now(), self.retention());
         let series = self.series.read().unwrap_or_else(|e| e.into_inner());
-        !series.values().any(|s| s.integral.active_at(now, keep))
+        none_recent(self.retention(), series.values().map(|s| &s.integral))
     }
 }
 
